@@ -1,0 +1,16 @@
+"""alexnet: the complete AlexNet system (Krizhevsky, Sutskever & Hinton, NIPS 2012) on PyTorch.
+
+    >>> from alexnet import build_model, layer_table
+    >>> model = build_model("alexnet", num_classes=1000)
+"""
+
+__version__ = "0.1.0"
+
+from .errors import UserError
+from .models import AlexNet, LocalResponseNorm, build_model, get_model_info, list_models, local_response_norm
+from .models.summary import format_table, layer_table
+
+__all__ = [
+    "__version__", "UserError", "AlexNet", "LocalResponseNorm", "build_model", "get_model_info",
+    "list_models", "local_response_norm", "format_table", "layer_table",
+]

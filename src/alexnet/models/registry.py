@@ -1,0 +1,122 @@
+"""The model registry: every model the system knows, by name, with its metadata.
+
+Adding a model = one ``register(ModelInfo(...))`` call here. The CLI, the layer
+table, the tests (parametrised over :func:`list_models`) and the training configs
+all read from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from ..errors import UserError
+from .caffenet import caffenet
+from .owt import AlexNetOWT
+from .paper import AlexNet
+from .small import alexnet_small
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: tuple[int, int, int]        # (C, H, W) the model is designed for
+    min_input: int                          # smallest square input that works, in pixels
+    params_1000: int                        # parameter count with 1000 classes and 3 input channels
+    source: str
+    summary: str
+    deviations: tuple[str, ...] = field(default_factory=tuple)
+
+
+MODELS: dict[str, ModelInfo] = {}
+
+
+def register(info: ModelInfo) -> ModelInfo:
+    if info.name in MODELS:
+        raise ValueError(f"model {info.name!r} registered twice")
+    MODELS[info.name] = info
+    return info
+
+
+register(ModelInfo(
+    name="alexnet",
+    builder=AlexNet,
+    input_size=(3, 224, 224),
+    min_input=63,
+    params_1000=60_965_224,
+    source="Krizhevsky, Sutskever & Hinton, NIPS 2012, section 3 and Figure 2",
+    summary="the paper's two-tower network: grouped conv2/4/5, LRN, overlapping pooling, dropout, paper init",
+    deviations=(
+        "conv1 padded by 2 so that 224 px crops give the paper's 55x55 maps",
+        "adaptive average pool before fc6 (identity at 224 px) so inputs from 63 px work",
+    ),
+))
+register(ModelInfo(
+    name="caffenet",
+    builder=caffenet,
+    input_size=(3, 227, 227),
+    min_input=67,
+    params_1000=60_965_224,
+    source="BVLC Caffe, models/bvlc_reference_caffenet",
+    summary="Caffe's AlexNet: pool before LRN, 227 px input, LRN k=1 with alpha averaged, fc6/fc7 init std 0.005",
+    deviations=(
+        "pooling before normalisation", "227 px input without conv1 padding",
+        "LRN k=1, alpha divided by the window size", "fc6/fc7 weights N(0, 0.005)",
+    ),
+))
+register(ModelInfo(
+    name="alexnet_owt",
+    builder=AlexNetOWT,
+    input_size=(3, 224, 224),
+    min_input=63,
+    params_1000=61_100_840,
+    source="Krizhevsky 2014, arXiv:1404.5997; torchvision.models.alexnet layout",
+    summary="the 'one weird trick' single-tower variant; state_dict identical to torchvision's alexnet",
+    deviations=(
+        "widths 64-192-384-256-256", "no LRN", "no towers",
+        "dropout before fc6 and fc7", "PyTorch default initialisation",
+    ),
+))
+register(ModelInfo(
+    name="alexnet_small",
+    builder=alexnet_small,
+    input_size=(3, 32, 32),
+    min_input=16,
+    params_1000=3_834_024,
+    source="this project: the paper's architecture scaled to 28-64 px images",
+    summary="paper structure (towers, LRN, overlapping pooling, dropout) with a 5x5/1 stem, half widths, 1024-wide FC",
+    deviations=(
+        "conv1 5x5 stride 1", "widths 48-128-192-192-128, fc 1024",
+        "3x3 adaptive pool before fc6", "He-normal initialisation by default",
+    ),
+))
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a registered model: ``build_model("alexnet", num_classes=10, lrn=False)``.
+
+    Extra keyword arguments go to the builder (ablation switches of :class:`AlexNet`).
+    """
+    info = get_model_info(name)
+    if num_classes < 1:
+        raise UserError(f"num_classes must be at least 1, got {num_classes}")
+    if in_channels < 1:
+        raise UserError(f"in_channels must be at least 1, got {in_channels}")
+    try:
+        return info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"model {name!r} does not take these options: {exc}") from None
