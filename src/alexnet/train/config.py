@@ -1,0 +1,323 @@
+"""Training configuration: typed, nested dataclasses as the single source of truth.
+
+The defaults below *are* the paper's recipe (Krizhevsky et al. 2012, section 5):
+batch 128, SGD with momentum 0.9 and weight decay 0.0005, learning rate 0.01 divided
+by 10 when the validation error stops improving (three times in the paper), about 90
+epochs, random 224 crops of 256 px images with horizontal flips and PCA colour noise
+(std 0.1), dropout 0.5 (a model argument) and the ten-view test. A preset in
+``configs/*.toml`` lists only what it changes; the command line changes single
+values with dotted keys::
+
+    alexnet train configs/cifar10.toml --optim.lr 0.02 --train.epochs 30
+    alexnet train --model.kwargs.lrn false          # ablation switches reach build_model
+
+Unknown keys and values of the wrong type are rejected with one line naming the key
+(``UserError``), so a typo never silently trains the default. The resolved
+configuration is written to every run folder as ``config.toml`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+DEFAULT_PRESET = "fashion-mnist"
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are augmented (paper section 4)."""
+
+    source: str = ""            # what `alexnet prepare` reads when the cache does not exist yet
+    cache: str = ""             # cache folder; "" = $ALEXNET_CACHE/<name>-<size> or ~/.cache/alexnet/<name>-<size>
+    name: str = ""              # short name used for the default cache folder ("" = the preset name)
+    size: int = 256             # S: stored side of the cache (paper: 256)
+    crop: int = 224             # random training crop (paper: 224)
+    flip: bool = True           # random horizontal reflections (paper)
+    pca_std: float = 0.1        # PCA colour noise std (paper: 0.1; 0 disables)
+    mean: str = "image"         # "image" (paper: per-pixel mean), "channel" or "none"
+    workers: int = 2            # loader worker threads
+    train_split: str = "train"
+    val_split: str = "val"      # falls back to the test split when the cache has no "val"
+    test_split: str = "test"    # "" = no final test evaluation
+    train_subset: int = 0       # use only the first N training images (0 = all); tests and smoke runs
+    val_subset: int = 0         # evaluate on only the first N validation/test images (0 = all)
+
+
+@dataclass
+class ModelConfig:
+    """Which registered model, and its constructor arguments (every ablation switch)."""
+
+    name: str = "alexnet"
+    kwargs: dict = field(default_factory=dict)   # passed to alexnet.models.build_model
+    parallel: str = "none"      # "none" or "towers": the paper's two-GPU split across `devices`
+    devices: list = field(default_factory=list)  # for parallel = "towers": two device names
+
+
+@dataclass
+class OptimConfig:
+    """SGD as in the paper (section 5); per-group multipliers select parameters by role."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    nesterov: bool = False
+    bias_lr_mult: float = 1.0     # Caffe's reference recipe: 2.0
+    bias_decay_mult: float = 1.0  # the paper decays every parameter; Caffe: 0.0 on biases
+    scale_lr: bool = False        # multiply lr by global_batch / 128 (linear scaling rule)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule. "plateau" is the paper's: divide by 10 when val error stalls."""
+
+    kind: str = "plateau"         # plateau | step | cosine | onecycle | constant
+    factor: float = 0.1           # plateau / step: multiply the lr by this
+    patience: int = 1             # plateau: epochs without improvement before a drop
+    threshold: float = 0.0        # plateau: improvement (absolute, in error fraction) that counts
+    max_drops: int = 3            # plateau: the paper reduced the lr three times
+    milestones: list = field(default_factory=list)  # step: epochs at which to multiply by factor
+    warmup_epochs: float = 0.0    # linear warm-up from 0 (per step); 0 = none (paper)
+    final_lr_frac: float = 0.0    # cosine / onecycle: lr at the end as a fraction of the peak
+
+
+@dataclass
+class TrainConfig:
+    """The loop itself."""
+
+    epochs: int = 90
+    batch_size: int = 128         # global batch (split across data-parallel ranks)
+    seed: int = 0
+    precision: str = "fp32"       # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (autocast + GradScaler, CUDA)
+    channels_last: bool = False
+    compile: bool = False         # torch.compile, falling back to eager with a warning
+    device: str = ""              # "" = cuda:LOCAL_RANK when available, else cpu
+    threads: int = 0              # torch threads (0 = leave as configured)
+    stall_steps: int = 1000       # warn when the loss has not dropped below 0.95 ln C after this many steps (0 = off)
+    max_steps: int = 0            # stop after this many optimiser steps (0 = no limit); smoke runs
+    log_every: int = 20           # steps between per-step JSONL records
+    test_views: str = "center"    # final test: "center" or "ten" (the paper's 10-view test)
+    dist_timeout: float = 300.0   # seconds a collective may wait for a dead rank before failing
+
+
+@dataclass
+class RunConfig:
+    """Where the run folder goes."""
+
+    out: str = "runs"             # parent folder
+    name: str = ""                # "" = <preset>-<yyyymmdd-hhmmss>
+    progress: bool = True         # tqdm bars (also off when stderr is not a terminal)
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    preset: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def cache_dir(self) -> Path:
+        """The cache folder this config reads (and builds with `prepare` when missing)."""
+        if self.data.cache:
+            return Path(os.path.expanduser(self.data.cache))
+        root = os.environ.get("ALEXNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alexnet")
+        name = self.data.name or self.preset or Path(self.data.source).stem or "data"
+        return Path(root) / f"{name}-{self.data.size}"
+
+
+ALLOWED = {
+    ("data", "mean"): ("image", "channel", "none"),
+    ("model", "parallel"): ("none", "towers"),
+    ("schedule", "kind"): ("plateau", "step", "cosine", "onecycle", "constant"),
+    ("train", "precision"): ("fp32", "bf16", "fp16"),
+    ("train", "test_views"): ("center", "ten"),
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
+    """Check (and for int->float widen) a TOML value against a field's declared type."""
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+    elif origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif origin is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    name = getattr(origin, "__name__", str(origin))
+    raise UserError(f"{where}: {key} must be {'a ' + name if name != 'int' else 'an int'}, got {type(value).__name__} {value!r}")
+
+
+def _merge(obj: Any, values: dict, where: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(prefix + n for n in names))
+            raise UserError(f"{where}: unknown key {dotted!r} (known here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {dotted} must be a table of settings, got {value!r}")
+            _merge(current, value, where, dotted + ".")
+            continue
+        value = _coerce(value, hints[key], dotted, where)
+        section = prefix.rstrip(".")
+        allowed = ALLOWED.get((section, key))
+        if allowed and value not in allowed:
+            raise UserError(f"{where}: {dotted} must be one of {', '.join(allowed)}; got {value!r}")
+        if key == "kwargs" and section == "model":
+            value = {**current, **value}      # kwargs merge, so one switch can be overridden alone
+        setattr(obj, key, value)
+
+
+def resolve_preset(name_or_path: str | os.PathLike | None) -> Path:
+    """A preset file by path, or by name from the repository's ``configs/`` folder."""
+    text = str(name_or_path) if name_or_path else DEFAULT_PRESET
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix != ".toml" and "/" not in text:
+        candidate = REPO_CONFIGS / f"{text}.toml"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.toml"))) or "none found"
+    raise UserError(f"{text}: no such config file or preset (presets: {known})")
+
+
+def parse_override_value(text: str) -> Any:
+    """``0.02`` -> 0.02, ``true`` -> True, ``[1, 2]`` -> list, anything else stays a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--optim.lr", "0.02", "--train.epochs=3"]`` -> nested dict. UserError on a stray token."""
+    nested: dict = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise UserError(f"unexpected argument {token!r}: settings look like --section.key VALUE")
+        key = token[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise UserError(f"--{key}: missing value")
+            raw = args[i + 1]
+            i += 2
+        if "." not in key:
+            raise UserError(f"unknown option --{key} (settings are dotted, e.g. --optim.lr 0.02)")
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--{key}: conflicts with another override")
+        node[parts[-1]] = parse_override_value(raw)
+    return nested
+
+
+def load_config(preset: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> Config:
+    """The resolved configuration: defaults (the paper) <- preset file <- overrides.
+
+    ``preset`` is a path or a preset name (``"cifar10"``); ``overrides`` is a nested dict
+    (``{"optim": {"lr": 0.02}}``) or command-line tokens (``["--optim.lr", "0.02"]``).
+    """
+    path = resolve_preset(preset)
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    config = Config(preset=path.stem)
+    _merge(config, values, str(path))
+    if overrides:
+        if isinstance(overrides, list):
+            overrides = parse_overrides(overrides)
+        _merge(config, overrides, "command line")
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (as stored in checkpoints)."""
+    config = Config()
+    _merge(config, values, "checkpoint config")
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that the type system cannot express."""
+    d, t = config.data, config.train
+    if d.crop > d.size:
+        raise UserError(f"data.crop ({d.crop}) is larger than data.size ({d.size})")
+    if t.batch_size < 1 or t.epochs < 1:
+        raise UserError("train.batch_size and train.epochs must be at least 1")
+    if config.model.parallel == "towers" and len(config.model.devices) not in (0, 2):
+        raise UserError(f"model.devices must name two devices for parallel = 'towers', got {config.model.devices}")
+
+
+# ----------------------------------------------------------------------------- saving
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML that :func:`load_config` reads back unchanged."""
+    lines = [f"preset = {_toml_value(config.preset)}"]
+    for section, values in config.to_dict().items():
+        if not isinstance(values, dict):
+            continue
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
