@@ -15,7 +15,8 @@ stamp=.venv/.alexnet-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing alexnet and its dependencies into .venv" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' \
+    2> >(grep -v "^WARNING: Location 'file:" >&2)
   echo "$want" > "$stamp"
 fi
 

@@ -212,3 +212,12 @@ def test_cli_bad_input_is_one_line(cli, args, message):
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_one_tower_has_the_documented_extra_parameters():
+    """docs/models.md: without the towers conv2, conv4 and conv5 see all input channels."""
+    one = build_model("alexnet", groups=1, hidden=64)
+    two = build_model("alexnet", groups=2, hidden=64)
+    extra = 256 * 48 * 5 * 5 + 384 * 192 * 3 * 3 + 256 * 192 * 3 * 3
+    assert extra == 1_413_120
+    assert sum(p.numel() for p in one.parameters()) - sum(p.numel() for p in two.parameters()) == extra

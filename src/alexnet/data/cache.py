@@ -1,0 +1,214 @@
+"""The prepared dataset on disk, and opening it.
+
+Layout of a cache directory (written by :func:`alexnet.data.prepare`)::
+
+    OUT/
+      meta.json               format, version, "complete": true, size S, channels C, storage,
+                              classes, per-split counts, source, preprocessing, counts of
+                              skipped / ignored files
+      stats.npz               train-split statistics (see below), loaded with allow_pickle=False
+      <split>.images.u8       storage "raw": N x S x S x C uint8, C order, no header
+                              (memory-mapped: workers share the page cache, nothing is copied)
+      <split>.jpeg.bin        storage "jpeg": the images re-encoded as JPEG, concatenated ...
+      <split>.jpeg.index.npy  ... with (N, 2) int64 [offset, length] rows
+      <split>.labels.npy      N int64 class indices
+      <split>.files.txt       N source names, one per line (for predictions and error reports)
+      skipped.csv             path,reason: every bad file left out (with --skip-bad)
+      ignored.csv             path,reason: stray and non-image files that were not images
+      warnings.csv            path,warning: files kept but worth a look (a PNG named .JPEG)
+
+The directory only appears under its final name once everything in it is written
+(``prepare`` builds ``OUT.partial`` and renames it), and ``meta.json`` carries
+``"complete": true``; :func:`open_cache` refuses anything else.
+
+Statistics (train split only, accumulated in float64 over the stored S x S pixels,
+pixel values 0..255): ``mean_image`` (S,S,C), ``channel_mean`` (C,), ``channel_std`` (C,)
+(population std over all pixels), ``eigval`` (C,) descending and ``eigvec`` (C,C) whose
+*columns* are the eigenvectors of the CxC covariance of pixel values (0..255 scale, so
+eigenvalues are in 0..255^2 units).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+
+CACHE_FORMAT = "alexnet-cache"
+CACHE_VERSION = 1
+STAT_KEYS = ("mean_image", "channel_mean", "channel_std", "eigval", "eigvec")
+
+
+def images_file(split: str) -> str:
+    return f"{split}.images.u8"
+
+
+def jpeg_file(split: str) -> str:
+    return f"{split}.jpeg.bin"
+
+
+def jpeg_index_file(split: str) -> str:
+    return f"{split}.jpeg.index.npy"
+
+
+def labels_file(split: str) -> str:
+    return f"{split}.labels.npy"
+
+
+def files_file(split: str) -> str:
+    return f"{split}.files.txt"
+
+
+class JpegImages:
+    """The compact storage's stand-in for the uint8 memmap: ``images[idx]`` decodes on demand.
+
+    Supports what the loader needs (integer, slice and integer-array indexing -> uint8
+    arrays of shape (..., S, S, C)). The bytes file is memory-mapped, not read.
+    """
+
+    def __init__(self, bin_path: str, index: np.ndarray, size: int, channels: int):
+        self.bin_path, self.index, self.size, self.channels = bin_path, index, size, channels
+        self.shape = (len(index), size, size, channels)
+        self.dtype = np.dtype(np.uint8)
+        self._data = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):  # workers re-open the file instead of receiving its bytes
+        state = dict(self.__dict__)
+        state["_data"] = None
+        return state
+
+    def _bytes(self):
+        if self._data is None:
+            self._data = np.memmap(self.bin_path, dtype=np.uint8, mode="r") if os.path.getsize(self.bin_path) else np.zeros(0, np.uint8)
+        return self._data
+
+    def decode_one(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        import simplejpeg
+        offset, length = self.index[i]
+        data = self._bytes()[offset: offset + length]
+        if self.channels == 1:
+            a = simplejpeg.decode_jpeg(data.tobytes(), "GRAY")
+        else:
+            a = simplejpeg.decode_jpeg(data.tobytes(), "RGB")
+        a = a.reshape(self.size, self.size, self.channels)
+        if out is not None:
+            out[...] = a
+            return out
+        return a
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.decode_one(int(key) % len(self))
+        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        out = np.empty((len(idx), self.size, self.size, self.channels), dtype=np.uint8)
+        for j, i in enumerate(idx):  # per-image decode is inherent to the compact format
+            self.decode_one(int(i), out[j])
+        return out
+
+
+@dataclass
+class Split:
+    """One split of a cache: ``images`` (N,S,S,C) uint8 (memmap, or decoded on demand), ``labels``."""
+    name: str
+    images: object
+    labels: np.ndarray
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def files(self) -> list[str]:
+        """Source name of each image (what a prediction or an error should point at)."""
+        with open(os.path.join(self.path, files_file(self.name)), encoding="utf-8") as f:
+            return f.read().split("\n")[: len(self)]
+
+
+class Cache:
+    """A complete, prepared dataset. Open with :func:`open_cache`."""
+
+    def __init__(self, path: str, meta: dict, stats: dict):
+        self.path, self.meta, self.stats = path, meta, stats
+        self.classes: list[str] = list(meta["classes"])
+        self.class_names: list[str] = list(meta.get("class_names") or meta["classes"])
+        self.size: int = int(meta["size"])
+        self.channels: int = int(meta["channels"])
+        self.storage: str = meta["storage"]
+        self._splits: dict[str, Split] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> Split:
+        if name not in self.meta["splits"]:
+            raise UserError(f"{self.path}: no split '{name}' (this cache has: {', '.join(self.splits)})")
+        if name not in self._splits:
+            self._splits[name] = self._open_split(name)
+        return self._splits[name]
+
+    def _open_split(self, name: str) -> Split:
+        n = int(self.meta["splits"][name]["count"])
+        s, c = self.size, self.channels
+        labels = np.load(os.path.join(self.path, labels_file(name)), allow_pickle=False)
+        if labels.shape != (n,):
+            raise UserError(f"{self.path}: {labels_file(name)} has {labels.shape} labels, meta.json says {n}")
+        if self.storage == "raw":
+            file = os.path.join(self.path, images_file(name))
+            expected = n * s * s * c
+            actual = os.path.getsize(file) if os.path.exists(file) else -1
+            if actual != expected:
+                raise UserError(f"{file}: {actual:,} bytes, expected {expected:,} ({n:,} x {s}x{s}x{c}); the cache is damaged")
+            images = np.memmap(file, dtype=np.uint8, mode="r", shape=(n, s, s, c)) if n else np.zeros((0, s, s, c), np.uint8)
+        else:
+            index = np.load(os.path.join(self.path, jpeg_index_file(name)), allow_pickle=False)
+            images = JpegImages(os.path.join(self.path, jpeg_file(name)), index, s, c)
+        return Split(name, images, labels, self.path)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k} {v['count']:,}" for k, v in self.meta["splits"].items())
+        return f"Cache({self.path!r}: {counts}; {self.num_classes} classes; {self.size}x{self.size}x{self.channels} {self.storage})"
+
+
+def read_meta(path: str) -> dict | None:
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def open_cache(path) -> Cache:
+    """Open a prepared cache. UserError if it is missing, incomplete or of an unknown version."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        partial = path.rstrip("/") + ".partial"
+        hint = f" (an interrupted prepare left {partial}; re-run 'alexnet prepare' to finish it)" if os.path.isdir(partial) else \
+            " (create it with 'alexnet prepare SOURCE OUT')"
+        raise UserError(f"{path}: no such cache{hint}")
+    meta = read_meta(path)
+    if meta is None:
+        raise UserError(f"{path}: not a prepared cache (no readable meta.json)")
+    if meta.get("format") != CACHE_FORMAT:
+        raise UserError(f"{path}: not an alexnet cache (format {meta.get('format')!r})")
+    if meta.get("version") != CACHE_VERSION:
+        raise UserError(f"{path}: cache version {meta.get('version')!r}, this alexnet reads version {CACHE_VERSION}; re-run 'alexnet prepare'")
+    if meta.get("complete") is not True:
+        raise UserError(f"{path}: incomplete cache (prepare did not finish); re-run 'alexnet prepare'")
+    stats = {}
+    stats_path = os.path.join(path, "stats.npz")
+    if os.path.exists(stats_path):
+        with np.load(stats_path, allow_pickle=False) as z:
+            stats = {k: z[k] for k in z.files}
+    return Cache(path, meta, stats)
