@@ -7,10 +7,15 @@
 __version__ = "0.1.0"
 
 from .errors import UserError
+from .data import build_loader, open_cache, prepare
 from .models import AlexNet, LocalResponseNorm, build_model, get_model_info, list_models, local_response_norm
 from .models.summary import format_table, layer_table
+from .train import Config, TrainResult, load_config, load_model, train
+from .eval import evaluate, predict
 
 __all__ = [
     "__version__", "UserError", "AlexNet", "LocalResponseNorm", "build_model", "get_model_info",
     "list_models", "local_response_norm", "format_table", "layer_table",
+    "open_cache", "build_loader", "prepare",
+    "Config", "TrainResult", "load_config", "load_model", "train", "evaluate", "predict",
 ]

@@ -18,6 +18,11 @@ from .errors import UserError
 
 COMMAND_MODULES = (
     "alexnet.models.commands",
+    "alexnet.data.commands",
+    "alexnet.train.commands",
+    "alexnet.eval.commands",
+    "alexnet.analysis.commands",
+    "alexnet.perf.commands",
 )
 
 

@@ -14,10 +14,9 @@ PIL path: open, convert, resize the short side, centre crop):
   1/8, the SIMD-accelerated factors) whenever the shorter side stays >= S, so a
   2000x1500 photo never exists at full size. Only power-of-two factors are used: the
   other n/8 factors are slower than a full decode in libjpeg-turbo.
-* The resize only touches the central square: PIL's ``resize(box=...)`` rescales
-  the crop region directly, which equals "rescale, then crop the centre" (to the
-  sub-pixel: the box is centred exactly, where rescale-then-integer-crop can be off
-  by up to half a pixel).
+* The resize only touches the central square (crop first, then rescale: the same as
+  "rescale, then crop the centre" up to the rounding of the crop offset), with torch's
+  vectorised uint8 antialiased bilinear kernel instead of PIL's (~3x faster here).
 
 Everything that is not a plain baseline JPEG goes through PIL: PNG, GIF, BMP, TIFF,
 WebP, CMYK/YCCK JPEGs. Colour handling: EXIF orientation applied; grayscale and
@@ -34,6 +33,8 @@ import os
 import warnings
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 try:  # the fast path; everything still works (slower) without it
@@ -122,22 +123,47 @@ def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return a
 
 
-def square_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """The central square of a width x height image, as a PIL box (left, top, right, bottom)."""
-    side = min(width, height)
-    left, top = (width - side) / 2.0, (height - side) / 2.0
-    return (left, top, left + side, top + side)
+_SCRATCH: dict = {}
+
+
+def _scratch(name: str, nbytes: int) -> np.ndarray:
+    """A per-process uint8 buffer reused across images: a fresh multi-MB array per image costs
+    more in page faults (here ~1 ms) than the copy that fills it."""
+    buf = _SCRATCH.get(name)
+    if buf is None or buf.size < nbytes:
+        buf = _SCRATCH[name] = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+    return buf[:nbytes]
+
+
+def central_square(a: np.ndarray) -> np.ndarray:
+    """The central min(H, W) square of an HxWxC array (integer offsets, like crop-after-resize)."""
+    h, w = a.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return a[top: top + side, left: left + side]
 
 
 def resize_square(a: np.ndarray, size: int) -> np.ndarray:
-    """Short side -> ``size`` (bilinear, antialiased when shrinking), central ``size`` x ``size``."""
-    h, w = a.shape[:2]
-    if h == w == size:
-        return np.ascontiguousarray(a)
-    gray = a.ndim == 3 and a.shape[2] == 1
-    im = Image.fromarray(a[:, :, 0] if gray else a)
-    out = np.asarray(im.resize((size, size), Image.BILINEAR, box=square_box(w, h)))
-    return out[:, :, None] if gray else out
+    """Short side -> ``size`` (bilinear, antialiased when shrinking), central ``size`` x ``size``.
+
+    Crops first, then resizes only the square (same as resize-then-crop up to the sub-pixel
+    rounding of the crop offset). The resize is torch's uint8 antialiased bilinear kernel
+    (the one torchvision uses; vectorised for 3-channel channels-last images, ~3x faster
+    than PIL's here and within +-1 of PIL's result on most pixels).
+    """
+    view = central_square(a)
+    if view.shape[0] == size:
+        return np.array(view)  # always a copy: ``a`` may live in a reused decode buffer
+    if view.flags.c_contiguous:  # portrait or square images: the rows are already contiguous
+        square = view
+    else:
+        square = _scratch("square", view.size).reshape(view.shape)
+        np.copyto(square, view)  # contiguous HWC: the layout the vectorised kernel wants
+    if not square.flags.writeable:  # np.asarray(PIL image) is read-only; torch wants writable memory
+        square = np.array(square)
+    x = torch.from_numpy(square).permute(2, 0, 1)[None]  # NCHW view of HWC memory = channels_last
+    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return np.ascontiguousarray(y[0].permute(1, 2, 0).numpy())
 
 
 def _decode_jpeg_fast(data: bytes, size: int, channels: int) -> np.ndarray | None:
@@ -161,7 +187,9 @@ def _decode_jpeg_fast(data: bytes, size: int, channels: int) -> np.ndarray | Non
     if factor > 1:  # ceil: libjpeg's scaled size is ceil(dim * 1/factor)
         kwargs = {"min_height": -(-height // factor), "min_width": -(-width // factor)}
     try:
-        a = simplejpeg.decode_jpeg(data, "GRAY" if channels == 1 else "RGB", **kwargs)
+        out_h, out_w = simplejpeg.decode_jpeg_header(data, **kwargs)[:2] if kwargs else (height, width)
+        buffer = _scratch("decode", out_h * out_w * channels)
+        a = simplejpeg.decode_jpeg(data, "GRAY" if channels == 1 else "RGB", buffer=buffer, **kwargs)
     except ValueError as exc:
         raise BadImage(f"corrupt or truncated JPEG ({exc})") from None
     if a.ndim == 2:

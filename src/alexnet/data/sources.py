@@ -24,9 +24,11 @@ files that claim to be images but are not are left to the decoder to report.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
+import lzma
 import os
 import pickle
 import re
@@ -45,6 +47,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
 STRAY_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
+IN_MEMORY_ARCHIVE_BYTES = 2 << 30  # compressed tars up to 2 GB are decompressed into memory once
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 LABEL_FILE_PATTERN = re.compile(r"(ground[_-]?truth|labels?|solution)[^/]*\.(txt|csv)$", re.IGNORECASE)
 
@@ -77,6 +80,8 @@ class Source:
     ignored: list = field(default_factory=list)   # (name, reason): stray and non-image files
     channels: int | None = None     # fixed by the format (IDX 1, CIFAR 3) or None: decide from the images
     class_names: list[str] | None = None           # readable names when the classes are ids (wnids)
+    memory: bytes | None = None                     # a small compressed tar, decompressed once
+    memory_index: dict | None = None                # member name -> (offset, size) in ``memory``
 
     @property
     def encoded(self) -> bool:
@@ -100,7 +105,12 @@ class Source:
         return h.hexdigest()[:32]
 
     def stream(self, wanted: set[str]):
-        """Yield (item name, bytes) for members of a compressed tar, in archive order."""
+        """Yield (member name, bytes) for members of a compressed tar, in archive order."""
+        if self.memory is not None:
+            for name, (offset, size) in sorted(self.memory_index.items(), key=lambda kv: kv[1][0]):
+                if name in wanted:
+                    yield name, self.memory[offset: offset + size]
+            return
         with tarfile.open(self.location, "r|*") as tf:
             for member in tf:
                 if member.name in wanted and (member.isfile() or member.islnk()):
@@ -145,6 +155,8 @@ def open_source(spec: str, *, labels: str | None = None, classes: str | None = N
         if limit < 1:
             raise UserError(f"--limit {limit}: must be at least 1")
         source.splits = {name: _limit_per_class(content, limit) for name, content in source.splits.items()}
+    order = {"train": 0, "val": 1, "test": 2}
+    source.splits = dict(sorted(source.splits.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
     for name, content in source.splits.items():
         if len(content) == 0:
             raise UserError(f"{path}: split '{name}' has no images")
@@ -229,10 +241,19 @@ def _read_local(root: str):
 
 def _open_tar(path: str, labels: str | None, class_list) -> Source:
     compressed = path.lower().endswith(COMPRESSED_TAR)
+    memory = None
     try:
-        tf = tarfile.open(path, "r:*")
+        if compressed and os.path.getsize(path) <= IN_MEMORY_ARCHIVE_BYTES:
+            # Decompress once into memory: listing and reading then cost one pass, not two.
+            opener = {".gz": gzip.open, ".tgz": gzip.open, ".bz2": bz2.open, ".tbz2": bz2.open,
+                      ".xz": lzma.open, ".txz": lzma.open}[os.path.splitext(path.lower())[1]]
+            with opener(path, "rb") as f:
+                memory = f.read()
+            tf = tarfile.open(fileobj=io.BytesIO(memory))
+        else:
+            tf = tarfile.open(path, "r:*")
         members = tf.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as exc:
         raise UserError(f"{path}: not a readable tar archive ({exc})") from None
     special = _detect_arrays_in_tar(path, tf, members)
     if special is not None:
@@ -262,6 +283,13 @@ def _open_tar(path: str, labels: str | None, class_list) -> Source:
 
     source = _build_tree("tar-stream" if compressed else "tar", path, entries, [], labels, class_list, read=read)
     tf.close()
+    if memory is not None:
+        source.memory = memory
+        source.memory_index = {m.name: (m.offset_data, m.size) for m in members if m.isfile()}
+        for m in members:
+            if m.islnk() and by_name.get(m.linkname) is not None:
+                target = by_name[m.linkname]
+                source.memory_index[m.name] = (target.offset_data, target.size)
     return source
 
 

@@ -147,6 +147,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: d
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"alexnet": meta_json, "sha256": _digest(meta_json, tensors)}
 
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
@@ -162,9 +163,10 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: d
             os.fsync(dir_fd)              # ... and the rename itself survives a power cut
         finally:
             os.close(dir_fd)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:   # full disk, quota, read-only folder...
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
+        reason = getattr(exc, "strerror", None) or str(exc).rsplit(": ", 1)[-1]
+        raise UserError(f"{path}: cannot write checkpoint ({reason})") from None
     return path
 
 
@@ -258,6 +260,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     data = ckpt.meta.get("data", {})
     info = {
         **m, "path": str(ckpt.path), "classes": ckpt.meta.get("classes"),
+        "class_names": ckpt.meta.get("class_names") or ckpt.meta.get("classes"),
+        "input_scale": data.get("input_scale"),
         "input_size": data.get("crop"), "cache_size": data.get("size"), "mean": data.get("mean", "none"),
         "stats": {k: v.numpy() for k, v in ckpt.group("extra.stats").items()},
         "epoch": ckpt.meta.get("epoch"), "step": ckpt.meta.get("step"),

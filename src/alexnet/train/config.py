@@ -50,6 +50,7 @@ class DataConfig:
     flip: bool = True           # random horizontal reflections (paper)
     pca_std: float = 0.1        # PCA colour noise std (paper: 0.1; 0 disables)
     mean: str = "image"         # "image" (paper: per-pixel mean), "channel" or "none"
+    scale: str = "none"         # "none" (paper: raw 0..255 values minus the mean) or "std" (divide by channel std)
     workers: int = 2            # loader worker threads
     train_split: str = "train"
     val_split: str = "val"      # falls back to the test split when the cache has no "val"
@@ -148,6 +149,7 @@ class Config:
 
 ALLOWED = {
     ("data", "mean"): ("image", "channel", "none"),
+    ("data", "scale"): ("none", "std"),
     ("model", "parallel"): ("none", "towers"),
     ("schedule", "kind"): ("plateau", "step", "cosine", "onecycle", "constant"),
     ("train", "precision"): ("fp32", "bf16", "fp16"),

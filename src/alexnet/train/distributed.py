@@ -76,6 +76,15 @@ def setup(device: str = "", timeout_s: float = 300.0) -> DistContext:
     return DistContext(rank, world, local_rank, dev)
 
 
+def is_communication_failure(exc: BaseException) -> bool:
+    """A collective failed because a peer died or timed out (gloo/NCCL report these as errors)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        w in text for w in ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "broken pipe"))
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,0 +1,414 @@
+"""Figure 1: ReLU versus tanh, epochs to reach 25% training error on CIFAR-10.
+
+The paper (section 3.1, Figure 1): "A four-layer convolutional neural network with
+ReLUs (solid line) reaches a 25% training error rate on CIFAR-10 six times faster
+than an equivalent network with tanh neurons (dashed line). The learning rates for
+each network were chosen independently to make training as fast as possible. No
+regularization of any kind was employed."
+
+What we run, and where it departs from the paper:
+
+* The network (:class:`FourLayerNet`) is the cuda-convnet CIFAR-10 layout the paper's
+  authors distributed (three 5x5 convolutions with 32, 32, 64 filters, each followed
+  by the activation and 3x3/2 max pooling, then a fully connected layer to 10
+  classes: four weight layers). The paper does not print its exact network; this
+  is our reading. Both arms are identical except for the activation and the lr.
+* No regularisation of any kind: no weight decay, no dropout, no augmentation,
+  no normalisation layers. Inputs are standardised per channel with the training
+  split's mean and std (cache statistics) so that tanh units are not saturated by
+  0..255 pixel values; weights use PyTorch's default (fan-in scaled uniform) init.
+* SGD with momentum 0.9, constant lr, batch 64. "As fast as possible" becomes a
+  small grid search (:func:`search_lr`): every lr of ``lr_grid`` trains for
+  ``search_epochs`` epochs (seed 0) and the lr with the lowest training error at
+  the end of that budget wins, separately for each activation; a diverged run
+  (non-finite loss) counts as error 1.
+* Training error of an epoch is the error on the training images *as they are
+  seen during that epoch* (the running mean over the epoch's batches, as
+  cuda-convnet printed it). It lags the end-of-epoch error by about half an epoch,
+  equally for both arms.
+* Scale: a seeded random subset of the 50,000 training images (``train_subset``)
+  so that this runs on a 2-core CPU; see docs/reproduction.md for the numbers and
+  the scale they were measured at. A run stops ``extra_epochs`` after it first
+  reaches the target, or at ``max_epochs``; a tanh run that never gets there is
+  reported as a lower bound on its epochs (and on the ratio).
+
+Runs are resumable: each finished run is a JSON file in ``OUT/runs/`` and is
+re-used when the settings match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+TARGET_ERROR = 0.25
+PAPER_RATIO = 6.0
+DEFAULT_LR_GRID = (0.003, 0.01, 0.03, 0.1)
+
+
+class FourLayerNet(nn.Module):
+    """Three 5x5 convolutions (32, 32, 64 filters) + one fully connected layer, for 32x32 inputs."""
+
+    def __init__(self, activation: str = "relu", in_channels: int = 3, num_classes: int = 10, size: int = 32):
+        super().__init__()
+        acts = {"relu": nn.ReLU, "tanh": nn.Tanh}
+        if activation not in acts:
+            raise UserError(f"activation must be relu or tanh, got {activation!r}")
+        act = acts[activation]
+        layers = []
+        c = in_channels
+        for width in (32, 32, 64):
+            layers += [nn.Conv2d(c, width, 5, padding=2), act(), nn.MaxPool2d(3, 2, padding=1)]
+            c = width
+            size = (size - 1) // 2 + 1          # 3x3/2 pool with padding 1: ceil(size / 2)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * size * size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+# ----------------------------------------------------------------------------- the measurement
+
+def crossing_epoch(errors: list[float], target: float = TARGET_ERROR, start_error: float | None = None) -> float | None:
+    """Epochs needed to reach ``target`` error, linearly interpolated between epochs.
+
+    ``errors[i]`` is the training error of epoch ``i + 1``; ``start_error`` is the
+    error before training (epoch 0; chance level), used to interpolate inside the
+    first epoch (without it, a first-epoch crossing counts as 1.0). None when the
+    curve never reaches the target.
+    """
+    prev_epoch, prev_err = 0, start_error
+    for i, err in enumerate(errors):
+        epoch = i + 1
+        if err is not None and math.isfinite(err) and err <= target:
+            if prev_err is None or not math.isfinite(prev_err) or prev_err <= err:
+                return float(epoch)
+            return prev_epoch + (prev_err - target) / (prev_err - err) * (epoch - prev_epoch)
+        prev_epoch, prev_err = epoch, err
+    return None
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: list[dict], target: float = TARGET_ERROR) -> dict:
+    """Mean and spread of the epochs to ``target`` per activation, and the tanh/ReLU ratio.
+
+    ``runs``: dicts with ``activation``, ``seed``, ``errors`` (per-epoch training
+    error) and optionally ``start_error``. A run that never reaches the target
+    contributes a lower bound: its number of epochs. The ratio is computed per seed
+    (tanh epochs / ReLU epochs of the same seed) and also as the ratio of the means;
+    it is a lower bound when any tanh run did not reach the target.
+    """
+    out: dict = {"target_error": target, "paper_ratio": PAPER_RATIO, "activations": {}}
+    per_seed: dict[str, dict[int, tuple[float, bool]]] = {}
+    for act in ("relu", "tanh"):
+        rows = [r for r in runs if r["activation"] == act]
+        epochs, bounds = [], []
+        for r in rows:
+            e = crossing_epoch(r["errors"], target, r.get("start_error"))
+            reached = e is not None
+            value = e if reached else float(len(r["errors"]))
+            per_seed.setdefault(act, {})[r["seed"]] = (value, reached)
+            (epochs if reached else bounds).append(value)
+        all_values = epochs + bounds
+        mean, std = _mean_std(all_values)
+        out["activations"][act] = {
+            "runs": len(rows), "reached": len(epochs), "epochs_to_target_mean": mean, "epochs_to_target_std": std,
+            "epochs_to_target": [per_seed[act][r["seed"]][0] for r in rows] if rows else [],
+            "lower_bound": bool(bounds), "lr": rows[0].get("lr") if rows else None,
+        }
+    ratios, ratio_bound = [], False
+    for seed, (tanh_e, tanh_ok) in sorted(per_seed.get("tanh", {}).items()):
+        relu = per_seed.get("relu", {}).get(seed)
+        if relu is None or not relu[1] or relu[0] <= 0:
+            continue
+        ratios.append(tanh_e / relu[0])
+        ratio_bound |= not tanh_ok
+    mean, std = _mean_std(ratios)
+    relu_mean = out["activations"]["relu"]["epochs_to_target_mean"]
+    tanh_mean = out["activations"]["tanh"]["epochs_to_target_mean"]
+    out["ratio_per_seed"] = ratios
+    out["ratio_mean"], out["ratio_std"] = mean, std
+    relu_ok = out["activations"]["relu"]["reached"] == out["activations"]["relu"]["runs"] > 0
+    # Without a ReLU crossing there is no ratio (not even a bound): both numbers are only bounds.
+    out["ratio_of_means"] = tanh_mean / relu_mean if relu_ok and tanh_mean else None
+    out["ratio_is_lower_bound"] = ratio_bound or out["activations"]["tanh"]["lower_bound"]
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class Settings:
+    """Everything that determines a run's result (stored with it, compared on resume)."""
+
+    train_subset: int = 5000
+    subset_seed: int = 0
+    batch_size: int = 64
+    momentum: float = 0.9
+    max_epochs: int = 30
+    extra_epochs: int = 2
+    target: float = TARGET_ERROR
+    max_steps: int = 0                 # tests: stop every run after this many steps
+    cache: str = ""
+    split: str = "train"
+
+
+def load_training_tensors(cache, split: str, subset: int, subset_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (standardised) training images as one float tensor: Figure 1 uses no augmentation."""
+    sp = cache.split(split)
+    n = len(sp)
+    if n == 0:
+        raise UserError(f"{cache.path}: split {split!r} is empty")
+    if subset and subset < n:
+        # A seeded random subset, not the first N: caches are often ordered by class.
+        index = np.sort(np.random.default_rng(subset_seed).permutation(n)[:subset])
+    else:
+        index = np.arange(n)
+    images = np.asarray(sp.images[index], dtype=np.uint8)
+    labels = np.asarray(sp.labels[index], dtype=np.int64)
+    mean = np.asarray(cache.stats["channel_mean"], dtype=np.float32)
+    std = np.maximum(np.asarray(cache.stats["channel_std"], dtype=np.float32), 1e-3)
+    x = (images.astype(np.float32) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(labels)
+
+
+def train_run(x: torch.Tensor, y: torch.Tensor, activation: str, lr: float, seed: int, settings: Settings,
+              epochs: int, *, device: str | torch.device = "cpu", stop_at_target: bool = True,
+              progress=None) -> dict:
+    """Train one FourLayerNet; return its per-epoch training error curve."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    num_classes = int(y.max()) + 1
+    model = FourLayerNet(activation, x.shape[1], max(num_classes, 2), x.shape[2]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(x)
+    errors, losses = [], []
+    steps, reached_at, diverged = 0, None, False
+    start = time.time()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        wrong, seen, loss_sum = 0, 0, 0.0
+        for i in range(0, n, settings.batch_size):
+            idx = order[i:i + settings.batch_size]
+            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(logits, yb)
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            wrong += int((logits.argmax(1) != yb).sum())
+            seen += len(yb)
+            loss_sum += loss.item() * len(yb)
+            steps += 1
+            if settings.max_steps and steps >= settings.max_steps:
+                break
+        if diverged:
+            errors.append(1.0)
+            losses.append(None)
+            break
+        errors.append(wrong / max(seen, 1))
+        losses.append(loss_sum / max(seen, 1))
+        if progress is not None:
+            progress(activation, lr, seed, epoch, errors[-1])
+        if reached_at is None and errors[-1] <= settings.target:
+            reached_at = epoch
+        if settings.max_steps and steps >= settings.max_steps:
+            break
+        if stop_at_target and reached_at is not None and epoch >= reached_at + settings.extra_epochs:
+            break
+    return {"activation": activation, "lr": lr, "seed": seed, "errors": errors, "losses": losses,
+            "start_error": 1 - 1 / max(num_classes, 2), "diverged": diverged, "steps": steps,
+            "train_images": n, "time_s": time.time() - start}
+
+
+class RunStore:
+    """One JSON file per finished run; a run is re-used when its settings are identical."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, kind: str, activation: str, lr: float, seed: int, epochs: int) -> Path:
+        return self.folder / f"{kind}-{activation}-lr{lr:g}-s{seed}-e{epochs}.json"
+
+    @staticmethod
+    def key(path: Path, settings: Settings) -> dict:
+        key = asdict(settings)
+        if path.name.startswith("search-"):
+            # A search run's result does not depend on the main runs' epoch budget.
+            key.pop("max_epochs")
+            key.pop("extra_epochs")
+        return key
+
+    def get(self, path: Path, settings: Settings) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if record.get("settings") == self.key(path, settings) else None
+
+    def put(self, path: Path, record: dict, settings: Settings) -> None:
+        record = {**record, "settings": self.key(path, settings)}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+
+def search_lr(x, y, activation: str, grid, search_epochs: int, settings: Settings, store: RunStore,
+              device, log) -> tuple[float, list[dict]]:
+    """The lr of ``grid`` with the lowest training error after ``search_epochs`` epochs (seed 0)."""
+    rows = []
+    for lr in grid:
+        path = store.path("search", activation, lr, 0, search_epochs)
+        run = store.get(path, settings)
+        if run is None:
+            run = train_run(x, y, activation, lr, 0, settings, search_epochs, device=device, stop_at_target=False)
+            store.put(path, run, settings)
+        final = 1.0 if run["diverged"] or not run["errors"] else run["errors"][-1]
+        rows.append({"activation": activation, "lr": lr, "epochs": search_epochs, "final_train_error": final,
+                     "diverged": run["diverged"]})
+        log(f"lr search {activation} lr={lr:g}: training error {final:.3f} after {len(run['errors'])} epoch(s)")
+    best = min(rows, key=lambda r: (r["final_train_error"], r["lr"]))
+    return best["lr"], rows
+
+
+@dataclass
+class ExperimentResult:
+    summary: dict
+    runs: list[dict] = field(default_factory=list)
+    search: list[dict] = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+
+
+def run_experiment(cache_path: str | os.PathLike, out: str | os.PathLike, *, seeds: int = 3,
+                   lr_grid: tuple[float, ...] = DEFAULT_LR_GRID, search_epochs: int = 2,
+                   lr_relu: float | None = None, lr_tanh: float | None = None,
+                   settings: Settings | None = None, device: str | None = None, quiet: bool = False) -> ExperimentResult:
+    """Figure 1 end to end: lr search, ``seeds`` runs per activation, CSV + JSON + PNG in ``out``."""
+    from ..data import open_cache
+    from ..report import write_csv, write_json
+
+    settings = settings or Settings()
+    cache = open_cache(cache_path)
+    settings.cache = str(Path(cache_path).resolve())
+    if cache.size < 8:
+        raise UserError(f"{cache_path}: images of {cache.size} px are too small for the four-layer network")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = RunStore(out / "runs")
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    x, y = load_training_tensors(cache, settings.split, settings.train_subset, settings.subset_seed)
+    log(f"Figure 1: {len(x)} training images of {cache_path} ({x.shape[2]} px), device {device}")
+    search_rows: list[dict] = []
+    chosen = {"relu": lr_relu, "tanh": lr_tanh}
+    for act in ("relu", "tanh"):
+        if chosen[act] is None:
+            chosen[act], rows = search_lr(x, y, act, lr_grid, search_epochs, settings, store, device, log)
+            search_rows += rows
+        log(f"{act}: lr {chosen[act]:g}")
+
+    runs = []
+    for seed in range(seeds):
+        for act in ("relu", "tanh"):
+            path = store.path("run", act, chosen[act], seed, settings.max_epochs)
+            run = store.get(path, settings)
+            if run is None:
+                t = time.time()
+                run = train_run(x, y, act, chosen[act], seed, settings, settings.max_epochs, device=device,
+                                progress=None if quiet else _epoch_line)
+                store.put(path, run, settings)
+                log(f"{act} seed {seed}: {len(run['errors'])} epochs in {time.time() - t:.0f} s, "
+                    f"final training error {run['errors'][-1]:.3f}")
+            else:
+                log(f"{act} seed {seed}: re-using {path.name}")
+            runs.append(run)
+
+    summary = summarise(runs, settings.target)
+    summary.update({"settings": asdict(settings), "lr": chosen, "lr_grid": list(lr_grid),
+                    "search_epochs": search_epochs, "seeds": seeds, "device": str(device),
+                    "train_images": len(x)})
+    curves = [{"activation": r["activation"], "seed": r["seed"], "lr": r["lr"], "epoch": i + 1,
+               "train_error": e, "train_loss": l}
+              for r in runs for i, (e, l) in enumerate(zip(r["errors"], r["losses"]))]
+    files = {"csv": out / "figure1.csv", "json": out / "figure1.json", "png": out / "figure1.png",
+             "lr_search": out / "lr_search.csv"}
+    write_csv(files["csv"], curves)
+    if search_rows:
+        write_csv(files["lr_search"], search_rows)
+    else:
+        files.pop("lr_search")
+    write_json(files["json"], summary)
+    plot_figure1(runs, summary, files["png"])
+    return ExperimentResult(summary, runs, search_rows, {k: str(v) for k, v in files.items()})
+
+
+def _epoch_line(activation: str, lr: float, seed: int, epoch: int, error: float) -> None:
+    print(f"  {activation} lr {lr:g} seed {seed} epoch {epoch}: training error {error:.3f}", file=sys.stderr, flush=True)
+
+
+def plot_figure1(runs: list[dict], summary: dict, out: str | os.PathLike) -> Path:
+    """Training error against epochs: ReLU solid, tanh dashed (one thin line per seed, bold mean)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colours = {"relu": "tab:blue", "tanh": "tab:red"}
+    for act, style in (("relu", "-"), ("tanh", "--")):
+        rows = [r for r in runs if r["activation"] == act]
+        for r in rows:
+            xs = range(0, len(r["errors"]) + 1)
+            ax.plot(xs, [r.get("start_error", 0.9)] + r["errors"], style, color=colours[act], alpha=0.3, lw=1)
+        if rows:
+            length = min(len(r["errors"]) for r in rows)
+            mean = [statistics.fmean(r["errors"][i] for r in rows) for i in range(length)]
+            s = summary["activations"][act]
+            e = s["epochs_to_target_mean"]
+            label = f"{'ReLU' if act == 'relu' else 'tanh'} (lr {s['lr']:g}): "
+            label += "-" if e is None else f"{'>=' if s['lower_bound'] else ''}{e:.1f} epochs to {100 * summary['target_error']:.0f}%"
+            ax.plot(range(0, length + 1), [rows[0].get("start_error", 0.9)] + mean, style, color=colours[act],
+                    lw=2.2, label=label)
+    ax.axhline(summary["target_error"], color="grey", lw=0.8, ls=":")
+    ratio = summary.get("ratio_mean")
+    title = "Figure 1: ReLU vs tanh, four-layer CNN on CIFAR-10"
+    if ratio is not None:
+        spread = summary.get("ratio_std") or 0.0
+        title += f"\ntanh / ReLU epochs: {'>=' if summary['ratio_is_lower_bound'] else ''}{ratio:.1f} +- {spread:.1f} (paper: 6)"
+    ax.set(xlabel="epochs", ylabel="training error rate", title=title, ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

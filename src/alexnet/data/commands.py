@@ -1,0 +1,89 @@
+"""CLI: ``alexnet prepare SOURCE OUT`` and ``alexnet cache-info CACHE``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UserError
+
+
+def _size(text: str):
+    if text == "native":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--size {text!r}: expected a number of pixels or 'native'") from None
+    if value < 1:
+        raise UserError(f"--size {value}: must be at least 1")
+    return value
+
+
+def _prepare(args) -> int:
+    from .prepare import prepare
+    summary = prepare(args.source, args.out, size=_size(args.size), storage=args.format, quality=args.quality,
+                      skip_bad=args.skip_bad, workers=args.workers, quiet=args.quiet, labels=args.labels,
+                      classes=args.classes, limit=args.limit, channels=args.channels, overwrite=args.overwrite)
+    print(summary.line())
+    return 0
+
+
+def _info(args) -> int:
+    from .cache import open_cache
+    cache = open_cache(args.cache)
+    if args.json:
+        meta = dict(cache.meta)
+        print(json.dumps(meta, indent=1))
+        return 0
+    print(repr(cache))
+    st = cache.stats
+    if st:
+        print("train statistics (0..255 pixel scale):")
+        print(f"  channel mean {[round(float(v), 3) for v in st['channel_mean']]}")
+        print(f"  channel std  {[round(float(v), 3) for v in st['channel_std']]}")
+        print(f"  eigenvalues  {[round(float(v), 3) for v in st['eigval']]}")
+    print(f"skipped {cache.meta.get('skipped', 0)}, ignored {cache.meta.get('ignored', 0)}, "
+          f"warnings {cache.meta.get('warnings', 0)} (see the CSV files in {cache.path})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "prepare", help="decode a dataset once into a memory-mapped cache with its train statistics",
+        description="Decode every image of SOURCE once: short side rescaled to --size, central square crop "
+                    "(the paper's preprocessing), stored as uint8 in OUT with labels, class names and the "
+                    "train split's mean image, channel mean/std and RGB covariance eigen-decomposition. "
+                    "SOURCE: an image folder tree (class folders, optionally under train/ val/ test/), a .tar or "
+                    ".tar.gz of one, an ILSVRC-style flat val folder with --labels, the CIFAR-10/100 python or "
+                    "binary tarball (or folder), an MNIST/Fashion-MNIST IDX folder, or 'fashion-mnist' "
+                    "(= /usr/share/datasets/fashion-mnist). Interrupted runs resume when re-run.")
+    p.add_argument("source", help="dataset folder, archive, or shorthand (fashion-mnist)")
+    p.add_argument("out", help="cache directory to create")
+    p.add_argument("--size", default="256", metavar="S",
+                   help="stored side in pixels (default 256, the paper's); 'native' keeps CIFAR/IDX images as they are")
+    p.add_argument("--format", default="raw", choices=("raw", "jpeg"),
+                   help="raw uint8 (default; fastest to read) or jpeg (compact: re-encoded at --quality)")
+    p.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality for --format jpeg (default 90)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable/corrupt images, listing each with its reason in OUT/skipped.csv "
+                        "(default: stop at the first one)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="decoding processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-file messages")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels of a flat image folder (ILSVRC val): one wnid or 0-based class index per line in "
+                        "sorted file order, 'name label' lines, or LOC_val_solution.csv")
+    p.add_argument("--classes", metavar="FILE",
+                   help="the class list, in index order ('wnid', 'wnid name' or 'index wnid name' per line); "
+                        "default: sorted class folder names")
+    p.add_argument("--limit", type=int, metavar="N", help="keep at most N images per class in each split (for quick runs)")
+    p.add_argument("--channels", default="auto", choices=("auto", "1", "3"),
+                   help="1 or 3; auto: the format's own (IDX 1, CIFAR 3), else 1 only if the images are grayscale")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("cache-info", help="describe a prepared cache (counts, classes, statistics)",
+                       description="Print a prepared cache's splits, classes, size and train statistics.")
+    p.add_argument("cache", help="cache directory written by 'alexnet prepare'")
+    p.add_argument("--json", action="store_true", help="print meta.json")
+    p.set_defaults(func=_info)

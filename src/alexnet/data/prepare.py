@@ -1,0 +1,647 @@
+"""``alexnet prepare``: decode every image once into the cache, with the train statistics.
+
+The paper (Section 2) rescales each image so its shorter side is 256 and keeps the
+central 256x256 patch; Section 4.1 needs the training set's mean image and the
+eigen-decomposition of the RGB covariance. Both are produced here, in one pass over
+the source, so training never decodes an image again.
+
+Safety: everything is written into ``OUT.partial`` and renamed to ``OUT`` only when
+complete (``meta.json`` then says ``"complete": true``). Progress is checkpointed every
+few seconds (which images are done, the running statistics), so an interrupted run
+continues where it stopped when re-run with the same source and options; with
+anything different it starts over. Bad files stop the run with one line naming the file
+(default) or are skipped and listed in ``skipped.csv`` (``skip_bad=True``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+from . import cache as layout
+from .decode import BadImage, decode_square, resize_square
+from .sources import ArraySplit, Source, open_source, read_payload
+
+CHECKPOINT_SECONDS = float(os.environ.get("ALEXNET_PREPARE_CHECKPOINT_SECONDS", "10"))  # tests shorten it
+ARRAY_CHUNK = 512          # decoded-array sources (CIFAR, IDX): images per task
+ENCODED_CHUNK = 32         # encoded images per task (at most)
+STREAM_CHUNK_BYTES = 1 << 20  # ... or this many streamed bytes
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class PrepareSummary:
+    out: str
+    counts: dict
+    classes: int
+    size: int
+    channels: int
+    storage: str
+    bytes: int
+    skipped: list = field(default_factory=list)
+    ignored: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+    decoded: int = 0
+    resumed_from: int = 0
+    up_to_date: bool = False
+
+    def line(self) -> str:
+        counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
+        if self.up_to_date:
+            return f"{self.out}: already prepared ({counts}); nothing to do"
+        rate = f"{self.decoded / self.seconds:,.0f} images/s" if self.seconds > 0 and self.decoded else "-"
+        parts = [f"prepared {self.out}: {counts} images, {self.classes} classes, "
+                 f"{self.size}x{self.size}x{self.channels} {self.storage}, {_human(self.bytes)}",
+                 f"skipped {len(self.skipped)} bad file(s)" + (" (listed in skipped.csv)" if self.skipped else ""),
+                 f"ignored {len(self.ignored)} stray/non-image file(s)" + (" (listed in ignored.csv)" if self.ignored else "")]
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning(s) in warnings.csv")
+        if self.resumed_from:
+            parts.append(f"resumed after {self.resumed_from:,} images")
+        parts.append(f"{self.seconds:.1f} s ({rate})")
+        return "; ".join(parts)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000.0
+    return f"{n:.1f} TB"
+
+
+# --------------------------------------------------------------------------------------
+# worker side: pure functions of their arguments (they run in a process pool)
+
+_CONFIG: dict = {}
+
+
+def _init_worker(config: dict) -> None:
+    _CONFIG.clear()
+    _CONFIG.update(config)
+    if config.get("pool"):
+        import torch
+        torch.set_num_threads(1)  # one process per core: the resize must not spawn threads of its own
+
+
+def _image_stats(a: np.ndarray) -> np.ndarray:
+    """Sum over pixels of x x^T (C x C) for the colour covariance: exact in float64 (integers < 2**53).
+
+    The per-channel sums are not needed separately: they are the sums of the mean-image accumulator.
+    """
+    x = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    return x.T @ x
+
+
+def _sum_images(images: np.ndarray) -> np.ndarray:
+    """Exact per-pixel sum of a chunk (in-place uint32 adds: much faster than a reduction)."""
+    acc = np.zeros(images.shape[1:], dtype=np.uint32)
+    for a in images:
+        np.add(acc, a, out=acc)
+    return acc
+
+
+def _encode(a: np.ndarray, quality: int) -> bytes:
+    import simplejpeg
+    if a.shape[2] == 1:
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="GRAY")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="RGB", colorsubsampling="420")
+
+
+def _decode_stored(blob: bytes, channels: int) -> np.ndarray:
+    import simplejpeg
+    a = simplejpeg.decode_jpeg(blob, "GRAY" if channels == 1 else "RGB")
+    return a.reshape(a.shape[0], a.shape[1], channels)
+
+
+def _work_encoded(task: tuple) -> dict:
+    """(split, [(index, name, ref or bytes)]) -> the chunk's images, statistics, errors and warnings."""
+    split, entries = task
+    size, channels, storage, quality = _CONFIG["size"], _CONFIG["channels"], _CONFIG["storage"], _CONFIG["quality"]
+    indices, images, blobs, errors, warnings = [], [], [], [], []
+    for index, name, payload in entries:
+        try:
+            if isinstance(payload, bytes):
+                data = payload
+            elif payload[0] == "broken":
+                raise BadImage(f"unreadable file ({payload[1]})")
+            else:
+                try:
+                    data = read_payload(payload)
+                except OSError as exc:
+                    raise BadImage(f"unreadable file ({exc.strerror or exc})") from None
+            img, warning = decode_square(data, size, channels, name)
+            if storage == "jpeg":
+                blobs.append(_encode(img, quality))
+                img = _decode_stored(blobs[-1], channels)  # statistics of what the loader will see
+            indices.append(index)
+            images.append(img)
+            if warning:
+                warnings.append((index, warning))
+        except BadImage as exc:
+            errors.append((index, str(exc)))
+    stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    xtx = image_sum = None
+    if split == "train":  # statistics come from the train split only
+        xtx = _image_stats(stacked)
+        # the chunk's share of the mean image, summed here so the main process adds once per chunk
+        image_sum = _sum_images(stacked)
+    return {"split": split, "indices": indices, "images": stacked, "blobs": blobs or None, "xtx": xtx,
+            "image_sum": image_sum, "errors": errors, "warnings": warnings}
+
+
+def _work_arrays(task: tuple) -> tuple:
+    """(split, start, uint8 NxHxWxC) -> (split, start, resized images, blobs, sum, xtx, image-sum)."""
+    split, start, images = task
+    size, channels, storage, quality = _CONFIG["size"], _CONFIG["channels"], _CONFIG["storage"], _CONFIG["quality"]
+    if images.shape[1:3] == (size, size):
+        out = images
+    else:
+        out = np.empty((len(images), size, size, channels), dtype=np.uint8)
+        for j, a in enumerate(images):  # per image: PIL's antialiased resize
+            out[j] = resize_square(a, size)
+    blobs = None
+    if storage == "jpeg":
+        blobs = [_encode(a, quality) for a in out]
+        out = np.stack([_decode_stored(b, channels) for b in blobs])
+    train = split == "train"
+    return {"split": split, "indices": list(range(start, start + len(out))), "images": out, "blobs": blobs,
+            "xtx": _image_stats(out) if train else None, "image_sum": _sum_images(out) if train else None,
+            "errors": [], "warnings": []}
+
+
+# --------------------------------------------------------------------------------------
+# the driver
+
+class _Writer:
+    """The partial cache being written, with its resumable progress."""
+
+    def __init__(self, root: str, source: Source, size: int, channels: int, storage: str):
+        self.root, self.source, self.size, self.channels, self.storage = root, source, size, channels, storage
+        self.counts = {name: source.count(name) for name in source.splits}
+        self.done = {k: np.zeros(n, dtype=bool) for k, n in self.counts.items()}
+        self.valid = {k: np.zeros(n, dtype=bool) for k, n in self.counts.items()}
+        self.jpeg_index = {k: np.full((n, 2), -1, dtype=np.int64) for k, n in self.counts.items()}
+        self.jpeg_length = {k: 0 for k in self.counts}
+        self.mean_sum = np.zeros((size, size, channels), dtype=np.float64)
+        self.xtx = np.zeros((channels, channels), dtype=np.float64)
+        self.stat_images = 0
+        self.skipped: list[tuple[str, str]] = []
+        self.warnings: list[tuple[str, str]] = []
+        self.images: dict = {}
+        self.jpeg_files: dict = {}
+
+    # -- files -------------------------------------------------------------------------
+    def open_files(self, resume: bool) -> None:
+        for split, n in self.counts.items():
+            if self.storage == "raw":
+                path = os.path.join(self.root, layout.images_file(split))
+                nbytes = n * self.size * self.size * self.channels
+                with open(path, "r+b" if resume and os.path.exists(path) else "wb") as f:
+                    f.truncate(nbytes)  # sparse: no time spent writing zeros
+                self.images[split] = np.memmap(path, dtype=np.uint8, mode="r+",
+                                               shape=(n, self.size, self.size, self.channels))
+            else:
+                path = os.path.join(self.root, layout.jpeg_file(split))
+                f = open(path, "r+b" if resume and os.path.exists(path) else "wb")
+                f.truncate(self.jpeg_length[split])
+                f.seek(self.jpeg_length[split])
+                self.jpeg_files[split] = f
+
+    def close_files(self) -> None:
+        for mm in self.images.values():
+            mm.flush()
+        self.images.clear()
+        for f in self.jpeg_files.values():
+            f.close()
+        self.jpeg_files.clear()
+
+    # -- results -----------------------------------------------------------------------
+    def store(self, split: str, index: int, img: np.ndarray | None, blob: bytes | None) -> None:
+        if self.storage == "raw":
+            self.images[split][index] = img
+        else:
+            f = self.jpeg_files[split]
+            self.jpeg_index[split][index] = (self.jpeg_length[split], len(blob))
+            f.write(blob)
+            self.jpeg_length[split] += len(blob)
+        self.done[split][index] = True
+        self.valid[split][index] = True
+
+    def store_many(self, split: str, indices: list, images: np.ndarray, blobs: list | None) -> None:
+        if not indices:
+            return
+        if self.storage == "raw" and indices == list(range(indices[0], indices[0] + len(indices))):
+            self.images[split][indices[0]: indices[0] + len(indices)] = images  # one slice write
+            self.done[split][indices[0]: indices[0] + len(indices)] = True
+            self.valid[split][indices[0]: indices[0] + len(indices)] = True
+            return
+        for j, index in enumerate(indices):
+            self.store(split, index, images[j], blobs[j] if blobs else None)
+
+    def add_stats(self, split: str, xtx: np.ndarray | None, image_sum: np.ndarray | None, n: int) -> None:
+        if split == "train":
+            self.xtx += xtx
+            self.mean_sum += image_sum
+            self.stat_images += n
+
+    # -- checkpoints -------------------------------------------------------------------
+    def checkpoint(self, fingerprint: str) -> None:
+        for mm in self.images.values():
+            mm.flush()
+        for f in self.jpeg_files.values():
+            f.flush()
+            os.fsync(f.fileno())
+        state = {"fingerprint": fingerprint, "skipped": self.skipped, "warnings": self.warnings,
+                 "jpeg_length": self.jpeg_length, "stat_images": self.stat_images}
+        arrays = {"state": np.frombuffer(json.dumps(state).encode(), dtype=np.uint8),
+                  "mean_sum": self.mean_sum, "xtx": self.xtx}
+        for split in self.counts:
+            arrays[f"done.{split}"] = self.done[split]
+            arrays[f"valid.{split}"] = self.valid[split]
+            arrays[f"jpeg_index.{split}"] = self.jpeg_index[split]
+        tmp = os.path.join(self.root, "progress.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, os.path.join(self.root, "progress.npz"))
+
+    def load_checkpoint(self, fingerprint: str) -> bool:
+        path = os.path.join(self.root, "progress.npz")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                state = json.loads(z["state"].tobytes().decode())
+                if state.get("fingerprint") != fingerprint:
+                    return False
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            return False
+        for split, n in self.counts.items():
+            if arrays[f"done.{split}"].shape != (n,):
+                return False
+            self.done[split] = arrays[f"done.{split}"].copy()
+            self.valid[split] = arrays[f"valid.{split}"].copy()
+            self.jpeg_index[split] = arrays[f"jpeg_index.{split}"].copy()
+        self.mean_sum, self.xtx = arrays["mean_sum"], arrays["xtx"]
+        self.jpeg_length = {k: int(v) for k, v in state["jpeg_length"].items()}
+        self.stat_images = int(state["stat_images"])
+        self.skipped = [tuple(x) for x in state["skipped"]]
+        self.warnings = [tuple(x) for x in state["warnings"]]
+        return True
+
+    def done_count(self) -> int:
+        return int(sum(d.sum() for d in self.done.values()))
+
+    # -- finishing ---------------------------------------------------------------------
+    def finish(self, meta: dict) -> dict:
+        """Drop the holes left by skipped files, write labels, names, stats, reports and meta.json."""
+        final_counts = {}
+        for split, n in self.counts.items():
+            keep = np.flatnonzero(self.valid[split])
+            final_counts[split] = len(keep)
+            content = self.source.splits[split]
+            labels = content.labels if isinstance(content, ArraySplit) else np.array([it.label for it in content], dtype=np.int64)
+            names = content.names if isinstance(content, ArraySplit) else [it.name for it in content]
+            np.save(os.path.join(self.root, layout.labels_file(split)), labels[keep].astype(np.int64))
+            with open(os.path.join(self.root, layout.files_file(split)), "w", encoding="utf-8") as f:
+                f.write("\n".join(names[i].replace("\n", " ") for i in keep))
+            if self.storage == "raw":
+                if len(keep) < n:  # compact in place: rows only move towards the start
+                    mm = self.images[split]
+                    for dst, src in enumerate(keep):
+                        if dst != src:
+                            mm[dst] = mm[src]
+                    mm.flush()
+                    del self.images[split]
+                    del mm
+                    path = os.path.join(self.root, layout.images_file(split))
+                    os.truncate(path, len(keep) * self.size * self.size * self.channels)
+            else:
+                np.save(os.path.join(self.root, layout.jpeg_index_file(split)), self.jpeg_index[split][keep])
+        self.close_files()
+        stats = self.statistics()
+        if stats:
+            np.savez(os.path.join(self.root, "stats.npz"), **stats)
+        _write_csv(os.path.join(self.root, "skipped.csv"), ("path", "reason"), self.skipped)
+        _write_csv(os.path.join(self.root, "ignored.csv"), ("path", "reason"), self.source.ignored)
+        _write_csv(os.path.join(self.root, "warnings.csv"), ("path", "warning"), self.warnings)
+        meta["splits"] = {k: {"count": v} for k, v in final_counts.items()}
+        meta["skipped"], meta["ignored"], meta["warnings"] = len(self.skipped), len(self.source.ignored), len(self.warnings)
+        meta["stats"] = ({"split": "train", "images": self.stat_images,
+                          **{k: stats[k].tolist() for k in ("channel_mean", "channel_std", "eigval", "eigvec")}}
+                         if stats else None)
+        meta["complete"] = True
+        for name in ("progress.npz", "progress.tmp.npz"):
+            if os.path.exists(os.path.join(self.root, name)):
+                os.remove(os.path.join(self.root, name))
+        tmp = os.path.join(self.root, "meta.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.root, "meta.json"))
+        return final_counts
+
+    def statistics(self) -> dict:
+        """The paper's statistics from the train split's accumulated sums (float64)."""
+        if self.stat_images == 0:
+            return {}
+        pixels = self.stat_images * self.size * self.size
+        channel_mean = self.mean_sum.sum(axis=(0, 1)) / pixels
+        cov = self.xtx / pixels - np.outer(channel_mean, channel_mean)
+        cov = (cov + cov.T) / 2
+        eigval, eigvec = np.linalg.eigh(cov)
+        order = np.argsort(eigval)[::-1]
+        eigval, eigvec = eigval[order], eigvec[:, order]
+        # eigenvectors are defined up to sign: fix it (largest component positive) so caches compare equal
+        signs = np.sign(eigvec[np.argmax(np.abs(eigvec), axis=0), np.arange(eigvec.shape[1])])
+        eigvec = eigvec * np.where(signs == 0, 1, signs)
+        return {"mean_image": (self.mean_sum / self.stat_images).astype(np.float32),
+                "channel_mean": channel_mean.astype(np.float32),
+                "channel_std": np.sqrt(np.clip(np.diag(cov), 0, None)).astype(np.float32),
+                "eigval": np.clip(eigval, 0, None).astype(np.float32),
+                "eigvec": eigvec.astype(np.float32),
+                "covariance": cov, "images": np.int64(self.stat_images)}
+
+
+def _write_csv(path: str, header: tuple, rows: list) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _probe_channels(source: Source, probes: int = 64) -> int:
+    """3 unless every probed image is grayscale (then the dataset stays 1-channel)."""
+    if source.channels is not None:
+        return source.channels
+    if source.kind == "tar-stream" and source.memory is None:
+        return 3  # probing would mean an extra pass over a large compressed archive
+    items = [it for content in source.splits.values() for it in content]
+    step = max(1, len(items) // probes)
+    for it in items[::step][:probes]:
+        try:
+            if it.ref[0] == "stream":
+                offset, size = source.memory_index[it.ref[1]]
+                data = source.memory[offset: offset + size]
+            else:
+                data = read_payload(it.ref)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode not in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F"):
+                    return 3
+        except Exception:
+            continue  # a bad file: the decoder will report it properly
+    return 1
+
+
+def _display(source: Source, name: str) -> str:
+    if source.kind in ("tar", "tar-stream"):
+        return f"{source.location}:{name}"
+    if source.kind == "folder":
+        return os.path.join(source.location, name)
+    return f"{source.location}:{name}"
+
+
+def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality: int = 90,
+            skip_bad: bool = False, workers: int | None = None, quiet: bool = False,
+            labels: str | None = None, classes: str | None = None, limit: int | None = None,
+            channels: str | int = "auto", overwrite: bool = False) -> PrepareSummary:
+    """Build the cache ``out`` from ``source`` (path, shorthand or a :class:`Source`). See module doc."""
+    started = time.perf_counter()
+    out = os.path.abspath(os.fspath(out)).rstrip("/")
+    if storage not in ("raw", "jpeg"):
+        raise UserError(f"--format {storage!r}: choose raw or jpeg")
+    if not 1 <= int(quality) <= 100:
+        raise UserError(f"--quality {quality}: must be 1..100")
+    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit)
+
+    if size == "native":
+        if src.encoded:
+            raise UserError("--size native: only for datasets stored as pixel arrays (CIFAR, IDX); give a size, e.g. 256")
+        shapes = {c.images.shape[1:3] for c in src.splits.values()}
+        if len(shapes) != 1 or len({*next(iter(shapes))}) != 1:
+            raise UserError(f"--size native: images are not square ({shapes})")
+        size = next(iter(shapes))[0]
+    size = int(size)
+    if size < 1:
+        raise UserError(f"--size {size}: must be at least 1")
+    if channels == "auto":
+        channels = _probe_channels(src)
+    channels = int(channels)
+    if channels not in (1, 3):
+        raise UserError(f"--channels {channels}: choose 1 or 3")
+    if src.channels is not None and channels != src.channels:
+        raise UserError(f"--channels {channels}: {src.kind} images have {src.channels} channel(s)")
+    workers = default_workers() if not workers else int(workers)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+
+    import hashlib
+    fingerprint = hashlib.sha256(json.dumps([src.fingerprint(), size, channels, storage, int(quality),
+                                             layout.CACHE_VERSION]).encode()).hexdigest()[:32]
+    counts = {k: src.count(k) for k in src.splits}
+    existing = layout.read_meta(out) if os.path.isdir(out) else None
+    if os.path.exists(out):
+        if existing and existing.get("complete") and existing.get("fingerprint") == fingerprint and not overwrite:
+            return PrepareSummary(out, {k: v["count"] for k, v in existing["splits"].items()}, len(existing["classes"]),
+                                  size, channels, storage, _dir_bytes(out), up_to_date=True)
+        if not overwrite:
+            what = "a cache prepared from a different source or with other options" if existing else "not a cache"
+            raise UserError(f"{out}: already exists ({what}); choose another path or pass --overwrite")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise UserError(f"{parent}: no such directory")
+    partial = out + ".partial"
+
+    writer = _Writer(partial, src, size, channels, storage)
+    resume = os.path.isdir(partial) and writer.load_checkpoint(fingerprint)
+    if not resume:
+        if os.path.isdir(partial):
+            shutil.rmtree(partial)
+        os.makedirs(partial)
+    resumed_from = writer.done_count() if resume else 0
+    total = sum(counts.values())
+    if storage == "raw":
+        need = total * size * size * channels
+        free = shutil.disk_usage(parent).free + (_dir_bytes(partial) if resume else 0)
+        if need > free:
+            raise UserError(f"{out}: needs {_human(need)} for {total:,} images at {size}x{size}x{channels}, "
+                            f"only {_human(free)} free (try --format jpeg, or a smaller --size)")
+    writer.open_files(resume)
+
+    meta = {"format": layout.CACHE_FORMAT, "version": layout.CACHE_VERSION, "complete": False,
+            "fingerprint": fingerprint, "size": size, "channels": channels, "storage": storage,
+            "jpeg_quality": int(quality) if storage == "jpeg" else None,
+            "classes": src.classes, "class_names": src.class_names,
+            "source": {"location": os.path.abspath(src.location), "kind": src.kind},
+            "preprocessing": f"short side rescaled to {size} (bilinear, antialiased), central {size}x{size} "
+                             f"crop (Krizhevsky et al. 2012, Section 2)",
+            "pixel_scale": "uint8 0..255"}
+    config = {"size": size, "channels": channels, "storage": storage, "quality": int(quality)}
+    decoded = 0
+    try:
+        decoded = _run(src, writer, config, workers, skip_bad, quiet, fingerprint, total)
+    except BaseException:
+        try:
+            writer.checkpoint(fingerprint)
+        finally:
+            writer.close_files()
+        raise
+    try:
+        final_counts = writer.finish(meta)
+    except OSError as exc:
+        raise UserError(f"{partial}: cannot write the cache ({exc.strerror or exc})") from None
+
+    if os.path.exists(out):  # --overwrite: swap the new cache in, then remove the old one
+        old = out + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.rename(out, old)
+        os.rename(partial, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(partial, out)
+    return PrepareSummary(out, final_counts, len(src.classes), size, channels, storage, _dir_bytes(out),
+                          list(writer.skipped), list(src.ignored), list(writer.warnings),
+                          time.perf_counter() - started, decoded, resumed_from)
+
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for fn in files:
+            try:
+                total += os.stat(os.path.join(dirpath, fn)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _tasks(src: Source, writer: _Writer):
+    """Work units for the images not done yet: chunks of encoded items, or of pixel arrays.
+
+    Encoded chunks hold up to ENCODED_CHUNK images or ~1 MB of streamed bytes: big enough
+    that the per-task overhead (IPC, bookkeeping in this process) stays small for 32x32
+    JPEGs, small enough that the progress bar moves and memory stays flat.
+    """
+    for split, content in src.splits.items():
+        pending = np.flatnonzero(~writer.done[split])
+        if isinstance(content, ArraySplit):
+            for start in range(0, len(content), ARRAY_CHUNK):
+                stop = min(start + ARRAY_CHUNK, len(content))
+                if not writer.done[split][start:stop].all():
+                    yield "arrays", (split, start, np.ascontiguousarray(content.images[start:stop]))
+            continue
+        if src.kind == "tar-stream":
+            by_member = {}
+            for i in pending:
+                item = content[i]
+                if item.ref[0] == "stream":
+                    by_member.setdefault(item.ref[1], []).append(int(i))
+                else:
+                    yield "encoded", (split, [(int(i), item.name, item.ref)])
+            chunk, nbytes = [], 0
+            for member, data in src.stream(set(by_member)):
+                for i in by_member[member]:
+                    chunk.append((i, content[i].name, data))
+                    nbytes += len(data)
+                if len(chunk) >= ENCODED_CHUNK or nbytes >= STREAM_CHUNK_BYTES:
+                    yield "encoded", (split, chunk)
+                    chunk, nbytes = [], 0
+            if chunk:
+                yield "encoded", (split, chunk)
+            continue
+        step = ENCODED_CHUNK if src.count(split) >= 64 * ENCODED_CHUNK else 4
+        for start in range(0, len(pending), step):
+            yield "encoded", (split, [(int(i), content[i].name, content[i].ref) for i in pending[start:start + step]])
+
+
+def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: bool, quiet: bool,
+         fingerprint: str, total: int) -> int:
+    from tqdm import tqdm
+    done_before = writer.done_count()
+    bar = tqdm(total=total, initial=done_before, unit="img", desc="prepare", dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    functions = {"encoded": _work_encoded, "arrays": _work_arrays}
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=({**config, "pool": True},))
+    else:
+        _init_worker(config)
+    decoded = 0
+    last_checkpoint = time.monotonic()
+
+    def handle(result: dict) -> None:
+        nonlocal decoded
+        split = result["split"]
+        content = src.splits[split]
+        names = content.names if isinstance(content, ArraySplit) else None
+        for index, error in result["errors"]:
+            name = names[index] if names else content[index].name
+            line = f"{_display(src, name)}: {error}"
+            if not skip_bad:
+                raise UserError(f"{line} (use --skip-bad to skip bad files and list them in skipped.csv)")
+            writer.skipped.append((_display(src, name), error))
+            writer.done[split][index] = True
+            if not quiet:
+                bar.write(f"skipped {line}", file=sys.stderr)
+        for index, warning in result["warnings"]:
+            name = names[index] if names else content[index].name
+            writer.warnings.append((_display(src, name), warning))
+            if not quiet:
+                bar.write(f"warning: {_display(src, name)}: {warning}", file=sys.stderr)
+        writer.store_many(split, result["indices"], result["images"], result["blobs"])
+        n = len(result["indices"])
+        if n:
+            writer.add_stats(split, result["xtx"], result["image_sum"], n)
+        decoded += n
+        bar.update(n + len(result["errors"]))
+
+    try:
+        if pool is None:
+            for kind, task in _tasks(src, writer):
+                handle(functions[kind](task))
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    writer.checkpoint(fingerprint)
+                    last_checkpoint = time.monotonic()
+        else:
+            in_flight: deque = deque()
+            window = 4 * workers
+            for kind, task in _tasks(src, writer):
+                in_flight.append((kind, pool.apply_async(functions[kind], (task,))))
+                while len(in_flight) >= window:
+                    k, r = in_flight.popleft()
+                    handle(r.get())
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    writer.checkpoint(fingerprint)
+                    last_checkpoint = time.monotonic()
+            while in_flight:
+                k, r = in_flight.popleft()
+                handle(r.get())
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            raise UserError(f"{writer.root}: disk full while writing the cache ({exc.strerror})") from None
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return decoded

@@ -1,0 +1,225 @@
+"""alexnet.analysis without data: the Figure 1 measurement, the exact k-NN search, the
+filter grid, the prediction panel and the ablation table, each against an independent
+reference (a hand-made curve, brute-force numpy, the layout written out, the paper)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.analysis import ablations, filters, neighbors, relu_tanh
+from alexnet.analysis.panels import prediction_panel
+from alexnet.errors import UserError
+from alexnet.models import build_model, list_models
+
+
+# ----------------------------------------------------------------------------- Figure 1
+
+def test_crossing_interpolates_between_the_epochs_around_the_target():
+    # errors after epochs 1..4; 25% is crossed between epoch 2 (0.40) and 3 (0.20):
+    # 2 + (0.40 - 0.25) / (0.40 - 0.20) = 2.75
+    assert relu_tanh.crossing_epoch([0.7, 0.4, 0.2, 0.1]) == pytest.approx(2.75)
+    # exactly on the target at an epoch
+    assert relu_tanh.crossing_epoch([0.5, 0.25, 0.1]) == pytest.approx(2.0)
+    # inside the first epoch, from the error before training (chance = 0.9): 0 + 0.65/0.75
+    assert relu_tanh.crossing_epoch([0.15], start_error=0.9) == pytest.approx(0.65 / 0.75)
+    assert relu_tanh.crossing_epoch([0.15]) == 1.0
+    # never reached; a curve that goes back up after crossing counts its first crossing
+    assert relu_tanh.crossing_epoch([0.9, 0.6, 0.3]) is None
+    assert relu_tanh.crossing_epoch([0.5, 0.2, 0.6]) == pytest.approx(1 + 0.25 / 0.3)
+    assert relu_tanh.crossing_epoch([0.5, 0.3], target=0.4) == pytest.approx(1.5)
+
+
+def test_summary_gives_per_seed_ratio_and_marks_lower_bounds():
+    relu = [0.6, 0.3, 0.2, 0.1]            # 2.5 epochs
+    tanh_fast = [0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]  # 6.5 epochs
+    runs = [
+        {"activation": "relu", "seed": 0, "errors": relu, "lr": 0.01},
+        {"activation": "relu", "seed": 1, "errors": [0.5, 0.2], "lr": 0.01},   # 1 + 0.25/0.3
+        {"activation": "tanh", "seed": 0, "errors": tanh_fast, "lr": 0.03},
+        {"activation": "tanh", "seed": 1, "errors": [0.8, 0.7, 0.6], "lr": 0.03},  # never: >= 3 epochs
+    ]
+    s = relu_tanh.summarise(runs)
+    e1 = 1 + 0.25 / 0.3
+    assert s["activations"]["relu"]["epochs_to_target"] == pytest.approx([2.5, e1])
+    assert s["activations"]["tanh"]["epochs_to_target"] == pytest.approx([6.5, 3.0])
+    assert s["activations"]["tanh"]["lower_bound"] and not s["activations"]["relu"]["lower_bound"]
+    assert s["ratio_per_seed"] == pytest.approx([6.5 / 2.5, 3.0 / e1])
+    assert s["ratio_mean"] == pytest.approx((6.5 / 2.5 + 3.0 / e1) / 2)
+    assert s["ratio_std"] == pytest.approx(np.std([6.5 / 2.5, 3.0 / e1], ddof=1))
+    assert s["ratio_of_means"] == pytest.approx(((6.5 + 3.0) / 2) / ((2.5 + e1) / 2))
+    assert s["ratio_is_lower_bound"]
+
+
+def test_summary_without_relu_crossing_has_no_ratio():
+    s = relu_tanh.summarise([{"activation": "relu", "seed": 0, "errors": [0.8, 0.6]},
+                             {"activation": "tanh", "seed": 0, "errors": [0.8, 0.7]}])
+    assert s["ratio_mean"] is None and s["ratio_of_means"] is None
+
+
+def test_four_layer_net_has_four_weight_layers_and_the_chosen_activation():
+    for act, cls in (("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh)):
+        net = relu_tanh.FourLayerNet(act)
+        weighted = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert len(weighted) == 4
+        assert sum(isinstance(m, cls) for m in net.modules()) == 3
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(UserError):
+        relu_tanh.FourLayerNet("sigmoid")
+
+
+# ----------------------------------------------------------------------------- exact k-NN
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_streaming_knn_equals_brute_force(metric, chunk):
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((203, 48)).astype(np.float32)
+    q = rng.standard_normal((5, 48)).astype(np.float32)
+    q[0] = db[17]                                  # a query that is in the database: distance 0
+    d, i = neighbors.knn_search(q, db, k=6, metric=metric, chunk_size=chunk)
+    d_ref, i_ref = neighbors.brute_force_knn(q, db, k=6, metric=metric)
+    np.testing.assert_array_equal(i, i_ref)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-9, atol=1e-9)
+    assert i[0, 0] == 17 and d[0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_knn_reads_a_memory_mapped_npy_and_breaks_ties_by_index(tmp_path):
+    rng = np.random.default_rng(1)
+    db = rng.standard_normal((50, 8)).astype(np.float32)
+    db[30] = db[10]                                # exact duplicate: equal distances
+    np.save(tmp_path / "f.npy", db)
+    mm = np.load(tmp_path / "f.npy", mmap_mode="r")
+    d, i = neighbors.knn_search(db[10:11], mm, k=3, chunk_size=8)
+    assert list(i[0, :2]) == [10, 30]
+    d_ref, i_ref = neighbors.brute_force_knn(db[10:11], db, k=3)
+    np.testing.assert_array_equal(i, i_ref)
+    # fewer rows than k: all of them, sorted
+    d, i = neighbors.knn_search(db[:1], db[:4], k=10)
+    assert i.shape == (1, 4) and np.all(np.diff(d[0]) >= 0)
+
+
+def test_knn_memory_bound_formula():
+    # chunk x D x 8 (float64 chunk) + Q x (chunk + k) x 16 + Q x D x 8, written out for the paper's case
+    assert neighbors.memory_bound_bytes(4096, 4096, 1, 6) == 4096 * 4096 * 8 + (4096 + 6) * 16 + 4096 * 8
+    with pytest.raises(UserError):
+        neighbors.knn_search(np.zeros((1, 3)), np.zeros((4, 3)), metric="manhattan")
+    with pytest.raises(UserError):
+        neighbors.knn_search(np.zeros((1, 3)), np.zeros((4, 5)))
+
+
+# ----------------------------------------------------------------------------- Figure 3 grid
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("channels", [3, 1])
+def test_filter_grid_geometry_for_every_model(name, channels):
+    model = build_model(name, num_classes=10, in_channels=channels)
+    conv1 = filters.conv1_weight(model)
+    conv2 = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    n, c, k, _ = conv1.shape
+    towers = filters.tower_count(model)
+    assert towers == conv2.groups                  # the paper models: 2, alexnet_owt: 1
+    image, layout = filters.filter_grid(conv1, towers)
+    cols = min(16, n // towers)
+    rows = math.ceil(n // towers / cols)
+    scale = max(1, 44 // k)
+    cell = k * scale + 2
+    height = towers * (rows * cell + 2) + (towers - 1) * filters.BLOCK_GAP
+    assert image.shape[:2] == (height, cols * cell + 2)
+    assert image.ndim == (3 if channels == 3 else 2)
+    if name == "alexnet" and channels == 3:        # the paper's Figure 3: two blocks of 3 x 16 kernels
+        assert (towers, rows, cols, k) == (2, 3, 16, 11)
+    # every kernel is drawn where the layout says, normalised to the full 0..255 range
+    norm = filters.normalise_kernels(conv1.numpy())
+    for idx in sorted({0, n // towers - 1, n - 1}):
+        y, x = layout.origin(idx)
+        tile = image[y:y + k * scale:scale, x:x + k * scale:scale]
+        expect = (norm[idx].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(tile if channels == 3 else tile[..., None], expect)
+    # the white gap between the towers' blocks really is empty
+    if towers == 2:
+        gap_top = layout.block_height
+        assert (image[gap_top:gap_top + filters.BLOCK_GAP] == filters.BACKGROUND).all()
+
+
+def test_smoothness_separates_random_from_smooth_kernels():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((96, 3, 11, 11))
+    yy, xx = np.mgrid[0:11, 0:11]
+    smooth = np.stack([np.stack([np.cos(0.4 * (xx * np.cos(t) + yy * np.sin(t)))] * 3) for t in np.linspace(0, 3, 96)])
+    assert abs(filters.kernel_smoothness(noise)) < 0.05
+    assert filters.kernel_smoothness(smooth) > 0.8
+    assert filters.weight_correlation(noise, noise) == pytest.approx(1.0)
+    stats = filters.change_statistics(torch.tensor(noise + 0.5 * smooth), torch.tensor(noise))
+    assert stats["update_smoothness"] > 0.8 and stats["correlation_with_init"] < 1.0
+
+
+def test_initial_conv1_recreates_a_seeded_build_and_keeps_the_global_rng():
+    torch.manual_seed(3)
+    expected = filters.conv1_weight(build_model("alexnet_small", num_classes=10))
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    again = filters.initial_conv1("alexnet_small", 10, 3, {}, seed=3)
+    assert torch.equal(again, expected)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+# ----------------------------------------------------------------------------- Figure 4 left
+
+def test_prediction_panel_writes_a_png(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), rng.integers(0, 256, (28, 28, 1), dtype=np.uint8),
+              rng.integers(0, 256, (32, 32), dtype=np.uint8)]
+    names = [["cat", "dog", "ship", "car", "frog"], ["a", "b"], ["x", "y", "z", "w", "v"]]
+    probs = [[0.5, 0.2, 0.1, 0.1, 0.05], [0.9, 0.1], [0.3, 0.3, 0.2, 0.1, 0.1]]
+    out = prediction_panel(images, names, probs, ["dog", None, "not-in-top5"], tmp_path / "panel.png", per_row=2)
+    with Image.open(out) as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 200 and im.height > 200
+    with pytest.raises(ValueError):
+        prediction_panel(images, names[:2], probs, None, tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------------- ablation table
+
+def test_ablation_summary_rows_and_deltas():
+    runs = [{"arm": "baseline", "seed": s, "top1_err": e1, "top5_err": e5}
+            for s, (e1, e5) in enumerate([(0.30, 0.10), (0.32, 0.12)])]
+    runs += [{"arm": "no_lrn", "seed": s, "top1_err": e1, "top5_err": e5}
+             for s, (e1, e5) in enumerate([(0.33, 0.11), (0.35, 0.15)])]
+    rows = ablations.summarise(runs)
+    assert [r["arm"] for r in rows] == ["baseline", "no_lrn"]
+    no_lrn = rows[1]
+    assert no_lrn["top1_err_mean"] == pytest.approx(34.0)
+    assert no_lrn["top1_err_std"] == pytest.approx(np.std([33, 35], ddof=1))
+    assert no_lrn["delta_top1"] == pytest.approx(3.0) and no_lrn["delta_top5"] == pytest.approx(2.0)
+    assert (no_lrn["paper_delta_top1"], no_lrn["paper_delta_top5"]) == (1.4, 1.2)   # section 3.3
+    md = ablations.markdown_table(rows).splitlines()
+    assert len(md) == 2 + len(rows) and "+3.00" in md[-1]
+
+
+def test_each_ablation_arm_changes_exactly_one_thing():
+    from alexnet.train.config import load_config
+
+    class FakeCache:
+        path, size = "/nonexistent/cache", 32
+
+    budget = ablations.Budget()
+    base = load_config("cifar10", ablations.arm_overrides(ablations.ARMS[0], 0, budget, FakeCache, 28)).to_dict()
+    expected = {"no_lrn": {("model", "kwargs")}, "pool_2x2": {("model", "kwargs")},
+                "no_dropout": {("model", "kwargs")}, "tanh": {("model", "kwargs")}, "no_conv3": {("model", "kwargs")},
+                "no_pca": {("data", "pca_std")}, "no_crop_flip": {("data", "flip"), ("data", "crop")}}
+    assert {a.name for a in ablations.ARMS} == {"baseline", *expected}
+    for arm in ablations.ARMS[1:]:
+        cfg = load_config("cifar10", ablations.arm_overrides(arm, 0, budget, FakeCache, 28)).to_dict()
+        diff = {(sec, key) for sec, values in cfg.items() if isinstance(values, dict)
+                for key in values if values[key] != base[sec][key]}
+        assert diff == expected[arm.name], arm.name
+    # the paper's numbers beside each arm
+    paper = {a.name: (a.paper_top1, a.paper_top5) for a in ablations.ARMS}
+    assert paper["no_lrn"] == (1.4, 1.2) and paper["pool_2x2"] == (0.4, 0.3)
+    assert paper["no_pca"][0] == 1.0 and paper["no_conv3"][0] == 2.0

@@ -1,0 +1,139 @@
+"""The fast paths against their plain references, the FLOP count, and the runtime settings.
+
+Speed is never asserted here (the machine is shared); what is asserted is that
+every fast path computes what the plain way computes, within stated tolerances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.models import build_model
+from alexnet.perf import (autocast_factory, matmul_gflops, model_macs, optimize, plain_reference_alexnet,
+                          step_flops, to_input)
+from alexnet import runtime
+
+
+def _paper_pair(num_classes=10):
+    ours = build_model("alexnet", num_classes=num_classes)
+    plain = plain_reference_alexnet(num_classes=num_classes)
+    plain.load_state_dict(ours.state_dict())
+    return ours, plain
+
+
+def test_plain_reference_has_the_papers_state_dict():
+    ours, plain = _paper_pair(1000)
+    assert list(ours.state_dict()) == list(plain.state_dict())
+    assert sum(p.numel() for p in plain.parameters()) == 60_965_224
+
+
+def test_paper_network_equals_plain_reference_values_and_gradients():
+    # Fast LRN + our model vs nn.LocalResponseNorm + the plain network, same weights, float32.
+    # Tolerance: float32 rounding through 8 layers with different summation order, rtol 1e-4.
+    ours, plain = _paper_pair()
+    ours.eval(), plain.eval()   # no dropout: the two must agree exactly up to rounding
+    x = torch.randn(4, 3, 100, 100) * 50
+    y = torch.randint(0, 10, (4,))
+    out_ours, out_plain = ours(x), plain(x)
+    torch.testing.assert_close(out_ours, out_plain, rtol=1e-4, atol=1e-4 * out_plain.abs().max().item())
+    F.cross_entropy(out_ours, y).backward()
+    F.cross_entropy(out_plain, y).backward()
+    named_plain = dict(plain.named_parameters())
+    for name, p in ours.named_parameters():
+        ref = named_plain[name].grad
+        torch.testing.assert_close(p.grad, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item() + 1e-12, msg=name)
+
+
+def test_optimize_channels_last_matches_plain_values_and_gradients():
+    ours, plain = _paper_pair()
+    fast, autocast = optimize(ours, "cpu", "float32", channels_last=True)
+    assert autocast is contextlib.nullcontext
+    assert fast.features.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    fast.eval(), plain.eval()
+    x = torch.randn(3, 3, 96, 96) * 50
+    with autocast():
+        out = fast(to_input(x, "cpu", True))
+    ref = plain(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    out.sum().backward(), ref.sum().backward()
+    named_plain = dict(plain.named_parameters())
+    for name, p in fast.named_parameters():
+        r = named_plain[name].grad
+        torch.testing.assert_close(p.grad, r, rtol=1e-3, atol=1e-4 * r.abs().max().item() + 1e-12, msg=name)
+    # optimize() keeps the state_dict: keys, shapes and values.
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+
+
+def test_bfloat16_autocast_stays_close_to_float32():
+    # The accuracy effect of the bf16 path, bounded: logits within 5% of the largest logit,
+    # the same top-1 class for a clear majority of the images. (Speed: docs/performance.md.)
+    model = build_model("alexnet_small", num_classes=10).eval()
+    x = torch.randn(16, 3, 32, 32)
+    fast, autocast = optimize(model, "cpu", "bfloat16", channels_last=True)
+    with torch.no_grad():
+        ref = model(x)
+        with autocast():
+            low = fast(to_input(x, "cpu", True))
+    assert low.dtype == torch.bfloat16
+    err = (low.float() - ref).abs().max().item()
+    assert err <= 0.05 * ref.abs().max().item()
+
+
+def test_autocast_factory_and_bad_precision():
+    ctx = autocast_factory("cpu", "bfloat16")()
+    with ctx:
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="precision"):
+        autocast_factory("cpu", "float8")
+
+
+def test_macs_match_the_papers_layer_arithmetic():
+    by_hand = (55 * 55 * 96 * 3 * 11 * 11 + 27 * 27 * 256 * 48 * 5 * 5 + 13 * 13 * 384 * 256 * 9
+               + 13 * 13 * 384 * 192 * 9 + 13 * 13 * 256 * 192 * 9 + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
+    assert model_macs(build_model("alexnet"), (3, 224, 224)) == by_hand
+    assert model_macs(plain_reference_alexnet(), (3, 224, 224)) == by_hand
+    assert step_flops(by_hand, training=True) == 6 * by_hand
+    assert step_flops(by_hand, training=False) == 2 * by_hand
+
+
+def test_matmul_probe_reports_positive_rates():
+    r = matmul_gflops(torch.float32, max_n=256, reps=2)
+    assert r["n"] == 256 and r["gflops"] > 0 and r["best_gflops"] >= r["gflops"]
+
+
+# ---------------------------------------------------------------------------- runtime
+
+def test_allocator_environment_choices(tmp_path):
+    lib = runtime.find_jemalloc()
+    name, env = runtime.allocator_environment("auto", environ={})
+    if lib is not None:
+        assert name == "jemalloc" and env["LD_PRELOAD"] == lib and "dirty_decay_ms:-1" in env["MALLOC_CONF"]
+    else:
+        assert name == "glibc" and "glibc.malloc" in env["GLIBC_TUNABLES"]
+    assert runtime.allocator_environment("system", environ={}) == ("system", {})
+    name, env = runtime.allocator_environment("glibc", environ={"GLIBC_TUNABLES": "glibc.x=1"})
+    assert name == "glibc" and env["GLIBC_TUNABLES"].endswith(":glibc.x=1")
+    # Already preloaded: nothing to change (no second re-exec).
+    if lib is not None:
+        assert runtime.allocator_environment("auto", environ={"LD_PRELOAD": lib}) == ("jemalloc", {})
+    with pytest.raises(ValueError):
+        runtime.allocator_environment("tcmalloc", environ={})
+
+
+def test_jemalloc_absent_degrades_to_glibc(monkeypatch):
+    monkeypatch.setattr(runtime, "JEMALLOC_CANDIDATES", ())
+    monkeypatch.delenv("ALEXNET_JEMALLOC", raising=False)
+    assert runtime.allocator_environment("auto", environ={})[0] == "glibc"
+    assert runtime.allocator_environment("jemalloc", environ={})[0] == "glibc"
+
+
+def test_configure_process_never_reexecs_a_library_caller():
+    # Called from inside pytest (not the alexnet program): must return, not replace the process.
+    applied = runtime.configure_process()
+    assert "allocator" in applied and os.getpid() > 0

@@ -1,0 +1,52 @@
+"""``alexnet bench`` as a real subprocess: tiny sizes, well-formed JSON, the allocator in effect.
+
+No timing assertions: only that every benchmark ran side by side and reported
+numbers that are structurally sane (positive rates, ratios = reference time /
+ours time).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alexnet import runtime
+
+
+@pytest.mark.slow
+def test_bench_quick_smoke_writes_wellformed_json(cli, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = cli("bench", "--quick", "--batch", "2", "--image-size", "63", "--rounds", "1",
+               "--only", "limits,lrn,train,infer,scaling", "--json", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert {"machine", "settings", "rows", "scaling", "limits_gflops", "notes", "elapsed_s"} <= set(report)
+    names = {r["name"] for r in report["rows"]}
+    assert {"matmul_float32", "lrn_forward_conv1", "lrn_forward+backward_conv2", "train_step_alexnet",
+            "inference_alexnet", "inference_alexnet_owt"} <= names
+    for row in report["rows"]:
+        assert row["ours"] > 0
+        if "reference" in row:
+            assert row["reference"] > 0 and row["ratio"] > 0
+            assert row["ratio"] == pytest.approx(row["ours"] / row["reference"], rel=1e-6)
+    train = [r for r in report["rows"] if r["name"] == "train_step_alexnet"]
+    assert train and all("gflops" in r and "fraction_of_limit" in r for r in train)
+    assert [p["batch"] for p in report["scaling"]] == [2, 2][: len(report["scaling"])] or report["scaling"]
+    assert all(p["rss_peak_mb"] > 0 and p["images_per_s"] > 0 for p in report["scaling"])
+    # The table went to stdout too.
+    assert "train_step_alexnet" in proc.stdout and "ratio" in proc.stdout
+    # Our entry point put the allocator in place for the suite's own process.
+    expected = "jemalloc" if runtime.find_jemalloc() else "glibc"
+    assert report["settings"]["suite_allocator"] == expected
+
+
+def test_bench_opt_out_and_bad_options(cli, tmp_path):
+    out = tmp_path / "b.json"
+    proc = cli("bench", "--only", "limits", "--json", out, env={"ALEXNET_ALLOCATOR": "system"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["settings"]["suite_allocator"] == "system"
+    bad = cli("bench", "--only", "nonsense")
+    assert bad.returncode == 2 and bad.stderr.startswith("alexnet: error: --only") and "Traceback" not in bad.stderr
+    bad = cli("bench", "--json", tmp_path / "missing" / "x.json")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -1,0 +1,76 @@
+"""`alexnet train` as a user runs it: the run folder it leaves, and one line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from conftest import run_cli
+from test_train_support import (CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
+                                wait_for)
+
+
+def one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_a_run_leaves_everything_a_user_needs(trained_run):
+    run = trained_run
+    for name in ("config.toml", "config.json", "last.safetensors", "best.safetensors", "steps.jsonl",
+                 "epochs.jsonl", "epochs.csv", "curves.png", "summary.json", "report.md"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["test"]["count"] == 600
+    assert 0 <= summary["test"]["top1_err"] <= 1 and summary["epochs_done"] == 1
+    steps = [json.loads(x) for x in (run / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 20)) and all("img_per_s" in s for s in steps)
+    assert "# Run `run`" in (run / "report.md").read_text()
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "crop = 24" in (run / "config.toml").read_text()
+
+
+def test_the_run_prints_where_the_report_and_plots_are(fmnist_cache, tmp_path):
+    proc = run_cli(*train_args(fmnist_cache, tmp_path, "r", "--train.threads", "1", "--train.max_steps", "3",
+                               epochs=1), env=CLI_ENV, check=True)
+    assert f"report: {tmp_path / 'r' / 'report.md'}" in proc.stderr
+    assert f"plots: {tmp_path / 'r' / 'curves.png'}" in proc.stderr
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--optim.lrr", "0.1"], ["command line: unknown key 'optim.lrr'"]),
+    (["--train.epochs", "ten"], ["train.epochs must be an int, got str 'ten'"]),
+    (["--train.precision", "fp16"], ["fp16", "needs a CUDA device"]),
+    (["--model.name", "vgg"], ["unknown model 'vgg'"]),
+    (["--model.kwargs.lrn_size", "3"], ["does not take these options"]),
+])
+def test_bad_settings(fmnist_cache, tmp_path, args, fragments):
+    one_line_error(run_cli(*train_args(fmnist_cache, tmp_path, "x", *args), env=CLI_ENV), *fragments)
+
+
+def test_bad_commands(tmp_path):
+    one_line_error(run_cli("train", "imagenet-22k"), "imagenet-22k: no such config file or preset")
+    one_line_error(run_cli("train", "--resume", tmp_path / "nothing"), "not a run folder")
+    one_line_error(run_cli("train", "fashion-mnist", "--data.cache", tmp_path / "none", "--data.source",
+                           tmp_path / "missing-dataset"), "no such file or directory")
+
+
+def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):
+    first = popen_cli(*train_args(fmnist_cache, tmp_path, "busy", "--train.threads", "1", epochs=30), env=CLI_ENV)
+    try:
+        wait_for(lambda: last_step(tmp_path / "busy") >= 1, proc=first)
+        second = run_cli("train", "--resume", tmp_path / "busy", env=CLI_ENV)
+        one_line_error(second, "run folder is in use by process", str(first.pid))
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    again = run_cli(*train_args(fmnist_cache, tmp_path, "busy"), env=CLI_ENV)
+    one_line_error(again, "already holds a run; continue it with --resume")
+    # a checkpoint of another model: one line naming both
+    other = run_cli("train", "--resume", tmp_path / "busy", "--model.name", "alexnet", env=CLI_ENV)
+    one_line_error(other, "holds alexnet_small with 10 classes", "but this run builds alexnet with 10 classes")

@@ -1,0 +1,87 @@
+"""Configuration: presets, dotted overrides, strict keys and types, the saved resolved config."""
+
+from __future__ import annotations
+
+import pytest
+
+from alexnet.errors import UserError
+from alexnet.train.config import REPO_CONFIGS, Config, load_config, parse_overrides, to_toml
+
+PRESETS = ("fashion-mnist", "cifar10", "imagewoof", "paper-imagenet")
+
+
+def test_defaults_are_the_papers_recipe():
+    """Section 5 of the paper, number by number."""
+    c = Config()
+    assert (c.train.batch_size, c.optim.momentum, c.optim.weight_decay, c.optim.lr) == (128, 0.9, 0.0005, 0.01)
+    assert (c.schedule.kind, c.schedule.factor, c.schedule.max_drops) == ("plateau", 0.1, 3)
+    assert (c.train.epochs, c.data.size, c.data.crop, c.data.flip, c.data.pca_std) == (90, 256, 224, True, 0.1)
+    assert c.data.mean == "image" and c.model.name == "alexnet"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_loads_and_round_trips(preset, tmp_path):
+    c = load_config(preset)
+    assert c.preset == preset and (REPO_CONFIGS / f"{preset}.toml").is_file()
+    saved = tmp_path / "config.toml"
+    saved.write_text(to_toml(c))
+    assert load_config(saved).to_dict() == c.to_dict()
+
+
+def test_paper_preset_is_unchanged_paper_recipe():
+    c, d = load_config("paper-imagenet"), Config()
+    for section in ("optim", "schedule"):
+        assert getattr(c, section) == getattr(d, section)
+    assert (c.train.epochs, c.train.batch_size, c.train.test_views) == (90, 128, "ten")
+    assert c.model.name == "alexnet" and c.model.kwargs.get("init", "paper") == "paper"
+
+
+def test_dotted_overrides_are_typed():
+    c = load_config("cifar10", ["--optim.lr", "0.02", "--train.epochs=3", "--data.flip", "false",
+                                "--model.kwargs.lrn", "false", "--train.precision", "bf16"])
+    assert c.optim.lr == 0.02 and c.train.epochs == 3 and c.data.flip is False
+    assert c.model.kwargs == {"lrn": False} and c.train.precision == "bf16"
+    assert load_config("cifar10", ["--optim.lr", "1"]).optim.lr == 1.0       # int widens to float
+    # model.kwargs merge: one switch does not wipe the preset's others
+    assert load_config("fashion-mnist", ["--model.kwargs.dropout", "0.0"]).model.kwargs["hidden"] == 512
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optim.lrr", "0.1"], "unknown key 'optim.lrr'"),
+    (["--optimizer.lr", "0.1"], "unknown key 'optimizer'"),
+    (["--train.epochs", "ten"], "train.epochs must be an int, got str 'ten'"),
+    (["--train.epochs", "2.5"], "train.epochs must be an int"),
+    (["--data.flip", "3"], "data.flip must be a bool"),
+    (["--train.precision", "fp8"], "train.precision must be one of fp32, bf16, fp16"),
+    (["--lr", "0.1"], "unknown option --lr"),
+    (["--optim.lr"], "--optim.lr: missing value"),
+    (["0.1"], "unexpected argument '0.1'"),
+    (["--data.crop", "300"], "data.crop (300) is larger than data.size"),
+])
+def test_bad_settings_are_one_line_user_errors(args, message):
+    with pytest.raises(UserError) as err:
+        load_config("paper-imagenet", args)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlr = \n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[optim]\nmomentun = 0.9\n")
+    with pytest.raises(UserError, match=r"typo.toml: unknown key 'optim.momentun'"):
+        load_config(typo)
+    with pytest.raises(UserError, match="no such config file or preset"):
+        load_config("imagenet-22k")
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["--a.b.c", "[1, 2]", "--a.d=x y"]) == {"a": {"b": {"c": [1, 2]}, "d": "x y"}}
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    assert load_config("fashion-mnist").cache_dir() == tmp_path / "fashion-mnist-28"
+    assert load_config("fashion-mnist", ["--data.cache", "/x/y"]).cache_dir().as_posix() == "/x/y"

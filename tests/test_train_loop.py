@@ -1,0 +1,121 @@
+"""The loop on real images: every preset takes real optimisation steps, a small subset is
+overfitted, a stall at chance is detected, and the precision/compile options run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.train import load_config, train
+from alexnet.train.distributed import DistContext
+from alexnet.train.loop import Trainer, apply_input_scale, autocast_context
+from test_train_support import TINY, fmnist_cache, prepared_cache, tiny_kwargs_arg  # noqa: F401
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def preset_caches(fmnist_cache, shared_data, tmp_path_factory):
+    """Each preset's data at the preset's stored size, a few real images per class."""
+    base = tmp_path_factory.getbasetemp()
+    woof = shared_data / "imagewoof2-160.tar"
+    return {
+        "fashion-mnist": fmnist_cache,
+        "cifar10": prepared_cache(base, "cifar10", shared_data / "cifar10-jpg.tar.gz", 32, 4),
+        "imagewoof": prepared_cache(base, "woof", woof, 128, 2),
+        "paper-imagenet": prepared_cache(base, "woof", woof, 256, 1),   # real ILSVRC images at the paper's 256
+    }
+
+
+def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
+    """Loss on one real batch (eval mode: no dropout) before and after `steps` SGD steps on it,
+    with the preset's own model, parameter groups, learning rate, precision and input pipeline."""
+    trainer = Trainer(config, DistContext(), None)
+    trainer._build()
+    model, opt, c = trainer.model, trainer.optimizer, config
+    trainer.train_loader.set_epoch(0)
+    x, y = next(iter(trainer.train_loader))
+    x = apply_input_scale(x, trainer.input_scale)
+
+    def loss_now():
+        model.eval()
+        with torch.no_grad(), autocast_context(c.train.precision, x.device):
+            return float(F.cross_entropy(model(x).float(), y))
+
+    before = loss_now()
+    model.train()
+    for step in range(steps):
+        trainer.schedule.apply(opt, step)          # the schedule's first steps (warm-up included)
+        with autocast_context(c.train.precision, x.device):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, loss_now()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, extra", [
+    ("fashion-mnist", []),
+    ("fashion-mnist", ["--train.precision", "bf16", "--train.channels_last", "true"]),
+    ("cifar10", []),
+    ("imagewoof", []),
+    ("paper-imagenet", ["--train.batch_size", "8"]),
+])
+def test_every_preset_takes_real_steps_and_the_loss_falls(preset, extra, preset_caches):
+    config = load_config(preset, ["--data.cache", str(preset_caches[preset]), "--data.workers", "0",
+                                  "--train.batch_size", "16", *extra])
+    before, after = fixed_batch_steps(config, steps=6)
+    assert math.isfinite(before) and after < before, (before, after)
+    if preset == "paper-imagenet":
+        # the paper's N(0, 0.01) initialisation starts at chance: every class equally likely
+        assert before == pytest.approx(math.log(10), abs=0.05)
+
+
+@pytest.mark.slow
+def test_overfits_a_small_real_subset(fmnist_cache, tmp_path):
+    result = train("fashion-mnist", overrides=[
+        "--data.cache", str(fmnist_cache), "--data.train_subset", "64", "--data.val_subset", "64",
+        "--data.flip", "false", "--model.kwargs", tiny_kwargs_arg({**TINY, "dropout": 0.0}),
+        "--train.epochs", "60", "--train.batch_size", "32", "--optim.lr", "0.02", "--optim.weight_decay", "0",
+        "--schedule.kind", "constant", "--schedule.warmup_epochs", "0", "--run.out", str(tmp_path),
+        "--run.name", "overfit", "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
+    epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert epochs[-1]["train_top1_err"] <= 1 / 64 and epochs[-1]["train_loss"] < 0.1
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 10
+
+
+def test_stall_at_chance_is_detected_with_the_papers_init(fmnist_cache, tmp_path, capfd):
+    common = ["--data.cache", str(fmnist_cache), "--data.train_subset", "320", "--data.val_subset", "50",
+              "--model.kwargs", tiny_kwargs_arg(), "--train.epochs", "1", "--train.batch_size", "32",
+              "--train.stall_steps", "8", "--train.log_every", "4", "--run.out", str(tmp_path),
+              "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"]
+    stalled = train("fashion-mnist", overrides=common + ["--model.kwargs.init", "paper", "--run.name", "paper"])
+    err = capfd.readouterr().err
+    line = next(x for x in err.splitlines() if "stalled" in x)
+    assert line.startswith("alexnet: warning: training looks stalled at chance: mean loss")
+    assert "ln C = 2.303" in line and "--model.kwargs.init kaiming" in line
+    assert stalled.summary["warnings"]
+    healthy = train("fashion-mnist", overrides=common + ["--run.name", "kaiming", "--optim.lr", "0.02"])
+    assert "stalled" not in capfd.readouterr().err and not healthy.summary["warnings"]
+
+
+def test_compile_failure_falls_back_to_eager(fmnist_cache, tmp_path, monkeypatch, capfd):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found (simulated)")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = train("fashion-mnist", overrides=[
+        "--data.cache", str(fmnist_cache), "--data.train_subset", "64", "--data.val_subset", "32",
+        "--model.kwargs", tiny_kwargs_arg(), "--train.epochs", "1", "--train.compile", "true",
+        "--run.out", str(tmp_path), "--run.name", "c", "--run.progress", "false", "--train.threads", "1"])
+    assert "torch.compile failed (no C++ compiler found (simulated)); training eagerly instead" in capfd.readouterr().err
+    assert result.summary["status"] == "finished" and result.summary["steps"] == 1

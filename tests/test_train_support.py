@@ -1,0 +1,118 @@
+"""Shared helpers for the training / evaluation / checkpoint tests (real data, real processes).
+
+Small real caches are prepared once per test session under pytest's base temp folder
+(``prepare(..., limit=N)`` keeps N images per class of every split) and reused by every
+test module that asks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A narrow alexnet_small: every structural feature of the paper (towers, LRN, overlapping
+# pooling, dropout), small enough that a test epoch takes about a second.
+TINY = {"widths": [8, 16, 24, 24, 16], "hidden": 64}
+
+
+def tiny_kwargs_arg(kwargs: dict = TINY) -> str:
+    inner = ", ".join(f"{k} = {list(v) if isinstance(v, (list, tuple)) else v!r}".replace("'", '"')
+                      for k, v in kwargs.items())
+    return "{" + inner + "}"
+
+
+def prepared_cache(base: Path, name: str, source: str | Path, size: int, limit: int) -> Path:
+    """A real cache of ``source`` with at most ``limit`` images per class per split (built once)."""
+    from alexnet.data import prepare
+    out = base / f"{name}-{size}-{limit}"
+    if not (out / "meta.json").is_file():
+        prepare(str(source), out, size=size, limit=limit, quiet=True, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fmnist_cache(tmp_path_factory, fashion_mnist_dir) -> Path:
+    """Fashion-MNIST, 28 px, 60 images per class (600 train, 600 test)."""
+    return prepared_cache(tmp_path_factory.getbasetemp(), "fmnist", fashion_mnist_dir, 28, 60)
+
+
+def train_args(cache: Path, out: Path, name: str, *extra: str, epochs: int = 2, batch: int = 32) -> list[str]:
+    """``alexnet train`` arguments for a small, fast, fully deterministic run on ``cache``."""
+    return ["train", "fashion-mnist", "--data.cache", str(cache), "--run.out", str(out), "--run.name", name,
+            "--model.kwargs", tiny_kwargs_arg(), "--train.epochs", str(epochs), "--train.batch_size", str(batch),
+            "--train.log_every", "1", "--quiet", *extra]
+
+
+def popen_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "alexnet", *map(str, args)], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 120.0, proc: subprocess.Popen | None = None, interval: float = 0.02):
+    """Poll until ``predicate()`` is truthy; fail (showing the process output) on timeout or early exit."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited {proc.returncode} before the condition held:\n{out}\n{err}")
+        time.sleep(interval)
+    if proc is not None:
+        proc.kill()
+    raise AssertionError("timed out waiting")
+
+
+def last_step(run_dir: Path) -> int:
+    path = run_dir / "steps.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    import json
+    try:
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (ValueError, KeyError):
+        return 0
+
+
+def checkpoint_tensors(path: Path, prefixes=("model.", "optim.")) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefixes)}
+
+
+def kill_tree_member(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def test_tiny_kwargs_is_valid_toml():
+    from alexnet.train.config import parse_override_value
+    assert parse_override_value(tiny_kwargs_arg()) == TINY
+
+
+CLI_ENV = {"OMP_NUM_THREADS": "1"}      # small CLI runs on a shared 2-core machine: no oversubscription
+
+
+@pytest.fixture(scope="session")
+def trained_run(fmnist_cache, tmp_path_factory) -> Path:
+    """A real `alexnet train` run (1 epoch of the tiny model on 600 Fashion-MNIST images)."""
+    from conftest import run_cli
+    out = tmp_path_factory.mktemp("trained")
+    proc = run_cli(*train_args(fmnist_cache, out, "run", "--train.threads", "1", "--optim.lr", "0.02",
+                               "--data.crop", "24", epochs=1), env=CLI_ENV)
+    assert proc.returncode == 0, proc.stderr
+    return out / "run"
