@@ -264,6 +264,7 @@ def test_interrupted_prepare_never_opens_and_resumes_to_the_same_cache(tmp_path,
     np.testing.assert_array_equal(resumed.stats["eigvec"], open_cache(tmp_path / "fresh").stats["eigvec"])
 
 
+@pytest.mark.slow
 def test_cli_prepare_real_subprocess(tmp_path, woof, cli):
     color, _ = woof
     bad = _bad_files(color, tmp_path)
@@ -278,10 +279,20 @@ def test_cli_prepare_real_subprocess(tmp_path, woof, cli):
     assert proc.returncode == 0, proc.stderr
     assert "train 6 images" in proc.stdout and "skipped 1 bad file(s) (listed in skipped.csv)" in proc.stdout
     assert f"skipped {tmp_path / 'src' / rel}: corrupt or truncated JPEG" in proc.stderr
-    info = cli("cache-info", tmp_path / "out")
-    assert info.returncode == 0 and "train 6" in info.stdout
     for args, expected in [(("prepare", tmp_path / "nope", tmp_path / "o2", "--size", "big"), "--size 'big'"),
                            (("cache-info", tmp_path / "src"), "not a prepared cache")]:
         proc = cli(*args)
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+
+
+def test_cache_info_command(tmp_path, shared_data, capsys):
+    from alexnet.cli import main
+    prepare(shared_data / "imagewoof2-160.tar", tmp_path / "c", size=32, limit=1, workers=1, quiet=True)
+    assert main(["cache-info", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "train 10, val 10; 10 classes; 32x32x3 raw" in out and "eigenvalues" in out
+    assert main(["cache-info", str(tmp_path / "c"), "--json"]) == 0
+    import json
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["complete"] is True and meta["splits"] == {"train": {"count": 10}, "val": {"count": 10}}

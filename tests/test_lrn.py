@@ -146,3 +146,19 @@ def test_saved_output_is_protected_from_inplace_modification():
     y.mul_(2)
     with pytest.raises(RuntimeError, match="inplace"):
         y.sum().backward()
+
+
+@pytest.mark.slow
+def test_compiled_lrn_matches_eager_values_and_gradients():
+    # optimize(compile=True) traces the hand-written autograd.Function with Dynamo;
+    # the compiled forward and backward must equal eager to float32 rounding (rtol 1e-5).
+    layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, "paper")
+    compiled = torch.compile(layer)
+    x = (torch.randn(2, 12, 5, 5) * 30).relu()
+    g = torch.randn(2, 12, 5, 5)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = layer(a), compiled(b)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-7)
+    (ga,) = torch.autograd.grad(ya, a, g)
+    (gb,) = torch.autograd.grad(yb, b, g)
+    torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-7)

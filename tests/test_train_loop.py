@@ -15,6 +15,9 @@ from alexnet.train.loop import Trainer, apply_input_scale, autocast_context
 from test_train_support import TINY, fmnist_cache, prepared_cache, tiny_kwargs_arg  # noqa: F401
 
 
+SMALL = {"widths": [16, 32, 48, 48, 32], "hidden": 128}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -32,8 +35,25 @@ def preset_caches(fmnist_cache, shared_data, tmp_path_factory):
         "fashion-mnist": fmnist_cache,
         "cifar10": prepared_cache(base, "cifar10", shared_data / "cifar10-jpg.tar.gz", 32, 4),
         "imagewoof": prepared_cache(base, "woof", woof, 128, 2),
-        "paper-imagenet": prepared_cache(base, "woof", woof, 256, 1),   # real ILSVRC images at the paper's 256
+        "paper-imagenet": ilsvrc_sample(shared_data, base),
     }
+
+
+def ilsvrc_sample(shared_data, base):
+    """The 500 original ILSVRC-2012 JPEGs at the paper's 256 px, labelled from their file names
+    (``<wnid>_<name>.JPEG``) in the official 1000-class order."""
+    from alexnet.data import prepare
+    out = base / "ilsvrc500-256"
+    if not (out / "meta.json").is_file():
+        import tarfile
+        tar = shared_data / "imagenet-sample-500.tar"
+        with tarfile.open(tar) as tf:
+            stems = [m.name.rsplit("/", 1)[-1].rsplit(".", 1)[0] for m in tf.getmembers() if m.isfile()]
+        labels = base / "ilsvrc500-labels.txt"
+        labels.write_text("".join(f"{s} {s.split('_', 1)[0]}\n" for s in stems))
+        prepare(str(tar), out, size=256, labels=str(labels), classes=str(shared_data / "imagenet-classes.txt"),
+                quiet=True, workers=2)
+    return out
 
 
 def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
@@ -64,40 +84,43 @@ def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, extra", [
-    ("fashion-mnist", []),
-    ("fashion-mnist", ["--train.precision", "bf16", "--train.channels_last", "true"]),
-    ("cifar10", []),
-    ("imagewoof", []),
-    ("paper-imagenet", ["--train.batch_size", "8"]),
+@pytest.mark.parametrize("preset, extra, steps", [
+    ("fashion-mnist", [], 6),
+    ("fashion-mnist", ["--train.precision", "bf16", "--train.channels_last", "true"], 6),
+    ("cifar10", [], 6),
+    ("imagewoof", [], 6),
+    # The paper's recipe unchanged (lr 0.01, momentum 0.9, N(0, 0.01) init, unit biases) on 16
+    # real ILSVRC images of 16 classes; more steps on one fixed batch would overshoot with momentum.
+    ("paper-imagenet", [], 2),
 ])
-def test_every_preset_takes_real_steps_and_the_loss_falls(preset, extra, preset_caches):
+def test_every_preset_takes_real_steps_and_the_loss_falls(preset, extra, steps, preset_caches):
     config = load_config(preset, ["--data.cache", str(preset_caches[preset]), "--data.workers", "0",
                                   "--train.batch_size", "16", *extra])
-    before, after = fixed_batch_steps(config, steps=6)
+    before, after = fixed_batch_steps(config, steps=steps)
     assert math.isfinite(before) and after < before, (before, after)
     if preset == "paper-imagenet":
-        # the paper's N(0, 0.01) initialisation starts at chance: every class equally likely
-        assert before == pytest.approx(math.log(10), abs=0.05)
+        # the paper's initialisation starts near chance over the 1000 classes
+        assert before == pytest.approx(math.log(1000), abs=0.1)
 
 
 @pytest.mark.slow
 def test_overfits_a_small_real_subset(fmnist_cache, tmp_path):
     result = train("fashion-mnist", overrides=[
         "--data.cache", str(fmnist_cache), "--data.train_subset", "64", "--data.val_subset", "64",
-        "--data.flip", "false", "--model.kwargs", tiny_kwargs_arg({**TINY, "dropout": 0.0}),
-        "--train.epochs", "60", "--train.batch_size", "32", "--optim.lr", "0.02", "--optim.weight_decay", "0",
+        "--data.flip", "false", "--model.kwargs", tiny_kwargs_arg({**SMALL, "dropout": 0.0}),
+        "--train.epochs", "40", "--train.batch_size", "32", "--optim.lr", "0.01", "--optim.weight_decay", "0",
         "--schedule.kind", "constant", "--schedule.warmup_epochs", "0", "--run.out", str(tmp_path),
         "--run.name", "overfit", "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
     epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
-    assert epochs[-1]["train_top1_err"] <= 1 / 64 and epochs[-1]["train_loss"] < 0.1
+    assert epochs[-1]["train_top1_err"] <= 1 / 64 and epochs[-1]["train_loss"] < 0.05
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 10
 
 
 def test_stall_at_chance_is_detected_with_the_papers_init(fmnist_cache, tmp_path, capfd):
-    common = ["--data.cache", str(fmnist_cache), "--data.train_subset", "320", "--data.val_subset", "50",
-              "--model.kwargs", tiny_kwargs_arg(), "--train.epochs", "1", "--train.batch_size", "32",
-              "--train.stall_steps", "8", "--train.log_every", "4", "--run.out", str(tmp_path),
+    common = ["--data.cache", str(fmnist_cache), "--data.train_subset", "600", "--data.val_subset", "50",
+              "--model.kwargs", tiny_kwargs_arg({**SMALL, "dropout": 0.0}), "--train.epochs", "1",
+              "--train.batch_size", "32", "--schedule.kind", "constant", "--schedule.warmup_epochs", "0",
+              "--train.stall_steps", "16", "--train.log_every", "4", "--run.out", str(tmp_path),
               "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"]
     stalled = train("fashion-mnist", overrides=common + ["--model.kwargs.init", "paper", "--run.name", "paper"])
     err = capfd.readouterr().err
@@ -105,7 +128,7 @@ def test_stall_at_chance_is_detected_with_the_papers_init(fmnist_cache, tmp_path
     assert line.startswith("alexnet: warning: training looks stalled at chance: mean loss")
     assert "ln C = 2.303" in line and "--model.kwargs.init kaiming" in line
     assert stalled.summary["warnings"]
-    healthy = train("fashion-mnist", overrides=common + ["--run.name", "kaiming", "--optim.lr", "0.02"])
+    healthy = train("fashion-mnist", overrides=common + ["--run.name", "kaiming", "--optim.lr", "0.01"])
     assert "stalled" not in capfd.readouterr().err and not healthy.summary["warnings"]
 
 

@@ -93,8 +93,11 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "") -> Path:
-    """Three panels against epochs: loss (train, val), top-1/top-5 error (train, val), lr (log)."""
+def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "", steps: list[dict] | None = None) -> Path:
+    """Three panels against epochs: loss (train, val), top-1/top-5 error (train, val), lr (log).
+
+    With ``steps`` (the per-step records) the loss panel also shows the per-step loss and
+    the lr panel the lr at every logged step (schedules that change within an epoch)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -106,6 +109,9 @@ def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "") -> 
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
+    if steps:
+        ax.plot([r["epoch"] for r in steps], [r.get("window_loss", r.get("loss")) for r in steps], lw=0.8,
+                alpha=0.5, label="train (per logged step)")
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         xs, ys = series(key)
         if xs:
@@ -122,11 +128,13 @@ def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "") -> 
     ax.legend()
     ax = axes[2]
     xs, ys = series("lr")
+    if steps:
+        xs, ys = [r["epoch"] for r in steps], [r["lr"] for r in steps]
     if xs:
         ax.plot(xs, ys, marker="o", ms=3)
         if min(ys) > 0:
             ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="learning rate")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:

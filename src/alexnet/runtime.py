@@ -92,13 +92,14 @@ def allocator_environment(choice: str = "auto", environ: dict | None = None) -> 
 
 
 def _started_as_alexnet_program() -> bool:
-    """True when this interpreter was started as ``alexnet ...`` or ``python -m alexnet ...``."""
+    """True when this interpreter was started as ``alexnet ...``, ``python -m alexnet ...``
+    or ``python -m benchmarks ...`` (the suite's entry point)."""
     argv = list(getattr(sys, "orig_argv", []))
     if len(argv) < 2:
         return False
     if "-m" in argv[1:]:
         module_index = argv.index("-m", 1) + 1
-        return module_index < len(argv) and argv[module_index] == "alexnet"
+        return module_index < len(argv) and argv[module_index] in ("alexnet", "benchmarks")
     return Path(sys.argv[0]).name in ("alexnet", "alexnet.exe") and Path(argv[1]).name == Path(sys.argv[0]).name
 
 

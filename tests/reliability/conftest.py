@@ -25,10 +25,10 @@ def corpus(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_cache(shared_data, tmp_path_factory) -> Path:
-    """A small real cache: CIFAR-10 (the shared JPEG tarball), 24 images per class and
-    split, stored at 32 px. Built once by the real ``alexnet prepare``."""
+    """A small real cache: CIFAR-10 (the shared JPEG tarball), 16 images per class and
+    split, stored at 32 px (160 + 160 images). Built once by the real ``alexnet prepare``."""
     out = tmp_path_factory.mktemp("cifar") / "cifar10-small"
-    proc = run("prepare", shared_data / "cifar10-jpg.tar.gz", out, "--size", "32", "--limit", "24", "--quiet")
+    proc = run("prepare", shared_data / "cifar10-jpg.tar.gz", out, "--size", "32", "--limit", "16", "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out
 

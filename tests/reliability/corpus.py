@@ -64,9 +64,9 @@ CLASSES = ["tench", "café", "猫"]
 # Mean |difference| (0..255) allowed between a cached image and its reference at S = 128.
 # The reference is the expected full-size pixels put through the pipeline's own
 # short-side-S-and-centre-crop (alexnet.data.decode.resize_square): what is tested here is
-# decoding and colour handling, not the resampling filter. Generated files are at most
-# 360 px on the long side, so the pipeline decodes them at full size (no DCT-domain
-# downscaling) and they must match to rounding. The original ILSVRC photos of the base
+# decoding and colour handling, not the resampling filter. Generated files have a shorter
+# side of at most 240 px, so at S = 128 the pipeline decodes them at full size (no
+# DCT-domain downscaling) and they must match to rounding. The original ILSVRC photos of the base
 # set are large enough for the pipeline to decode them at 1/2 scale inside libjpeg-turbo,
 # which differs from a full-size decode by up to ~4 on these photos. A wrong orientation,
 # colour model or bit depth costs 40 or more.
@@ -213,11 +213,14 @@ def build_corpus(root: Path, shared_data: Path, *, per_class_train: int = 3, per
                 k += 1
     spare = iter(photos[n_base:])      # photos not used by the base set, one per case
 
-    def take_rgb(max_side: int = 360) -> np.ndarray:
+    def take_rgb(short_side: int = 240) -> np.ndarray:
+        """A spare photo, shrunk so its shorter side is ``short_side``: under 2 x 128, so the
+        pipeline decodes it at full size at S = 128 (no DCT-domain downscaling), and small
+        enough to keep the corpus quick to build and prepare."""
         rgb = decode_rgb(next(spare))
         h, w = rgb.shape[:2]
-        if max(h, w) > max_side:      # smaller files keep the corpus quick to build and prepare
-            s = max_side / max(h, w)
+        s = short_side / min(h, w)
+        if s < 1:
             rgb = np.asarray(Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.BILINEAR))
         return rgb
 

@@ -210,7 +210,7 @@ def same_tensors(a: dict, b: dict) -> list[str]:
                                  and torch.equal(a[k].view(-1).view(torch.uint8), b[k].view(-1).view(torch.uint8)))]
 
 
-def tiny_config(path: Path, cache: Path, runs: Path, *, epochs: int = 3, batch: int = 24, workers: int = 2,
+def tiny_config(path: Path, cache: Path, runs: Path, *, epochs: int = 3, batch: int = 16, workers: int = 2,
                 extra: str = "") -> Path:
     """A small real training configuration: alexnet_small (narrow) on the small CIFAR-10 cache."""
     path.write_text(f"""# reliability suite: a few seconds per epoch on 2 CPU cores

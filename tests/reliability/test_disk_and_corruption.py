@@ -65,13 +65,13 @@ def test_checkpoint_write_fails_cleanly(reference_run, tmp_path):
 
 @pytest.mark.xfail(strict=True, reason="defect (data): prepare does not turn a failing write (EFBIG/ENOSPC/EDQUOT "
                    "from the disk or a quota) into a UserError: traceback from _Writer.open_files' truncate")
-def test_cache_write_fails_cleanly(shared_data, tmp_path):
+def test_cache_write_fails_cleanly(corpus, tmp_path):
     """``prepare`` with a file-size limit smaller than the cache: one line, and no cache opens."""
     from alexnet.data import open_cache
     from alexnet.errors import UserError
     out = tmp_path / "cache"
-    proc = Primed("prepare", shared_data / "cifar10-jpg.tar.gz", out, "--size", "32", "--limit", "24", "--quiet",
-                  folder=tmp_path, name="full", preexec_fn=_limit_file_size(64 * 1024))
+    proc = Primed("prepare", corpus.root, out, "--size", "64", "--skip-bad", "--workers", "1", "--quiet",
+                  folder=tmp_path, name="full", preexec_fn=_limit_file_size(64 * 1024))   # the cache is ~400 KB
     rc = proc.go().wait(300)
     problem = one_line_error(rc, proc.stderr)
     opens = []

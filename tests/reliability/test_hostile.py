@@ -84,8 +84,9 @@ def test_pickled_code_never_runs(reference_run, shared_data, tmp_path):
 
 
 ESCAPES = ("dotdot", "absolute", "symlink_out", "symlink_abs", "hardlink_abs")
-TAR_SLIP = "defect (data): sources._open_tar accepts members named with '..' or an absolute path as images " \
-           "(read from the archive, so nothing is written outside, but they are not refused as the issue requires)"
+# Members whose *path* escapes ('..', absolute) are never benign: the whole archive is refused,
+# also with --skip-bad. Links may be benign (deduplicated files): they are bad files like any other.
+REFUSE_ARCHIVE = ("dotdot", "absolute")
 
 
 @pytest.fixture(scope="module")
@@ -96,23 +97,25 @@ def escape_results(shared_data, tmp_path_factory):
     outside = tmp / "outside"
     tars = {case: tmp / f"{case}.tar" for case in ESCAPES}
     members = {case: escaping_tar(tars[case], shared_data, outside, members=(case,))[case] for case in ESCAPES}
-    escaping_tar(tmp / "all.tar", shared_data, outside)
+    escaping_tar(tmp / "links.tar", shared_data, outside, members=tuple(c for c in ESCAPES if c not in REFUSE_ARCHIVE))
+    escaping_tar(tmp / "slip.tar", shared_data, outside, members=REFUSE_ARCHIVE)
     work = tmp / "work"
     work.mkdir()
     before = {p for p in tmp.rglob("*")}
     results = run_many([["prepare", tars[c], work / c, "--size", "32", "--workers", "1", "--quiet"] for c in ESCAPES]
-                       + [["prepare", tmp / "all.tar", work / "all", "--size", "32", "--workers", "1", "--quiet",
-                           "--skip-bad"]])
+                       + [["prepare", tmp / name, work / name, "--size", "32", "--workers", "1", "--quiet",
+                           "--skip-bad"] for name in ("links.tar", "slip.tar")])
     written_outside = sorted(str(p) for p in set(tmp.rglob("*")) - before if work not in p.parents)
-    return {"members": members, "default": dict(zip(ESCAPES, results)), "skip": results[-1], "work": work,
+    return {"members": members, "default": dict(zip(ESCAPES, results)), "skip_links": results[-2],
+            "skip_slip": results[-1], "work": work,
             "outside": outside, "written_outside": written_outside}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=TAR_SLIP))
-                                  if c in ("dotdot", "absolute") else c for c in ESCAPES])
+@pytest.mark.parametrize("case", ESCAPES)
 def test_archive_member_escaping_is_refused(escape_results, case):
-    """Default policy: one line naming the member (exit 2). ``--skip-bad``: the member is
-    skipped and listed in skipped.csv and never becomes an image."""
+    """Default policy: one line naming the member (exit 2). ``--skip-bad``: a link member is
+    skipped and listed in skipped.csv and never becomes an image; a member whose path
+    escapes makes the whole archive refused with one line naming it."""
     from alexnet.data import open_cache
     r = escape_results
     member, res = r["members"][case], r["default"][case]
@@ -122,15 +125,21 @@ def test_archive_member_escaping_is_refused(escape_results, case):
            command="prepare (default)", expected="refused with one line naming the member",
            outcome=problem or line, survived=problem is None)
     skip_ok = False
-    if r["skip"]["rc"] == 0:
-        cache = open_cache(r["work"] / "all")
-        listed = (r["work"] / "all" / "skipped.csv").read_text(encoding="utf-8")
+    if case in REFUSE_ARCHIVE:
+        res = r["skip_slip"]
+        skip_ok = one_line_error(res["rc"], res["stderr"], crash=res["crash"]) is None and any(
+            Path(m).name in (error_lines(res["stderr"]) or [""])[0] for c, m in r["members"].items()
+            if c in REFUSE_ARCHIVE)
+    elif r["skip_links"]["rc"] == 0:
+        cache = open_cache(r["work"] / "links.tar")
+        listed = (r["work"] / "links.tar" / "skipped.csv").read_text(encoding="utf-8")
         in_cache = any(Path(member).name in f for s in cache.splits for f in cache.split(s).files)
         skip_ok = Path(member).name in listed and not in_cache
-    record("hostile", f"tar member: {case}", command="prepare --skip-bad", expected="skipped and listed, never read",
-           outcome="skipped and listed" if skip_ok else "NOT skipped (kept as an image)", survived=skip_ok)
+    expected = "archive refused with one line" if case in REFUSE_ARCHIVE else "skipped and listed, never read"
+    record("hostile", f"tar member: {case}", command="prepare --skip-bad", expected=expected,
+           outcome=expected if skip_ok else "NOT refused (kept as an image)", survived=skip_ok)
     assert problem is None, problem
-    assert skip_ok, f"--skip-bad kept {member} or did not list it"
+    assert skip_ok, f"--skip-bad kept {member} or did not refuse/list it"
 
 
 def test_archive_never_writes_or_reads_outside(escape_results):

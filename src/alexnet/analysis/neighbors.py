@@ -25,6 +25,7 @@ smaller database index (stable sort).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -125,7 +126,8 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
     Writes ``out_png`` (one row per query: the query, then its neighbours with class
     and distance), ``table`` (CSV; default: ``out_png`` with ``.csv``) and the same
     table as Markdown (``.md``). Database features come from ``features`` (made by
-    ``alexnet features``) or are computed on the fly (not saved).
+    ``alexnet features``) or are computed on the fly, ``chunk_size`` images at a time,
+    and searched as they come (not saved; the same memory bound).
     """
     from ..data import open_cache
     from ..report import write_csv
@@ -144,9 +146,23 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
     q = embed_batches(model, pipeline, np.stack(query_images), batch_size, device)
     if features:
         db = load_features(features, split=split, count=len(sp), checkpoint=info["path"])
+        dist, idx = knn_search(q, db, k=k, metric=metric, chunk_size=chunk_size, device=device)
     else:
-        db = embed_batches(model, pipeline, sp.images, batch_size, device, progress=progress, desc=f"fc7 {split}")
-    dist, idx = knn_search(q, db, k=k, metric=metric, chunk_size=chunk_size, device=device)
+        # Features computed chunk by chunk and searched at once: memory stays bounded here too.
+        from tqdm import tqdm
+        bar = tqdm(total=len(sp), desc=f"fc7 {split}", unit="img", disable=not progress, file=sys.stderr)
+
+        def feature_chunks():
+            for start in range(0, len(sp), chunk_size):
+                block = sp.images[start:start + chunk_size]
+                yield start, embed_batches(model, pipeline, block, batch_size, device)
+                bar.update(len(block))
+
+        try:
+            dist, idx = knn_search(q, None, k=k, metric=metric, chunk_size=chunk_size, device=device,
+                                   chunks=feature_chunks())
+        finally:
+            bar.close()
 
     names = cache.class_names if len(cache.class_names) == cache.num_classes else cache.classes
     try:

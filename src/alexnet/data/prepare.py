@@ -137,7 +137,8 @@ def _work_encoded(task: tuple) -> dict:
     """(split, [(index, name, ref or bytes)]) -> the chunk's images, statistics, errors and warnings."""
     split, entries = task
     size, channels, storage, quality = _CONFIG["size"], _CONFIG["channels"], _CONFIG["storage"], _CONFIG["quality"]
-    indices, images, blobs, errors, warnings = [], [], [], [], []
+    indices, blobs, errors, warnings = [], [], [], []
+    stacked = np.empty((len(entries), size, size, channels), dtype=np.uint8)  # decoded straight into place
     for index, name, payload in entries:
         try:
             if isinstance(payload, bytes):
@@ -149,17 +150,17 @@ def _work_encoded(task: tuple) -> dict:
                     data = read_payload(payload)
                 except OSError as exc:
                     raise BadImage(f"unreadable file ({exc.strerror or exc})") from None
-            img, warning = decode_square(data, size, channels, name)
+            slot = stacked[len(indices)]
+            _, warning = decode_square(data, size, channels, name, out=slot)
             if storage == "jpeg":
-                blobs.append(_encode(img, quality))
-                img = _decode_stored(blobs[-1], channels)  # statistics of what the loader will see
+                blobs.append(_encode(slot, quality))
+                slot[...] = _decode_stored(blobs[-1], channels)  # statistics of what the loader will see
             indices.append(index)
-            images.append(img)
             if warning:
                 warnings.append((index, warning))
         except BadImage as exc:
             errors.append((index, str(exc)))
-    stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    stacked = stacked[: len(indices)]
     xtx = image_sum = None
     if split == "train":  # statistics come from the train split only
         xtx = _image_stats(stacked)
@@ -491,8 +492,9 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
             "jpeg_quality": int(quality) if storage == "jpeg" else None,
             "classes": src.classes, "class_names": src.class_names,
             "source": {"location": os.path.abspath(src.location), "kind": src.kind},
-            "preprocessing": f"short side rescaled to {size} (bilinear, antialiased), central {size}x{size} "
-                             f"crop (Krizhevsky et al. 2012, Section 2)",
+            "preprocessing": f"central square (integer offsets) rescaled to {size}x{size}, bilinear antialiased "
+                             f"= short side {size} then central crop (Krizhevsky et al. 2012, Section 2); "
+                             f"JPEG DCT-domain downscaling by 1/2..1/8 while the short side stays >= {size}",
             "pixel_scale": "uint8 0..255"}
     config = {"size": size, "channels": channels, "storage": storage, "quality": int(quality)}
     decoded = 0

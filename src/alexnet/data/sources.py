@@ -263,6 +263,10 @@ def _open_tar(path: str, labels: str | None, class_list) -> Source:
     entries = []
     for m in members:
         target = m
+        if m.name.startswith("/") or ".." in m.name.split("/"):
+            # Never benign (a "tar-slip" attempt): refuse the whole archive, even with --skip-bad.
+            raise UserError(f"{path}:{m.name}: member path escapes the archive (absolute or '..'); "
+                            f"refusing the archive")
         if m.islnk():
             target = by_name.get(m.linkname)
             if target is None or not target.isfile():

@@ -9,15 +9,9 @@ from ..errors import UserError
 
 
 def _eval(args) -> int:
-    from pathlib import Path
-
     from .evaluate import evaluate, format_result
     checkpoints = [args.checkpoint] + list(args.ensemble or [])
-    out = args.out
-    if out is None:
-        first = Path(args.checkpoint)
-        folder = first if first.is_dir() else first.parent
-        out = folder / (f"eval-{args.split or 'default'}-{args.views}" + ("-ensemble" if len(checkpoints) > 1 else ""))
+    out = args.out or "auto"
     result = evaluate(checkpoints, args.data, views=args.views, split=args.split, batch_size=args.batch_size,
                       device=args.device, workers=args.workers, limit=args.limit, out=out,
                       progress=not args.quiet)

@@ -46,6 +46,9 @@ def resolve_data(data: str | os.PathLike, size: int, quiet: bool = False):
     out = root / f"{name or 'data'}-{size}"
     if not (out / "meta.json").is_file():
         import sys
+        from ..data.sources import SHORTHANDS
+        if str(data) not in SHORTHANDS and not path.exists():
+            raise UserError(f"{data}: no such file or directory (neither a cache nor a dataset source)")
         if not quiet:
             sys.stderr.write(f"alexnet: preparing {data} -> {out} (once; later runs reuse it)\n")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,10 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
               "confusion": meter.confusion.tolist(), "class_names": list(names)}
     if len(loaded) > 1:
         result["members"] = members
+    if out == "auto":      # beside the first checkpoint: eval-<split>-<views>[-ensemble]
+        first = Path(paths[0])
+        folder = first if first.is_dir() else first.parent
+        out = folder / (f"eval-{split}-{views}" + ("-ensemble" if len(loaded) > 1 else ""))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

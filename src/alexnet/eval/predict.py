@@ -29,11 +29,12 @@ def preprocess(images: list[np.ndarray], info: dict, views: str = "center") -> t
     else:
         top, left, flips = augment.center_params(n, size, crop)
         source = None
-    crops = augment.gather_crops(batch, top, left, flips, crop, source=source)
+    # gather_crops / crop_mean_image return NHWC; to_network_input takes NCHW.
+    crops = augment.gather_crops(batch, top, left, flips, crop, source=source).permute(0, 3, 1, 2)
     stats = info["stats"]
     if info["mean"] == "image":
         mean = augment.crop_mean_image(torch.from_numpy(stats["mean_image"]).float(), top, left, flips, crop)
-        x = augment.to_network_input(crops, mean_crops=mean)
+        x = augment.to_network_input(crops, mean_crops=mean.permute(0, 3, 1, 2))
     elif info["mean"] == "channel":
         x = augment.to_network_input(crops, channel_mean=torch.from_numpy(stats["channel_mean"]).float())
     else:

@@ -72,10 +72,12 @@ def info(message: str, quiet: bool = False) -> None:
 # ----------------------------------------------------------------------------- run folder
 
 class RunLock:
-    """An exclusive ``flock`` on RUN/.lock: a second run on the same folder refuses to start.
+    """An exclusive POSIX lock (``lockf``) on RUN/.lock: a second run on the same folder refuses to start.
 
     The kernel releases the lock when the process dies, so a killed run never leaves a
-    stale lock behind.
+    stale lock behind. ``lockf``, not ``flock``: a ``flock`` is shared with forked
+    children (DataLoader workers), which outlive a ``kill -9`` of the trainer by seconds
+    and kept the folder "in use by" a dead process (tests/reliability/test_crash.py).
     """
 
     def __init__(self, run_dir: Path):
@@ -83,7 +85,7 @@ class RunLock:
         self.path = run_dir / ".lock"
         self._file = open(self.path, "a+")
         try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
@@ -461,9 +463,26 @@ class Trainer:
             # Drop log records written after this checkpoint: the resumed run writes them again.
             report.truncate_jsonl(self.run_dir / "steps.jsonl", lambda r: r.get("step", 0) <= self.step)
             report.truncate_jsonl(self.run_dir / "epochs.jsonl", lambda r: r.get("epoch", 0) <= epoch)
+            if batch == 0 and self.best_epoch == epoch and not self._best_holds(epoch):
+                self._copy_last_to_best()    # a crash came between writing last and copying it to best
             info(f"resuming {self.run_dir} at epoch {epoch + 1}, step {self.step}"
                  + (f" (batch {batch} of the epoch)" if batch else ""), self.quiet)
         return epoch, batch
+
+    def _best_holds(self, epoch: int) -> bool:
+        try:
+            return ckpt_io.load_checkpoint(self.run_dir / BEST).meta.get("epoch") == epoch
+        except UserError:
+            return False
+
+    def _copy_last_to_best(self) -> None:
+        """best <- last, atomically (copy aside, fsync, rename)."""
+        import shutil
+        tmp = self.run_dir / (BEST + ".tmp-copy")
+        shutil.copyfile(self.run_dir / LAST, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.run_dir / BEST)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -675,12 +694,7 @@ class Trainer:
             self.best_err, self.best_epoch = val["top1_err"], epoch + 1
         self.save(LAST, epoch + 1, 0)
         if improved and ctx.is_main:
-            import shutil
-            tmp = self.run_dir / (BEST + ".tmp-copy")
-            shutil.copyfile(self.run_dir / LAST, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.run_dir / BEST)
+            self._copy_last_to_best()
         if ctx.is_main:
             val_text = (f" | val top-1 {100 * val['top1_err']:.2f}% top-5 {100 * val['top5_err']:.2f}%" if val else "")
             info(f"epoch {epoch + 1}/{c.train.epochs}: train loss {train_stats['loss']:.4f} "
@@ -719,7 +733,8 @@ class Trainer:
             report.write_csv(self.run_dir / "epochs.csv", epochs)
             if c.run.plots and epochs:
                 report.plot_curves(epochs, self.run_dir / "curves.png",
-                                   title=f"{c.preset}: {c.model.name} ({self.run_dir.name})")
+                                   title=f"{c.preset}: {c.model.name} ({self.run_dir.name})",
+                                   steps=report.read_jsonl(self.run_dir / "steps.jsonl"))
             report.write_json(self.run_dir / "summary.json", summary)
             report.write_report(self.run_dir, summary, epochs)
             test = summary.get("test")

@@ -1,0 +1,115 @@
+"""`alexnet eval` and `alexnet predict` as subprocesses, including every bad-input line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from test_train_support import CLI_ENV, fmnist_cache, trained_run  # noqa: F401
+
+
+def one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_eval_ten_views_and_ensemble(trained_run, fmnist_cache, tmp_path):
+    proc = run_cli("eval", trained_run, "--data", fmnist_cache, "--views", "ten", "--ensemble",
+                   trained_run / "best.safetensors", "--json", "--quiet", "--out", tmp_path, env=CLI_ENV)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["views"] == "ten" and result["count"] == 600 and len(result["members"]) == 2
+    # last == best after one epoch: the ensemble of a model with itself is the model
+    assert result["top1_err"] == result["members"][0]["top1_err"]
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    text = run_cli("eval", trained_run / "last.safetensors", "--data", fmnist_cache, "--quiet", env=CLI_ENV)
+    assert "top-1 error" in text.stdout and "per-class accuracy: T-shirt/top" in text.stdout
+    assert (trained_run / "eval-test-center" / "metrics.json").is_file()
+
+
+def test_eval_bad_inputs(trained_run, fmnist_cache, tmp_path):
+    one_line_error(run_cli("eval", tmp_path / "nope.safetensors", "--data", fmnist_cache), "no such checkpoint")
+    torn = tmp_path / "torn.safetensors"
+    torn.write_bytes((trained_run / "last.safetensors").read_bytes()[:5000])
+    one_line_error(run_cli("eval", torn, "--data", fmnist_cache), "not a readable checkpoint")
+    one_line_error(run_cli("eval", trained_run, "--data", tmp_path / "no-data"), "no such file or directory")
+    one_line_error(run_cli("eval", trained_run, "--data", fmnist_cache, "--split", "val"),
+                   "no split 'val'", "this cache has: train, test")
+    proc = run_cli("eval", trained_run, "--data", fmnist_cache, "--views", "five")
+    assert proc.returncode == 2 and "invalid choice: 'five'" in proc.stderr
+
+
+@pytest.fixture
+def images(fmnist_cache, tmp_path):
+    from alexnet.data import open_cache
+    split = open_cache(fmnist_cache).split("test")
+    good = []
+    for i in range(2):
+        path = tmp_path / f"good{i}.png"
+        Image.fromarray(np.asarray(split.images[i])[:, :, 0]).save(path)
+        good.append(path)
+    big = tmp_path / "photo.jpg"             # an ordinary RGB photo-sized JPEG: resized like prepare does
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(big)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(big.read_bytes()[:400])
+    return good, big, text, truncated, split.labels[:2]
+
+
+def test_predict_top5_and_unreadable_images(trained_run, images, tmp_path):
+    good, big, text, truncated, labels = images
+    missing = tmp_path / "missing.png"
+    proc = run_cli("predict", trained_run, good[0], text, big, missing, truncated, good[1], "--json", env=CLI_ENV)
+    assert proc.returncode == 1, proc.stderr          # some failed, the rest were predicted
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("alexnet: error: ") for e in errors)
+    assert str(text) in errors[0] and str(missing) in errors[1] and "no such file" in errors[1]
+    assert str(truncated) in errors[2]
+    results = json.loads(proc.stdout)
+    assert [r["path"] for r in results] == list(map(str, [good[0], text, big, missing, truncated, good[1]]))
+    for r in (results[0], results[2], results[5]):
+        assert len(r["top"]) == 5
+        probs = [t["prob"] for t in r["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert results[0]["top"][0]["name"] in ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                            "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    text_out = run_cli("predict", trained_run, good[0], env=CLI_ENV)
+    assert text_out.returncode == 0 and text_out.stdout.splitlines()[1].strip().startswith("1. ")
+    all_bad = run_cli("predict", trained_run, text, missing)
+    assert all_bad.returncode == 2 and len(all_bad.stderr.strip().splitlines()) == 2
+
+
+def test_predict_matches_the_evaluation_path(trained_run, fmnist_cache, images):
+    """A file written from the cache and predicted from disk gets the probabilities the loader gives."""
+    from alexnet.data import open_cache
+    from alexnet.eval.evaluate import predict_split
+    from alexnet.eval.predict import predict
+    from alexnet.train.checkpoint import load_model
+    good = images[0]
+    model, info = load_model(trained_run / "last.safetensors")
+    probs, _ = predict_split(model, info, open_cache(fmnist_cache), "test", workers=0)
+    results = predict(trained_run, good)
+    for i, r in enumerate(results):
+        top = r["top"][0]
+        assert top["prob"] == pytest.approx(float(probs[i].max()), rel=1e-5)
+        assert info["classes"].index(top["class"]) == int(probs[i].argmax())
+
+
+def test_predict_panel_hook(trained_run, images, tmp_path):
+    out = tmp_path / "panel.png"
+    proc = run_cli("predict", trained_run, images[0][0], "--panel", out, env=CLI_ENV)
+    try:
+        import alexnet.analysis.panels  # noqa: F401
+    except ImportError:
+        one_line_error(proc, "--panel", "prediction_panel is not available")
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes()[:4] == b"\x89PNG"
