@@ -195,12 +195,6 @@ def lock_holders(path: Path) -> list[int]:
     return sorted(pids)
 
 
-def model_tensors(path: Path) -> dict:
-    """The model weights of a checkpoint, read with the project's verifying loader."""
-    from alexnet.train.checkpoint import load_checkpoint
-    return load_checkpoint(path).model_state
-
-
 def same_tensors(a: dict, b: dict) -> list[str]:
     """Names whose tensors differ in any bit (empty list: bit-identical)."""
     import torch

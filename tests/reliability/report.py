@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,8 @@ def run_suite(ledger: Path, pytest_args: list[str]) -> int:
 
 
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/", "<tmp>/", str(text))   # pytest's temporary folders
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def tables(records: list[dict]) -> str:
@@ -53,7 +55,7 @@ def tables(records: list[dict]) -> str:
               "| area | case | command | expected | outcome | ok |", "| --- | --- | --- | --- | --- | :---: |"]
     for r in records:
         case = r["case"] + (f" ({r['detail']})" if r.get("detail") else "")
-        outcome = r["outcome"]
+        outcome = _cell(r["outcome"])
         outcome = outcome if len(outcome) <= 160 else outcome[:157] + "..."
         lines.append(f"| {r['area']} | {_cell(case)} | {_cell(r['command'])} | {_cell(r['expected'])} | "
                      f"{_cell(outcome)} | {'yes' if r['survived'] else '**no**'} |")

@@ -120,6 +120,7 @@ def _damaged_copies(src: Path, folder: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow          # it needs the reference training run (conftest.reference_run)
 def test_corrupt_checkpoints_are_refused(reference_run, tmp_path):
     from alexnet.errors import UserError
     from alexnet.train.checkpoint import load_model

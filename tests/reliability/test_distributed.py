@@ -14,7 +14,6 @@ job's ``train.dist_timeout`` is 20 s), and its output says which rank failed or 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

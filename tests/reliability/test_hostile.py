@@ -15,25 +15,23 @@ is written outside the output folder, and no outside bytes reach the cache.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from .corpus import cifar_python_tar, decode_rgb, escaping_tar, pickle_payload, reference_square, torch_zip_payload
-from .helpers import error_lines, one_line_error, record, run_many
+from .helpers import error_lines, one_line_error, record, run_many, tiny_config
 
 pytestmark = pytest.mark.shared
 
 
-def test_pickled_code_never_runs(reference_run, shared_data, tmp_path):
-    ref = reference_run
+def test_pickled_code_never_runs(small_cache, shared_data, tmp_path):
     marker = tmp_path / "PWNED"
-    # A run folder whose checkpoint is a raw pickle with a payload.
+    # A run folder (a real config) whose checkpoint is a raw pickle with a payload.
     evil_run = tmp_path / "evil-run"
     evil_run.mkdir()
-    shutil.copy(ref["run_dir"] / "config.toml", evil_run / "config.toml")
+    tiny_config(evil_run / "config.toml", small_cache, tmp_path)
     (evil_run / "last.safetensors").write_bytes(pickle_payload(marker))
     # A torch.save zip whose data.pkl carries the payload.
     torch_file = tmp_path / "model.pt"
@@ -45,10 +43,10 @@ def test_pickled_code_never_runs(reference_run, shared_data, tmp_path):
     arrays = cifar_python_tar(good, shared_data)
     image = shared_data / "cifar10-jpg.tar.gz"     # any real file for predict; it must not get that far
     cases = [
-        ("pickle as last.safetensors", "eval", ["eval", evil_run, "--data", ref["run_dir"]], "last.safetensors"),
+        ("pickle as last.safetensors", "eval", ["eval", evil_run, "--data", small_cache], "last.safetensors"),
         ("pickle as last.safetensors", "predict", ["predict", evil_run / "last.safetensors", image], "last.safetensors"),
         ("pickle as last.safetensors", "train --resume", ["train", "--resume", evil_run], "last.safetensors"),
-        ("torch.save zip with payload (model.pt)", "eval", ["eval", torch_file, "--data", ref["run_dir"]], "model.pt"),
+        ("torch.save zip with payload (model.pt)", "eval", ["eval", torch_file, "--data", small_cache], "model.pt"),
         ("torch.save zip with payload (model.pt)", "predict", ["predict", torch_file, image], "model.pt"),
         ("CIFAR python batch with payload", "prepare", ["prepare", evil_batch, tmp_path / "c1", "--size", "native"],
          "data_batch_1"),

@@ -73,6 +73,12 @@ def _relu_tanh(args) -> int:
               f"per seed (ratio of means {s['ratio_of_means']:.2f}); the paper: 6")
     else:
         print("tanh / ReLU: no ratio (ReLU did not reach the target within the budget)")
+    for t, o in (s.get("other_targets") or {}).items():
+        ratio = "-" if o["ratio_mean"] is None else \
+            f"{'>=' if o['ratio_is_lower_bound'] else ''}{o['ratio_mean']:.2f} ± {o['ratio_std']:.2f}"
+        print(f"  at {100 * float(t):.0f}% training error: ReLU {o['relu_epochs_mean']:.2f}, tanh "
+              f"{o['tanh_epochs_mean']:.2f} epochs ({o['relu_reached']}/{o['tanh_reached']} runs reached it); "
+              f"ratio {ratio}")
     for kind, path in result.files.items():
         print(f"{kind}: {path}")
     return 0

@@ -85,7 +85,9 @@ def gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, fl
     """Crop (and mirror) every image of an NHWC batch at its own offset: (B, crop, crop, C).
 
     ``source`` maps output rows to input images (the 10 views read each image ten
-    times); default: row i reads image i. One advanced-indexing op for the batch.
+    times); default: row i reads image i. One advanced-indexing op for the batch, on any
+    device. The loader uses the faster :func:`crop_batch`; this is its plain reference
+    (tests check the two agree exactly).
     """
     rows, cols = _crop_index(top.to(images.device), left.to(images.device), flips.to(images.device), crop)
     if source is None:
@@ -94,7 +96,10 @@ def gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, fl
 
 
 def crop_mean_image(mean_image: torch.Tensor, top, left, flips, crop: int) -> torch.Tensor:
-    """The mean image (S,S,C) cut at each batch row's offsets and flips: (B, crop, crop, C)."""
+    """The mean image (S,S,C) cut at each batch row's offsets and flips: (B, crop, crop, C).
+
+    Plain reference for :class:`MeanCropper` (what the loader uses).
+    """
     rows, cols = _crop_index(top.to(mean_image.device), left.to(mean_image.device), flips.to(mean_image.device), crop)
     return mean_image[rows, cols]
 

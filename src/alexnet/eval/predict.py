@@ -57,7 +57,15 @@ def read_square(path: str | os.PathLike, size: int, channels: int) -> np.ndarray
     try:
         image, _warning = decode_square(data, size, channels, name=str(path))
     except BadImage as exc:
-        raise UserError(f"{path}: {exc}") from None
+        if channels != 1 or "colour" not in str(exc):
+            raise UserError(f"{path}: {exc}") from None
+        # A colour photo for a grayscale model: decode in RGB, then take the luma (PIL's "L" weights).
+        try:
+            rgb, _warning = decode_square(data, size, 3, name=str(path))
+        except BadImage as exc2:
+            raise UserError(f"{path}: {exc2}") from None
+        from PIL import Image
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))[:, :, None]
     return image
 
 

@@ -215,13 +215,16 @@ class Suite:
             self._log(_format_row(row))
 
     # -- groups
-    def run(self) -> dict:
+    def run(self, checkpoint=None) -> dict:
+        """Run the selected groups; ``checkpoint(report)`` is called after each one (partial results)."""
         started = time.perf_counter()
         try:
             for group in GROUPS:
                 if group in self.groups:
                     self._log(f"group {group}")
                     getattr(self, f"_group_{group}")()
+                    if checkpoint is not None:
+                        checkpoint(self.report(time.perf_counter() - started))
         finally:
             self.close()
         return self.report(time.perf_counter() - started)
@@ -446,12 +449,38 @@ def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dic
         parent = Path(json_out).resolve().parent
         if not parent.is_dir():
             raise UserError(f"{json_out}: directory {parent} does not exist")
+    command = " ".join(["alexnet", "bench"] + [a for a in sys.argv[1:] if a != "bench"])
+
+    def save(report: dict) -> None:
+        if json_out is not None:
+            report["command"] = command
+            tmp = Path(str(json_out) + ".tmp")
+            tmp.write_text(json.dumps(report, indent=1))
+            os.replace(tmp, json_out)
+
     suite = Suite(quick=quick, groups=tuple(groups), **kwargs)
-    report = suite.run()
-    report["command"] = " ".join(["alexnet"] + sys.argv[1:]) if sys.argv else "alexnet bench"
+    report = suite.run(checkpoint=save)   # partial results survive an interrupted run
+    report["command"] = command
+    save(report)
     print(format_table(report))
-    if json_out is not None:
-        tmp = Path(str(json_out) + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, json_out)
     return report
+
+
+def format_markdown(report: dict) -> str:
+    """The report as Markdown tables (for docs/performance.md and the README)."""
+    lines = ["| benchmark | variant | ours | +-% | reference | +-% | ratio | cpu-ratio | GFLOP/s | of limit | unit |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["rows"]:
+        frac = r.get("fraction_of_limit")
+        ratio, cpu = r.get("ratio"), r.get("ratio_cpu")
+        lines.append(
+            f"| {r['name']} | {r.get('variant', '')} | {_fmt(r.get('ours'))} | {_fmt(r.get('ours_spread_pct'), 0)} | "
+            f"{_fmt(r.get('reference'))} | {_fmt(r.get('reference_spread_pct'), 0)} | "
+            f"{_fmt(ratio, 2) + 'x' if ratio is not None else '-'} | {_fmt(cpu, 2) + 'x' if cpu is not None else '-'} | "
+            f"{_fmt(r.get('gflops'))} | {f'{100 * frac:.0f}%' if frac is not None else '-'} | {r.get('unit', '')} |")
+    if report["scaling"]:
+        lines += ["", "| batch | input | images/s | +-% | peak RSS (MB) |", "|---:|---:|---:|---:|---:|"]
+        for p in report["scaling"]:
+            lines.append(f"| {p['batch']} | {p['size']} | {p['images_per_s']:.1f} | {p['spread_pct']:.0f} | "
+                         f"{p['rss_peak_mb']:.0f} |")
+    return "\n".join(lines)
