@@ -89,6 +89,9 @@ def test_autocast_factory_and_bad_precision():
     ctx = autocast_factory("cpu", "bfloat16")()
     with ctx:
         assert torch.is_autocast_enabled("cpu")
+    assert autocast_factory("cpu", "fp32") is contextlib.nullcontext      # the training config's spelling
+    with autocast_factory("cpu", "bf16")():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         autocast_factory("cpu", "float8")
 

@@ -43,14 +43,24 @@ def test_the_run_prints_where_the_report_and_plots_are(fmnist_cache, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--optim.lrr", "0.1"], ["command line: unknown key 'optim.lrr'"]),
-    (["--train.epochs", "ten"], ["train.epochs must be an int, got str 'ten'"]),
-    (["--train.precision", "fp16"], ["fp16", "needs a CUDA device"]),
-    (["--model.name", "vgg"], ["unknown model 'vgg'"]),
-    (["--model.kwargs.lrn_size", "3"], ["does not take these options"]),
+    (["--optim.lrr", "0.1"], ["command line: unknown key 'optim.lrr'"]),     # rejected while parsing
+    (["--model.name", "vgg"], ["unknown model 'vgg'"]),                       # rejected while building
 ])
 def test_bad_settings(fmnist_cache, tmp_path, args, fragments):
     one_line_error(run_cli(*train_args(fmnist_cache, tmp_path, "x", *args), env=CLI_ENV), *fragments)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--train.epochs", "ten"], ["train.epochs must be an int, got str 'ten'"]),
+    (["--train.precision", "fp16"], ["fp16", "needs a CUDA device"]),
+    (["--model.kwargs.lrn_size", "3"], ["does not take these options"]),
+])
+def test_bad_settings_in_process(fmnist_cache, tmp_path, args, fragments):
+    from alexnet.errors import UserError
+    from alexnet.train import train
+    with pytest.raises(UserError) as err:
+        train("fashion-mnist", overrides=train_args(fmnist_cache, tmp_path, "x", *args)[2:-1])
+    assert all(f in str(err.value) for f in fragments) and "\n" not in str(err.value)
 
 
 def test_bad_commands(tmp_path):

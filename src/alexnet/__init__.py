@@ -12,10 +12,12 @@ from .models import AlexNet, LocalResponseNorm, build_model, get_model_info, lis
 from .models.summary import format_table, layer_table
 from .train import Config, TrainResult, load_config, load_model, train
 from .eval import evaluate, predict
+from .perf import optimize, plain_reference_alexnet
 
 __all__ = [
     "__version__", "UserError", "AlexNet", "LocalResponseNorm", "build_model", "get_model_info",
     "list_models", "local_response_norm", "format_table", "layer_table",
     "open_cache", "build_loader", "prepare",
     "Config", "TrainResult", "load_config", "load_model", "train", "evaluate", "predict",
+    "optimize", "plain_reference_alexnet",
 ]

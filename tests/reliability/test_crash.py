@@ -9,15 +9,16 @@ each checkpoint in the folder must load (checksum verified) and equal, bit for b
 the reference run's checkpoint of the same epoch; at the end the weights, optimiser
 state and best checkpoint must be bit-identical to the uninterrupted reference run.
 
-Prepare: ``alexnet prepare`` is killed twice while writing; the cache must never open
-(``open_cache`` refuses it), and the next run must produce exactly the cache of an
-uninterrupted run.
+Prepare: ``alexnet prepare`` is killed twice while writing; a partial cache must never
+open (``open_cache`` refuses it), a cache that opens must be exactly the cache of an
+uninterrupted run, and the next run must produce exactly that cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,12 +150,24 @@ def test_kill9_and_resume_is_bit_identical(reference_run, tmp_path):
     assert not failures, "\n".join(failures)
 
 
-def test_kill9_prepare_never_leaves_a_cache_that_opens(corpus, tmp_path):
+def test_kill9_prepare_never_leaves_a_cache_that_opens_wrong(corpus, tmp_path):
     """``prepare --skip-bad`` of the bad-data corpus killed while writing (as the partial
-    cache appears, and a moment later): the cache never opens; the next run produces
-    exactly the cache of an uninterrupted ``prepare`` (run in this process)."""
+    cache appears, and a moment later): the partial cache never opens, the final one
+    opens only if it is complete and exactly the cache of an uninterrupted ``prepare``
+    (run in this process); the next run gives exactly that cache."""
     from alexnet.data import open_cache, prepare
     from alexnet.errors import UserError
+    prepare(corpus.root, tmp_path / "reference", size=64, skip_bad=True, workers=1, quiet=True)
+    want = open_cache(tmp_path / "reference")
+
+    def same_as_reference(path: Path) -> bool:
+        got = open_cache(path)
+        return got.classes == want.classes and set(got.splits) == set(want.splits) and all(
+            np.array_equal(np.asarray(got.split(s).images), np.asarray(want.split(s).images))
+            and np.array_equal(got.split(s).labels, want.split(s).labels)
+            and list(got.split(s).files) == list(want.split(s).files) for s in want.splits) and all(
+            np.array_equal(got.stats[k], want.stats[k]) for k in want.stats)
+
     out = tmp_path / "cache"
     partial = Path(str(out) + ".partial")
     args = ("prepare", corpus.root, out, "--size", "64", "--skip-bad", "--workers", "1", "--quiet")
@@ -162,21 +175,30 @@ def test_kill9_prepare_never_leaves_a_cache_that_opens(corpus, tmp_path):
     failures = []
     try:
         for i, (where, delay) in enumerate((("as the partial cache appears", 0.0), ("a moment later", 0.3))):
+            if out.exists():              # the previous kill came after the final rename: start afresh
+                shutil.rmtree(out)
             proc = procs[i].go()
             assert wait_for(lambda: partial.exists() or out.exists() or proc.proc.poll() is not None, 120, 0.0005)
             if delay:
                 wait_for(lambda: proc.proc.poll() is not None, delay)
             proc.kill()
-            outcomes = []
-            for candidate in (out, partial):
-                try:
-                    open_cache(candidate)
-                    outcomes.append(f"{candidate.name} OPENS")
-                except UserError:
-                    outcomes.append(f"{candidate.name} refused")
-            survived = all("refused" in o for o in outcomes) and proc.proc.returncode == -9
-            record("crash", f"kill -9 prepare {where}", command="prepare", expected="no cache opens",
-                   outcome=", ".join(outcomes) + f" (exit {proc.proc.returncode})", survived=survived)
+            outcomes, survived = [], proc.proc.returncode == -9
+            try:
+                open_cache(partial)
+                outcomes.append("partial cache OPENS")
+                survived = False
+            except UserError:
+                outcomes.append("partial cache refused")
+            try:
+                open_cache(out)
+                right = same_as_reference(out)
+                outcomes.append("cache complete and identical" if right else "cache OPENS but DIFFERS")
+                survived = survived and right
+            except UserError:
+                outcomes.append("cache refused")
+            record("crash", f"kill -9 prepare {where}", command="prepare",
+                   expected="no cache opens unless complete and right", survived=survived,
+                   outcome=", ".join(outcomes) + f" (exit {proc.proc.returncode})")
             if not survived:
                 failures.append(f"{where}: {outcomes}, exit {proc.proc.returncode}")
         rc = procs[2].go().wait(300)
@@ -184,13 +206,7 @@ def test_kill9_prepare_never_leaves_a_cache_that_opens(corpus, tmp_path):
     finally:
         for p in procs:
             p.kill()
-    prepare(corpus.root, tmp_path / "reference", size=64, skip_bad=True, workers=1, quiet=True)
-    got, want = open_cache(out), open_cache(tmp_path / "reference")
-    same = got.classes == want.classes and set(got.splits) == set(want.splits) and all(
-        np.array_equal(np.asarray(got.split(s).images), np.asarray(want.split(s).images))
-        and np.array_equal(got.split(s).labels, want.split(s).labels)
-        and list(got.split(s).files) == list(want.split(s).files) for s in want.splits) and all(
-        np.array_equal(got.stats[k], want.stats[k]) for k in want.stats)
+    same = same_as_reference(out)
     record("crash", "prepare re-run after 2 kills", command="prepare", expected="identical to an uninterrupted prepare",
            outcome="identical" if same else "DIFFERENT", survived=same)
     assert same

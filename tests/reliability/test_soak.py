@@ -8,11 +8,11 @@ descriptors (/proc/PID/fd).
 
 Bounds: the median resident memory of the last 5 epochs is at most ``RSS_GROWTH_MB``
 (50 MB) above that of epochs 4-8 (warm-up excluded: allocator pools and the page cache
-of the memory-mapped cache fill during the first epochs). The *fewest* open descriptors
-seen in the second half of the run are no more than the fewest seen in epochs 4-12: the
-loader's workers pass batches through shared memory, which holds 7 descriptors for a
-moment (samples alternate 152 / 159 here), so single samples vary; a leak raises the
-floor. A leak of one descriptor per epoch, or ~3 MB per epoch, fails.
+of the memory-mapped cache fill during the first epochs). Open descriptors (files,
+pipes, sockets; the shared-memory descriptors of batches in flight from the loader
+workers come and go by design and are not counted): the median over the second half of
+the run is no more than over epochs 4-12. A leak of one descriptor per epoch, or ~3 MB
+per epoch, fails.
 """
 
 from __future__ import annotations
@@ -56,7 +56,15 @@ def _sample(pid: int) -> tuple[float, int] | None:
         try:
             status = Path(f"/proc/{p}/status").read_text()
             rss_kb += int(status.split("VmRSS:")[1].split()[0])
-            fds += len(os.listdir(f"/proc/{p}/fd"))
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                # Batches travel from the loader workers through shared memory, one descriptor
+                # per tensor in flight (7 at a time here, 14 when two batches are queued):
+                # transient by design, so not counted. Files, pipes and sockets are.
+                fds += not (target.startswith("/dev/shm/") or target.startswith("memfd:"))
         except (OSError, IndexError):
             continue
     return (rss_kb / 1024.0, fds) if rss_kb else None
@@ -92,7 +100,7 @@ def test_memory_and_files_stay_flat(small_cache, tmp_path):
     half = len(samples) // 2
     early, late = samples[3:half], samples[half:]
     rss_growth = statistics.median(r for r, _ in late[-5:]) - statistics.median(r for r, _ in early[:5])
-    fd_early, fd_late = min(f for _, f in early), min(f for _, f in late)
+    fd_early, fd_late = statistics.median(f for _, f in early), statistics.median(f for _, f in late)
     record("soak", f"{EPOCHS} epochs, 2 loader workers", command="train",
            expected=f"RSS growth < {RSS_GROWTH_MB:.0f} MB after warm-up; open fds do not grow",
            outcome=f"RSS {statistics.median(r for r, _ in early):.0f} -> {statistics.median(r for r, _ in late):.0f} MB "

@@ -154,7 +154,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: st
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)   # no spread from 1 run
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -258,7 +258,7 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
     runs = [r for r in runs if r["top1_err"] is not None]
     rows = summarise(runs)
     header = (f"Ablations on {cache.path} ({budget.train_subset or 'all'} training images, {budget.epochs} epochs"
-              f"{f', at most {budget.max_steps} steps' if budget.max_steps else ''}, {seeds} seeds, preset {preset}, "
+              f"{f', at most {budget.max_steps} steps' if budget.max_steps else ''}, {seeds} seed{'s' if seeds > 1 else ''}, preset {preset}, "
               f"test {budget.test_views} view{'s' if budget.test_views == 'ten' else ''} on "
               f"{budget.val_subset or 'all'} images)")
     files = {"csv": out / "ablations.csv", "md": out / "ablations.md", "runs_csv": out / "ablation_runs.csv",

@@ -76,9 +76,10 @@ def _relu_tanh(args) -> int:
     for t, o in (s.get("other_targets") or {}).items():
         ratio = "-" if o["ratio_mean"] is None else \
             f"{'>=' if o['ratio_is_lower_bound'] else ''}{o['ratio_mean']:.2f} ± {o['ratio_std']:.2f}"
-        print(f"  at {100 * float(t):.0f}% training error: ReLU {o['relu_epochs_mean']:.2f}, tanh "
-              f"{o['tanh_epochs_mean']:.2f} epochs ({o['relu_reached']}/{o['tanh_reached']} runs reached it); "
-              f"ratio {ratio}")
+        bound = {act: ">=" if o[f"{act}_reached"] < args.seeds else "" for act in ("relu", "tanh")}
+        print(f"  at {100 * float(t):.0f}% training error: ReLU {bound['relu']}{o['relu_epochs_mean']:.2f} epochs "
+              f"({o['relu_reached']}/{args.seeds} reached it), tanh {bound['tanh']}{o['tanh_epochs_mean']:.2f} "
+              f"({o['tanh_reached']}/{args.seeds}); ratio {ratio}")
     for kind, path in result.files.items():
         print(f"{kind}: {path}")
     return 0

@@ -58,7 +58,7 @@ def prediction_panel(images, top5_names=None, top5_probs=None, true_labels=None,
     per_row = max(1, min(per_row, n))
     rows = -(-n // per_row)
     fig = plt.figure(figsize=(2.9 * per_row, 4.1 * rows))
-    grid = fig.add_gridspec(rows * 2, per_row, height_ratios=[2.2, 1.3] * rows, hspace=0.45, wspace=0.55)
+    grid = fig.add_gridspec(rows * 2, per_row, height_ratios=[2.2, 1.3] * rows, hspace=0.3, wspace=0.55)
     for i in range(n):
         r, c = divmod(i, per_row)
         ax = fig.add_subplot(grid[2 * r, c])

@@ -31,12 +31,15 @@ import torch
 from torch import nn
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The training config's spellings (alexnet.train.config: precision = "fp32" | "bf16" | "fp16").
+ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def autocast_factory(device: torch.device | str, precision: str = "float32") -> Callable[[], ContextManager]:
     """A zero-argument callable returning the autocast context for ``precision`` on ``device``."""
+    precision = ALIASES.get(precision, precision)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS) + sorted(ALIASES)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     device_type = torch.device(device).type
     if dtype is None:
@@ -55,7 +58,8 @@ def optimize(
 
     Args:
         device: any torch device; nothing here is CPU- or CUDA-specific.
-        precision: "float32" (default), "bfloat16" or "float16": autocast dtype for
+        precision: "float32" (default), "bfloat16" or "float16" (or the training config's
+            "fp32", "bf16", "fp16"): autocast dtype for
             convolutions and matmuls; parameters and optimizer state stay float32,
             LRN and the loss compute in float32.
         channels_last: NHWC memory format for parameters (inputs follow, convs

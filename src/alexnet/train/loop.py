@@ -300,6 +300,8 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
     elif not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
+        import copy
+        config = copy.deepcopy(config)       # the caller's config stays as it was
         _merge(config, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "overrides")
         validate(config)
     ctx = dist_utils.setup(config.train.device, config.train.dist_timeout)
