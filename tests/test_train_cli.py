@@ -59,7 +59,8 @@ def test_bad_settings_in_process(fmnist_cache, tmp_path, args, fragments):
     from alexnet.errors import UserError
     from alexnet.train import train
     with pytest.raises(UserError) as err:
-        train("fashion-mnist", overrides=train_args(fmnist_cache, tmp_path, "x", *args)[2:-1])
+        overrides = [a for a in train_args(fmnist_cache, tmp_path, "x", *args)[2:] if a != "--quiet"]
+        train("fashion-mnist", overrides=overrides)
     assert all(f in str(err.value) for f in fragments) and "\n" not in str(err.value)
 
 

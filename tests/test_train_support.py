@@ -8,7 +8,6 @@ test module that asks for them.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -90,13 +89,6 @@ def last_step(run_dir: Path) -> int:
 def checkpoint_tensors(path: Path, prefixes=("model.", "optim.")) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefixes)}
-
-
-def kill_tree_member(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    try:
-        os.kill(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def test_tiny_kwargs_is_valid_toml():

@@ -28,7 +28,7 @@ import random
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
 
 import numpy as np
 import torch
