@@ -167,8 +167,6 @@ def test_prepare_default_one_line_per_bad_file(corpus, shared_data, tmp_path):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.xfail(strict=True, reason="defect (data): an empty class folder is dropped silently - no line, "
-                                       "no listing (sources._build_tree only sees files)")
 def test_prepare_empty_class_folder(corpus, shared_data, tmp_path):
     """A class folder with no images is never dropped silently: default -> one line naming
     it (exit 2); ``--skip-bad`` -> the run continues and the folder is listed in a report."""

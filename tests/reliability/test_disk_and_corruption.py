@@ -63,8 +63,6 @@ def test_checkpoint_write_fails_cleanly(reference_run, tmp_path):
     assert not leftovers, leftovers
 
 
-@pytest.mark.xfail(strict=True, reason="defect (data): prepare does not turn a failing write (EFBIG/ENOSPC/EDQUOT "
-                   "from the disk or a quota) into a UserError: traceback from _Writer.open_files' truncate")
 def test_cache_write_fails_cleanly(corpus, tmp_path):
     """``prepare`` with a file-size limit smaller than the cache: one line, and no cache opens."""
     from alexnet.data import open_cache

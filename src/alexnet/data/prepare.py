@@ -16,6 +16,7 @@ anything different it starts over. Bad files stop the run with one line naming t
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import multiprocessing
@@ -412,6 +413,10 @@ def _probe_channels(source: Source, probes: int = 64) -> int:
     return 1
 
 
+# Errors of the disk we write to (full, quota, file-size limit, read-only): a user problem, one line.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 def _display(source: Source, name: str) -> str:
     if source.kind in ("tar", "tar-stream"):
         return f"{source.location}:{name}"
@@ -470,6 +475,9 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
     if not os.path.isdir(parent):
         raise UserError(f"{parent}: no such directory")
     partial = out + ".partial"
+    if src.empty_folders and not skip_bad:
+        raise UserError(f"{_display(src, src.empty_folders[0])}: class folder holds no images "
+                        f"(use --skip-bad to continue without it and list it in skipped.csv)")
 
     writer = _Writer(partial, src, size, channels, storage)
     resume = os.path.isdir(partial) and writer.load_checkpoint(fingerprint)
@@ -485,7 +493,14 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
         if need > free:
             raise UserError(f"{out}: needs {_human(need)} for {total:,} images at {size}x{size}x{channels}, "
                             f"only {_human(free)} free (try --format jpeg, or a smaller --size)")
-    writer.open_files(resume)
+    for folder in src.empty_folders:  # --skip-bad: listed, never silently dropped
+        row = (_display(src, folder), "empty class folder (no images); no class made for it")
+        if row not in writer.skipped:
+            writer.skipped.append(row)
+    try:
+        writer.open_files(resume)
+    except OSError as exc:
+        raise UserError(f"{partial}: cannot write the cache ({exc.strerror or exc})") from None
 
     meta = {"format": layout.CACHE_FORMAT, "version": layout.CACHE_VERSION, "complete": False,
             "fingerprint": fingerprint, "size": size, "channels": channels, "storage": storage,
@@ -500,11 +515,16 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
     decoded = 0
     try:
         decoded = _run(src, writer, config, workers, skip_bad, quiet, fingerprint, total)
-    except BaseException:
+    except BaseException as exc:
         try:
             writer.checkpoint(fingerprint)
+        except OSError:
+            pass  # the disk that failed the write may fail the checkpoint too; the cache stays partial
         finally:
             writer.close_files()
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise UserError(f"{partial}: cannot write the cache ({exc.strerror}); the partial cache is kept "
+                            f"and a re-run resumes it") from None
         raise
     try:
         final_counts = writer.finish(meta)

@@ -82,6 +82,7 @@ class Source:
     class_names: list[str] | None = None           # readable names when the classes are ids (wnids)
     memory: bytes | None = None                     # a small compressed tar, decompressed once
     memory_index: dict | None = None                # member name -> (offset, size) in ``memory``
+    empty_folders: list = field(default_factory=list)  # leaf folders holding no file at all (empty classes)
 
     @property
     def encoded(self) -> bool:
@@ -221,15 +222,22 @@ def _open_directory(path: str, labels: str | None, class_list) -> Source:
         return special
     entries = []  # (relpath, ref)
     ignored = []
+    empty: list[str] = []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, path)
         for fn in sorted(filenames):
             rel = fn if rel_dir == "." else f"{rel_dir}/{fn}".replace(os.sep, "/")
             entries.append((rel, ("file", os.path.join(dirpath, fn))))
+        if not filenames and not dirnames and rel_dir != "." and not _is_stray(rel_dir.replace(os.sep, "/")):
+            # An empty class folder: a class the user meant to have. Never dropped silently:
+            # prepare stops on it, or lists it in skipped.csv with --skip-bad.
+            empty.append(rel_dir.replace(os.sep, "/"))
         # A dangling symlink named like a directory shows up in neither list; os.walk lists
         # broken symlinks under filenames, so they reach the decoder and get reported.
-    return _build_tree("folder", path, entries, ignored, labels, class_list, read=_read_local(path))
+    source = _build_tree("folder", path, entries, ignored, labels, class_list, read=_read_local(path))
+    source.empty_folders = empty
+    return source
 
 
 def _read_local(root: str):
