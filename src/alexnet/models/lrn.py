@@ -141,12 +141,16 @@ def local_response_norm(
     convention: str = "paper",
 ) -> torch.Tensor:
     """Functional LRN; see the module docstring for ``convention``."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"LRN convention must be one of {CONVENTIONS}, got {convention!r}")
     if x.dim() < 3:
         raise ValueError(f"LRN needs an input with a channel dimension (N, C, ...), got shape {tuple(x.shape)}")
-    effective_alpha = alpha if convention == "paper" else alpha / size
-    return _LRNFunction.apply(x, size, effective_alpha, beta, k)
+    return _LRNFunction.apply(x, size, _alpha_on_sum(alpha, size, convention), beta, k)
+
+
+def _alpha_on_sum(alpha: float, size: int, convention: str) -> float:
+    """The coefficient of the *sum* of squares under either convention."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"LRN convention must be one of {CONVENTIONS}, got {convention!r}")
+    return alpha if convention == "paper" else alpha / size
 
 
 def local_response_norm_reference(
@@ -158,9 +162,7 @@ def local_response_norm_reference(
     convention: str = "paper",
 ) -> torch.Tensor:
     """The formula written out with plain autograd ops: the reference the fast path is tested against."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"LRN convention must be one of {CONVENTIONS}, got {convention!r}")
-    effective_alpha = alpha if convention == "paper" else alpha / size
+    effective_alpha = _alpha_on_sum(alpha, size, convention)
     channels = x.shape[1]
     squares = x * x
     terms = []
