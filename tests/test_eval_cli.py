@@ -9,15 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from test_train_support import CLI_ENV, fmnist_cache, trained_run  # noqa: F401
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
+from test_train_support import one_line_error, CLI_ENV, fmnist_cache, trained_run  # noqa: F401
 
 
 def test_eval_ten_views_and_ensemble(trained_run, fmnist_cache, tmp_path):

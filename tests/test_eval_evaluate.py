@@ -17,7 +17,7 @@ from alexnet.eval.evaluate import evaluate, predict_split
 from alexnet.eval.metrics import ClassificationMeter, topk_correct
 from alexnet.models import build_model
 from alexnet.train.checkpoint import load_model, save_checkpoint
-from test_train_support import fmnist_cache  # noqa: F401
+from test_train_support import fmnist_cache, one_thread  # noqa: F401
 
 CROP, LIMIT = 24, 60
 KWARGS = {"widths": [8, 16, 24, 24, 16], "hidden": 64}
@@ -71,13 +71,7 @@ def hand_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return 1 - top1 / len(labels), 1 - top5 / len(labels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

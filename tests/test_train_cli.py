@@ -8,16 +8,8 @@ import signal
 import pytest
 
 from conftest import run_cli
-from test_train_support import (CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
+from test_train_support import (one_line_error, CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
                                 wait_for)
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_a_run_leaves_everything_a_user_needs(trained_run):

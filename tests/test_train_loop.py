@@ -12,18 +12,13 @@ import torch.nn.functional as F
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
 from alexnet.train.loop import Trainer, apply_input_scale, autocast_context
-from test_train_support import TINY, fmnist_cache, prepared_cache, tiny_kwargs_arg  # noqa: F401
+from test_train_support import TINY, fmnist_cache, one_thread, prepared_cache, tiny_kwargs_arg  # noqa: F401
 
 
 SMALL = {"widths": [16, 32, 48, 48, 32], "hidden": 128}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

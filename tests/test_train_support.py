@@ -23,6 +23,25 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"widths": [8, 16, 24, 24, 16], "hidden": 64}
 
 
+def one_line_error(proc, *fragments):
+    """The documented outcome of a user error: exit 2, one ``alexnet: error:`` line with every fragment."""
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small batches on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_kwargs_arg(kwargs: dict = TINY) -> str:
     inner = ", ".join(f"{k} = {list(v) if isinstance(v, (list, tuple)) else v!r}".replace("'", '"')
                       for k, v in kwargs.items())
