@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from alexnet.errors import UserError
 from conftest import run_cli
 
 pytestmark = pytest.mark.shared
@@ -205,6 +206,24 @@ def test_relu_tanh_end_to_end(tiny_cifar, tmp_path):
     run_cli(*args, check=True)
     assert json.loads((out / "figure1.json").read_text())["activations"] == summary["activations"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
+
+
+def test_relu_tanh_paper_inputs_are_the_pixels_minus_the_training_mean_image(tiny_cifar):
+    """inputs="mean": the paper's preprocessing, written out here from the raw cache arrays."""
+    from alexnet.analysis.relu_tanh import load_training_tensors
+    from alexnet.data import open_cache
+
+    _, cache_dir, _ = tiny_cifar
+    cache = open_cache(cache_dir)
+    raw = np.asarray(cache.split("train").images, dtype=np.float64)           # N, S, S, C in 0..255
+    x, y = load_training_tensors(cache, "train", 0, 0, inputs="mean")
+    expected = raw - raw.mean(axis=0)                                        # the whole split: its own mean image
+    np.testing.assert_allclose(x.numpy().transpose(0, 2, 3, 1), expected, atol=1e-3)
+    assert x.abs().max() > 100                                               # the 0..255 scale is kept
+    xs, _ = load_training_tensors(cache, "train", 0, 0, inputs="standardized")
+    assert abs(xs.std().item() - 1.0) < 0.05                                 # the modern setting: unit scale
+    with pytest.raises(UserError):
+        load_training_tensors(cache, "train", 0, 0, inputs="whitened")
 
 
 # ----------------------------------------------------------------------------- ablations

@@ -72,6 +72,22 @@ def test_four_layer_net_has_four_weight_layers_and_the_chosen_activation():
         relu_tanh.FourLayerNet("sigmoid")
 
 
+def test_four_layer_net_paper_init_is_gaussian_0_01_with_zero_biases():
+    torch.manual_seed(0)
+    net = relu_tanh.FourLayerNet("tanh", init="gaussian")
+    weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    assert len(weights) > 50_000
+    # sample std of > 50,000 N(0, 0.01) draws: within 2% of 0.01 (the std error is ~0.3%)
+    assert weights.std().item() == pytest.approx(0.01, rel=0.02)
+    assert abs(weights.mean().item()) < 2e-4
+    assert all(not m.bias.any() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    # PyTorch's default init of conv1 (fan-in 75) is uniform with bound 1/sqrt(75): std 0.067
+    default = relu_tanh.FourLayerNet("tanh").features[0].weight
+    assert default.std().item() == pytest.approx(1 / math.sqrt(75) / math.sqrt(3), rel=0.1)
+    with pytest.raises(UserError):
+        relu_tanh.FourLayerNet("relu", init="xavier")
+
+
 # ----------------------------------------------------------------------------- exact k-NN
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

@@ -56,11 +56,19 @@ def test_graceful_stop_mid_epoch_then_resume_is_bit_identical(fmnist_cache, tmp_
     ck = load_checkpoint(run_dir / "last.safetensors")
     assert ck.meta["epoch"] == 1 and 0 < ck.meta["batch_in_epoch"] < STEPS_PER_EPOCH, "expected a mid-epoch save"
     assert ck.meta["status"] == "interrupted"
+    before_cut = ck.meta["partial"]["time"]          # the epoch's training time up to the signal
+    assert before_cut > 0
     if sig == signal.SIGINT:
         return                # the same path as SIGTERM from here on; one resume is enough
     resumed = run_cli("train", "--resume", run_dir, "--quiet", check=True)
     assert resumed.returncode == 0
     assert_identical(run_dir, reference)
+    # The cut epoch's time (and so its images/s) counts both halves, not only the resumed one:
+    # the epochs' times add up to the run's training time, which includes the part before the cut.
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert sum(e["epoch_time_s"] for e in epochs) == pytest.approx(summary["train_time_s"], rel=1e-9)
+    assert epochs[1]["epoch_time_s"] > before_cut
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 

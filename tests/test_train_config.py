@@ -7,7 +7,7 @@ import pytest
 from alexnet.errors import UserError
 from alexnet.train.config import REPO_CONFIGS, Config, load_config, parse_overrides, to_toml
 
-PRESETS = ("fashion-mnist", "cifar10", "imagewoof", "paper-imagenet")
+PRESETS = ("fashion-mnist", "cifar10", "cifar10-ablations", "imagewoof", "paper-imagenet")
 
 
 def test_defaults_are_the_papers_recipe():
@@ -34,6 +34,14 @@ def test_paper_preset_is_unchanged_paper_recipe():
         assert getattr(c, section) == getattr(d, section)
     assert (c.train.epochs, c.train.batch_size, c.train.test_views) == (90, 128, "ten")
     assert c.model.name == "alexnet" and c.model.kwargs.get("init", "paper") == "paper"
+
+
+def test_val_every_is_refused_where_the_schedule_needs_every_validation():
+    assert load_config("cifar10", ["--train.val_every", "0"]).train.val_every == 0      # one-cycle: fine
+    with pytest.raises(UserError, match="val_every"):
+        load_config("paper-imagenet", ["--train.val_every", "2"])                       # plateau: refused
+    with pytest.raises(UserError, match="val_every"):
+        load_config("cifar10", ["--train.val_every", "-1"])
 
 
 def test_dotted_overrides_are_typed():

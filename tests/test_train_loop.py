@@ -28,7 +28,8 @@ def preset_caches(fmnist_cache, shared_data, tmp_path_factory):
     woof = shared_data / "imagewoof2-160.tar"
     return {
         "fashion-mnist": fmnist_cache,
-        "cifar10": prepared_cache(base, "cifar10", shared_data / "cifar10-jpg.tar.gz", 32, 4),
+        "cifar10": (cifar := prepared_cache(base, "cifar10", shared_data / "cifar10-jpg.tar.gz", 32, 4)),
+        "cifar10-ablations": cifar,
         "imagewoof": prepared_cache(base, "woof", woof, 128, 2),
         "paper-imagenet": ilsvrc_sample(shared_data, base),
     }
@@ -83,6 +84,7 @@ def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
     ("fashion-mnist", [], 6),
     ("fashion-mnist", ["--train.precision", "bf16", "--train.channels_last", "true"], 6),
     ("cifar10", [], 6),
+    ("cifar10-ablations", [], 6),
     ("imagewoof", [], 6),
     # The paper's recipe unchanged (lr 0.01, momentum 0.9, N(0, 0.01) init, unit biases) on 16
     # real ILSVRC images of 16 classes; more steps on one fixed batch would overshoot with momentum.
@@ -96,6 +98,19 @@ def test_every_preset_takes_real_steps_and_the_loss_falls(preset, extra, steps, 
     if preset == "paper-imagenet":
         # the paper's initialisation starts near chance over the 1000 classes
         assert before == pytest.approx(math.log(1000), abs=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("val_every, validated", [(2, [False, True, True]), (0, [False, False, True])])
+def test_val_every_validates_every_nth_epoch_and_after_the_last(val_every, validated, fmnist_cache, tmp_path):
+    result = train("fashion-mnist", overrides=[
+        "--data.cache", str(fmnist_cache), "--data.train_subset", "64", "--data.val_subset", "32",
+        "--model.kwargs", tiny_kwargs_arg(SMALL), "--train.epochs", "3", "--train.batch_size", "32",
+        "--train.val_every", str(val_every), "--run.out", str(tmp_path), "--run.name", f"every{val_every}",
+        "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
+    epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e.get("val_top1_err") is not None for e in epochs] == validated
+    assert result.summary["val"]["top1_err"] == epochs[-1]["val_top1_err"]
 
 
 @pytest.mark.slow

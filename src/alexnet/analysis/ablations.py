@@ -74,17 +74,18 @@ ARM_NAMES = tuple(a.name for a in ARMS)
 class Budget:
     """What every arm gets; identical across arms so that only the switch differs."""
 
-    epochs: int = 10
+    epochs: int = 6
     train_subset: int = 10000
-    val_subset: int = 2000
+    val_subset: int = 0                 # all 10,000 CIFAR-10 test images: 1 image = 0.01%
     max_steps: int = 0
     batch_size: int = 128
     test_views: str = "center"
+    val_every: int = 0                  # validate only after the last epoch (the one-cycle lr needs no val)
 
     @classmethod
     def quick(cls) -> "Budget":
         """Seconds per run: for tests and smoke checks only (the numbers mean nothing)."""
-        return cls(epochs=1, train_subset=256, val_subset=100, max_steps=2, batch_size=32)
+        return cls(epochs=1, train_subset=256, val_subset=100, max_steps=2, batch_size=32, val_every=1)
 
 
 def arm_overrides(arm: Arm, seed: int, budget: Budget, cache, preset_crop: int) -> dict:
@@ -97,7 +98,7 @@ def arm_overrides(arm: Arm, seed: int, budget: Budget, cache, preset_crop: int) 
         "data": data,
         "model": {"kwargs": dict(arm.model_kwargs)},
         "train": {"epochs": budget.epochs, "seed": seed, "max_steps": budget.max_steps,
-                  "batch_size": budget.batch_size, "test_views": budget.test_views},
+                  "batch_size": budget.batch_size, "test_views": budget.test_views, "val_every": budget.val_every},
     }
 
 
@@ -223,7 +224,7 @@ def plot_ablations(rows: list[dict], out: Path, title: str) -> None:
 
 
 def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms: list[str] | None = None,
-                  seeds: int = 2, budget: Budget | None = None, preset: str = "cifar10", model: str | None = None,
+                  seeds: int = 2, budget: Budget | None = None, preset: str = "cifar10-ablations", model: str | None = None,
                   device: str = "", quiet: bool = False) -> dict:
     """Every requested arm x seed (re-using finished runs), then the tables and the plot in ``out``."""
     from ..data import open_cache

@@ -55,7 +55,8 @@ def _relu_tanh(args) -> int:
 
     cache = resolve_cache(args.data, 32, args.quiet, name="cifar10" if args.data == str(DEFAULT_CIFAR) else None)
     settings = Settings(train_subset=args.train_subset, batch_size=args.batch_size, max_epochs=args.max_epochs,
-                        extra_epochs=args.extra_epochs, max_steps=args.max_steps)
+                        extra_epochs=args.extra_epochs, max_steps=args.max_steps,
+                        inputs=args.inputs, init=args.init)
     if args.seeds < 1 or args.max_epochs < 1 or args.search_epochs < 1:
         raise UserError("--seeds, --max-epochs and --search-epochs must be at least 1")
     result = run_experiment(cache, args.out, seeds=args.seeds, lr_grid=_floats(args.lr_grid),
@@ -91,7 +92,7 @@ def _ablations(args) -> int:
     from .ablations import Budget, run_ablations
 
     budget = Budget.quick() if args.quick else Budget()
-    for name in ("epochs", "train_subset", "val_subset", "max_steps", "batch_size", "test_views"):
+    for name in ("epochs", "train_subset", "val_subset", "max_steps", "batch_size", "test_views", "val_every"):
         value = getattr(args, name)
         if value is not None:
             setattr(budget, name, value)
@@ -197,6 +198,11 @@ def register(sub) -> None:
     q.add_argument("--extra-epochs", type=int, default=2,
                    help="epochs to continue after reaching the target, for the plot (default: %(default)s)")
     q.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    q.add_argument("--inputs", choices=("standardized", "mean"), default="standardized",
+                   help="standardized: per-channel mean/std; mean: the paper's per-pixel mean subtraction on the "
+                        "0..255 scale (default: %(default)s)")
+    q.add_argument("--init", choices=("default", "gaussian"), default="default",
+                   help="default: PyTorch's fan-in uniform; gaussian: the paper's N(0, 0.01) (default: %(default)s)")
     q.add_argument("--lr-grid", default="0.003,0.01,0.03,0.1", help="lrs tried per activation (default: %(default)s)")
     q.add_argument("--search-epochs", type=int, default=2, help="epochs per lr-search run (default: %(default)s)")
     q.add_argument("--lr-relu", type=float, help="skip the search for ReLU and use this lr")
@@ -213,13 +219,15 @@ def register(sub) -> None:
                                    "interrupted ones resumed.")
     q.add_argument("--data", help="cache folder or data source (default: the preset's data.source)")
     q.add_argument("--out", default="experiments/ablations", help="output folder (default: %(default)s)")
-    q.add_argument("--preset", default="cifar10", help="training preset the arms start from (default: %(default)s)")
+    q.add_argument("--preset", default="cifar10-ablations",
+                   help="training preset the arms start from (default: %(default)s)")
     q.add_argument("--model", help="model name (default: the preset's)")
     q.add_argument("--arms", help="comma-separated subset of arms (the baseline is always included)")
     q.add_argument("--seeds", type=int, default=2, help="seeds per arm (default: %(default)s)")
-    q.add_argument("--epochs", type=int, help="epochs per run (default 10; --quick: 1)")
+    q.add_argument("--epochs", type=int, help="epochs per run (default 6; --quick: 1)")
     q.add_argument("--train-subset", type=int, help="training images per run (default 10000; 0 = all)")
-    q.add_argument("--val-subset", type=int, help="validation/test images (default 2000; 0 = all)")
+    q.add_argument("--val-subset", type=int, help="validation/test images (default 0 = all)")
+    q.add_argument("--val-every", type=int, help="validate every N epochs (default 0: after the last only)")
     q.add_argument("--max-steps", type=int, help="stop each run after this many steps")
     q.add_argument("--batch-size", type=int, help="(default 128)")
     q.add_argument("--test-views", choices=("center", "ten"), help="test views (default: center)")

@@ -112,6 +112,7 @@ class TrainConfig:
     max_steps: int = 0            # stop after this many optimiser steps (0 = no limit); smoke runs
     log_every: int = 20           # steps between per-step JSONL records
     test_views: str = "center"    # final test: "center" or "ten" (the paper's 10-view test)
+    val_every: int = 1            # validate every N epochs and after the last (0 = after the last only)
     dist_timeout: float = 300.0   # seconds a collective may wait for a dead rank before failing
 
 
@@ -294,6 +295,11 @@ def validate(config: Config) -> None:
         raise UserError(f"data.crop ({d.crop}) is larger than data.size ({d.size})")
     if t.batch_size < 1 or t.epochs < 1:
         raise UserError("train.batch_size and train.epochs must be at least 1")
+    if t.val_every < 0:
+        raise UserError(f"train.val_every must be 0 or more, got {t.val_every}")
+    if t.val_every != 1 and config.schedule.kind == "plateau":
+        raise UserError("train.val_every must be 1 with schedule.kind = 'plateau' (the lr drops are decided "
+                        "on every epoch's validation error)")
     if config.model.parallel == "towers" and len(config.model.devices) not in (0, 2):
         raise UserError(f"model.devices must name two devices for parallel = 'towers', got {config.model.devices}")
 

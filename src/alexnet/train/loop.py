@@ -587,6 +587,7 @@ class Trainer:
         loss_sum = torch.tensor(p.get("loss_sum", 0.0), dtype=torch.float64, device=ctx.device)
         correct = torch.tensor(int(p.get("correct", 0)), dtype=torch.int64, device=ctx.device)
         seen = int(p.get("seen", 0))
+        prior_time = float(p.get("time", 0.0))   # this epoch's training time before an interruption
         window_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         window_n, window_t = 0, time.time()
         t0 = time.time()
@@ -633,17 +634,19 @@ class Trainer:
                 window_sum.zero_()
                 window_n, window_t = 0, now
             if bar is not None:
-                elapsed = max(time.time() - t0, 1e-9)
+                elapsed = max(time.time() - t0 + prior_time, 1e-9)
                 bar.set_postfix(loss=f"{float(loss_d):.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{seen * ctx.world_size / elapsed:.0f}", refresh=False)
                 bar.update(1)
             stopping = dist_utils.any_rank(stop.signum is not None, ctx)
             hit_max = bool(c.train.max_steps) and self.step >= c.train.max_steps
             if stopping and not last:
-                self.train_time += time.time() - t0
+                cut = time.time() - t0
+                self.train_time += cut
                 if bar is not None:
                     bar.close()
-                self.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+                self.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
+                                "time": prior_time + cut}
                 self.save(LAST, epoch, batch_index + 1, status="interrupted")
                 return "stopped"
             if hit_max:
@@ -655,7 +658,7 @@ class Trainer:
         self.partial = {}
         totals = dist_utils.all_reduce_sum([float(loss_sum), float(correct), float(seen)], ctx)
         return {"loss": totals[0] / max(totals[2], 1), "top1_err": 1 - totals[1] / max(totals[2], 1),
-                "images": totals[2], "time": elapsed, "lr": lr}
+                "images": totals[2], "time": elapsed + prior_time, "lr": lr}
 
     def _check_stall(self, mean_loss: float, ln_c: float) -> None:
         steps = self.config.train.stall_steps
@@ -679,7 +682,9 @@ class Trainer:
                   "epoch_time_s": train_stats["time"],
                   "img_per_s": train_stats["images"] / max(train_stats["time"], 1e-9)}
         val = None
-        if self.val_loader is not None:
+        last_epoch = epoch + 1 == c.train.epochs
+        due = last_epoch or (c.train.val_every > 0 and (epoch + 1) % c.train.val_every == 0)
+        if self.val_loader is not None and due:
             t = time.time()
             meter = evaluate_model(_unwrap(self.model), self.val_loader, self.num_classes, ctx.device,
                                    precision=c.train.precision, channels_last=c.train.channels_last,
