@@ -72,6 +72,25 @@ def test_four_layer_net_has_four_weight_layers_and_the_chosen_activation():
         relu_tanh.FourLayerNet("sigmoid")
 
 
+def test_lr_grid_search_extends_past_an_edge_until_the_winner_is_inside():
+    # error is a parabola in log10(lr) with its minimum at lr = 0.05
+    def error_of(lr):
+        tried.append(lr)
+        return (math.log10(lr) - math.log10(0.05)) ** 2
+    tried = []
+    best, errors = relu_tanh.grid_search([0.001, 0.003, 0.01], error_of)
+    # 0.01 wins on the edge -> 0.01 * 0.01 / 0.003 = 0.0333 wins on the edge -> 0.111: inside
+    assert tried == pytest.approx([0.001, 0.003, 0.01, 0.01 ** 2 / 0.003, (0.01 ** 2 / 0.003) ** 2 / 0.01])
+    assert best == pytest.approx(0.01 ** 2 / 0.003)
+    # downwards as well, and at most max_extensions steps
+    tried = []
+    best, errors = relu_tanh.grid_search([1.0, 10.0], error_of, max_extensions=2)
+    assert sorted(errors) == pytest.approx([0.01, 0.1, 1.0, 10.0]) and best == pytest.approx(0.1)
+    # a winner inside the grid: nothing added
+    tried = []
+    assert relu_tanh.grid_search([0.01, 0.05, 0.2], error_of)[0] == 0.05 and len(tried) == 3
+
+
 def test_four_layer_net_paper_init_is_gaussian_0_01_with_zero_biases():
     torch.manual_seed(0)
     net = relu_tanh.FourLayerNet("tanh", init="gaussian")

@@ -29,7 +29,8 @@ What we run, and where it departs from the paper:
   small grid search (:func:`search_lr`): every lr of ``lr_grid`` trains for
   ``search_epochs`` epochs (seed 0) and the lr with the lowest training error at
   the end of that budget wins, separately for each activation; a diverged run
-  (non-finite loss) counts as error 1.
+  (non-finite loss) counts as error 1. A winner on the edge of the grid extends
+  the grid past that edge until the winner is inside it.
 * Training error of an epoch is the error on the training images *as they are
   seen during that epoch* (the running mean over the epoch's batches, as
   cuda-convnet printed it). It lags the end-of-epoch error by about half an epoch,
@@ -325,22 +326,49 @@ class RunStore:
         os.replace(tmp, path)
 
 
+def grid_search(grid, error_of, max_extensions: int = 3) -> tuple[float, dict[float, float]]:
+    """The lr with the lowest ``error_of(lr)`` (ties: the smaller lr), and every lr tried.
+
+    Starts from ``grid``; when the winner is the grid's largest (or smallest) lr, the grid is
+    extended beyond that edge by the ratio of its last (first) two values, up to
+    ``max_extensions`` times, until the winner is inside: "as fast as possible" must not be
+    capped by where the grid happened to end.
+    """
+    errors: dict[float, float] = {}
+    for lr in sorted(set(float(v) for v in grid)):
+        errors[lr] = error_of(lr)
+
+    def best() -> float:
+        return min(errors, key=lambda lr: (errors[lr], lr))
+
+    for _ in range(max_extensions):
+        lrs = sorted(errors)
+        if len(lrs) < 2 or lrs[0] < best() < lrs[-1]:
+            break
+        nxt = lrs[-1] * lrs[-1] / lrs[-2] if best() == lrs[-1] else lrs[0] * lrs[0] / lrs[1]
+        errors[round(nxt, 12)] = error_of(round(nxt, 12))
+    return best(), errors
+
+
 def search_lr(x, y, activation: str, grid, search_epochs: int, settings: Settings, store: RunStore,
               device, log) -> tuple[float, list[dict]]:
-    """The lr of ``grid`` with the lowest training error after ``search_epochs`` epochs (seed 0)."""
-    rows = []
-    for lr in grid:
+    """:func:`grid_search` over real training runs: ``search_epochs`` epochs each (seed 0)."""
+    rows: dict[float, dict] = {}
+
+    def error_of(lr: float) -> float:
         path = store.path("search", activation, lr, 0, search_epochs)
         run = store.get(path, settings)
         if run is None:
             run = train_run(x, y, activation, lr, 0, settings, search_epochs, device=device, stop_at_target=False)
             store.put(path, run, settings)
         final = 1.0 if run["diverged"] or not run["errors"] else run["errors"][-1]
-        rows.append({"activation": activation, "lr": lr, "epochs": search_epochs, "final_train_error": final,
-                     "diverged": run["diverged"]})
+        rows[lr] = {"activation": activation, "lr": lr, "epochs": search_epochs, "final_train_error": final,
+                    "diverged": run["diverged"]}
         log(f"lr search {activation} lr={lr:g}: training error {final:.3f} after {len(run['errors'])} epoch(s)")
-    best = min(rows, key=lambda r: (r["final_train_error"], r["lr"]))
-    return best["lr"], rows
+        return final
+
+    best, _ = grid_search(grid, error_of)
+    return best, [rows[lr] for lr in sorted(rows)]
 
 
 @dataclass

@@ -65,7 +65,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model from a preset (default: fashion-mnist) and write a run folder",
         description="Train with the paper's recipe scaled by a preset (configs/*.toml: fashion-mnist (default), "
-                    "cifar10, imagewoof, paper-imagenet). Change any setting with a dotted option, e.g. "
+                    "cifar10, cifar10-ablations, imagewoof, paper-imagenet). Change any setting with a dotted option, e.g. "
                     "--optim.lr 0.02 --train.epochs 5 --model.kwargs.lrn false. The run folder gets the "
                     "resolved config, checkpoints (every epoch and best), JSONL metrics, plots, summary.json "
                     "and report.md. Ctrl-C saves a checkpoint; continue with --resume RUN_DIR.")
