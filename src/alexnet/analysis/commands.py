@@ -194,17 +194,18 @@ def register(sub) -> None:
     q.add_argument("--seeds", type=int, default=3, help="runs per activation (default: %(default)s)")
     q.add_argument("--train-subset", type=int, default=5000, metavar="N",
                    help="train on a seeded random subset of N images (0 = all 50,000; default: %(default)s)")
-    q.add_argument("--max-epochs", type=int, default=30, help="epoch budget per run (default: %(default)s)")
+    q.add_argument("--max-epochs", type=int, default=25, help="epoch budget per run (default: %(default)s)")
     q.add_argument("--extra-epochs", type=int, default=2,
                    help="epochs to continue after reaching the target, for the plot (default: %(default)s)")
     q.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    q.add_argument("--inputs", choices=("standardized", "mean"), default="standardized",
+    q.add_argument("--inputs", choices=("standardized", "mean"), default="mean",
                    help="standardized: per-channel mean/std; mean: the paper's per-pixel mean subtraction on the "
                         "0..255 scale (default: %(default)s)")
-    q.add_argument("--init", choices=("default", "gaussian"), default="default",
+    q.add_argument("--init", choices=("default", "gaussian"), default="gaussian",
                    help="default: PyTorch's fan-in uniform; gaussian: the paper's N(0, 0.01) (default: %(default)s)")
-    q.add_argument("--lr-grid", default="0.003,0.01,0.03,0.1", help="lrs tried per activation (default: %(default)s)")
-    q.add_argument("--search-epochs", type=int, default=2, help="epochs per lr-search run (default: %(default)s)")
+    q.add_argument("--lr-grid", default="0.0003,0.001,0.003,0.01",
+                   help="lrs tried per activation, extended past an edge the winner sits on (default: %(default)s)")
+    q.add_argument("--search-epochs", type=int, default=4, help="epochs per lr-search run (default: %(default)s)")
     q.add_argument("--lr-relu", type=float, help="skip the search for ReLU and use this lr")
     q.add_argument("--lr-tanh", type=float, help="skip the search for tanh and use this lr")
     q.add_argument("--max-steps", type=int, default=0, help="stop every run after this many steps (smoke tests)")
