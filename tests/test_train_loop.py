@@ -114,6 +114,20 @@ def test_val_every_validates_every_nth_epoch_and_after_the_last(val_every, valid
 
 
 @pytest.mark.slow
+def test_without_a_test_split_the_final_evaluation_runs_on_val_with_the_test_views(preset_caches, tmp_path):
+    """Imagewoof has train and val only: its preset's ten-view test must still happen (on val)."""
+    cache = preset_caches["imagewoof"]                     # 2 real images per class and split
+    result = train("imagewoof", overrides=[
+        "--data.cache", str(cache), "--data.crop", "32", "--data.workers", "0", "--model.name", "alexnet_small",
+        "--model.kwargs", tiny_kwargs_arg(SMALL), "--train.epochs", "1", "--train.batch_size", "10",
+        "--run.out", str(tmp_path), "--run.name", "woof", "--run.progress", "false", "--run.plots", "false",
+        "--train.threads", "1"])
+    test = result.summary["test"]
+    assert (test["split"], test["views"], test["count"]) == ("val", "ten", 20)
+    assert any("no 'test' split" in note and "ten-view" in note for note in result.summary["notes"])
+
+
+@pytest.mark.slow
 def test_overfits_a_small_real_subset(fmnist_cache, tmp_path):
     result = train("fashion-mnist", overrides=[
         "--data.cache", str(fmnist_cache), "--data.train_subset", "64", "--data.val_subset", "64",

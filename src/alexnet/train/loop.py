@@ -366,6 +366,12 @@ class Trainer:
             self.notes = []
         self.val_split = val_split
         self.test_split = c.data.test_split if c.data.test_split in cache.splits else ""
+        if c.data.test_split and not self.test_split and val_split:
+            # Like `alexnet eval`: no test split (Imagewoof, ILSVRC) -> the final evaluation, with
+            # the configured views, runs on the validation split instead of silently not at all.
+            self.test_split = val_split
+            self.notes.append(f"the cache has no '{c.data.test_split}' split: the final "
+                              f"{c.train.test_views}-view evaluation runs on '{val_split}'")
         for split in (val_split, self.test_split):
             if split:
                 limits[split] = c.data.val_subset
