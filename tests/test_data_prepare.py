@@ -236,7 +236,9 @@ def test_interrupted_prepare_never_opens_and_resumes_to_the_same_cache(tmp_path,
     """A real SIGINT mid-run: the partial cache is refused, a re-run resumes, and the result is
     byte-identical to an uninterrupted run; a re-run with other options starts over."""
     src = shared_data / "imagewoof2-160.tar"
-    args = [src, tmp_path / "c", "--size", "96", "--limit", "40", "--workers", "1"]
+    # 200 per class and split (~4,000 images): several seconds of work after the first
+    # checkpoint (0.2 s), so the signal lands mid-run even on an idle machine (40 was too few).
+    args = [src, tmp_path / "c", "--size", "96", "--limit", "200", "--workers", "1"]
     proc = _cli("prepare", *args, env={"ALEXNET_PREPARE_CHECKPOINT_SECONDS": "0.2"})
     progress = tmp_path / "c.partial" / "progress.npz"
     deadline = time.monotonic() + 120
@@ -256,7 +258,7 @@ def test_interrupted_prepare_never_opens_and_resumes_to_the_same_cache(tmp_path,
     assert proc.returncode == 0, err
     assert "resumed after" in out
     resumed = open_cache(tmp_path / "c")
-    fresh = prepare(src, tmp_path / "fresh", size=96, limit=40, workers=2, quiet=True)
+    fresh = prepare(src, tmp_path / "fresh", size=96, limit=200, workers=2, quiet=True)
     assert fresh.resumed_from == 0
     for split in ("train", "val"):
         assert (tmp_path / "c" / f"{split}.images.u8").read_bytes() == (tmp_path / "fresh" / f"{split}.images.u8").read_bytes()
