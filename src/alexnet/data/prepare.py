@@ -22,7 +22,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -102,6 +104,9 @@ def _init_worker(config: dict) -> None:
     if config.get("pool"):
         import torch
         torch.set_num_threads(1)  # one process per core: the resize must not spawn threads of its own
+        # Ctrl-C reaches the whole process group: the parent stops between chunks and terminates
+        # the pool; a worker killed mid-task by KeyboardInterrupt would leave its result pending.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _image_stats(a: np.ndarray) -> np.ndarray:
@@ -595,6 +600,38 @@ def _tasks(src: Source, writer: _Writer):
             yield "encoded", (split, [(int(i), content[i].name, content[i].ref) for i in pending[start:start + step]])
 
 
+class _InterruptFlag:
+    """SIGINT/SIGTERM set a flag that the work loop checks between chunks.
+
+    Python's default SIGINT raises KeyboardInterrupt wherever the main thread happens to be; when
+    that is inside a ``__del__`` or a finaliser (file objects of the tar reader, numpy buffers)
+    the exception is printed as "ignored" and lost, and the run would finish as if never
+    interrupted. A flag checked at a known point cannot be lost. Main thread only (signal rule).
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: bool, quiet: bool,
          fingerprint: str, total: int) -> int:
     from tqdm import tqdm
@@ -636,10 +673,13 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
         decoded += n
         bar.update(n + len(result["errors"]))
 
+    stop = _InterruptFlag()
     try:
+        stop.__enter__()
         if pool is None:
             for kind, task in _tasks(src, writer):
                 handle(functions[kind](task))
+                stop.check()
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                     writer.checkpoint(fingerprint)
                     last_checkpoint = time.monotonic()
@@ -651,17 +691,21 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
                 while len(in_flight) >= window:
                     k, r = in_flight.popleft()
                     handle(r.get())
+                    stop.check()
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                     writer.checkpoint(fingerprint)
                     last_checkpoint = time.monotonic()
             while in_flight:
                 k, r = in_flight.popleft()
                 handle(r.get())
+                stop.check()
+        stop.check()
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise UserError(f"{writer.root}: disk full while writing the cache ({exc.strerror})") from None
         raise
     finally:
+        stop.__exit__(None, None, None)
         bar.close()
         if pool is not None:
             pool.terminate()
