@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/alexnet train configs/fashion-mnist.toml "$@"
+exec .venv/bin/alexnet train fashion-mnist "$@"

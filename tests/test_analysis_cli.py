@@ -104,7 +104,7 @@ def test_features_and_neighbors_match_brute_force(tiny_cifar, checkpoint, tmp_pa
     from alexnet.analysis.features import InputPipeline
     from alexnet.analysis.neighbors import brute_force_knn
     from alexnet.data import build_loader, open_cache
-    from alexnet.train.checkpoint import load_model
+    from alexnet.checkpoint import load_model
 
     _, cache_dir, queries = tiny_cifar
     feats_path = tmp_path / "feats.npy"

@@ -12,7 +12,7 @@ import torch
 
 from alexnet.errors import UserError
 from alexnet.models import build_model
-from alexnet.train.checkpoint import (capture_rng, check_compatible, load_checkpoint, load_model, restore_optimizer,
+from alexnet.checkpoint import (capture_rng, check_compatible, load_checkpoint, load_model, restore_optimizer,
                                       restore_rng, save_checkpoint)
 from alexnet.train.config import OptimConfig
 from alexnet.train.schedule import build_optimizer
@@ -107,7 +107,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     import safetensors.torch as st
     from alexnet.models import build_model
-    from alexnet.train import checkpoint as ck
+    from alexnet import checkpoint as ck
     meta = {"model": {"name": "alexnet_small", "num_classes": 10, "in_channels": 1, "kwargs": {}}, "epoch": 0}
     path, mode = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ FULL_DISK_SCRIPT = textwrap.dedent("""
     import resource, signal, sys, torch
     from alexnet.errors import UserError
     from alexnet.models import build_model
-    from alexnet.train.checkpoint import save_checkpoint
+    from alexnet.checkpoint import save_checkpoint
     meta = {"model": {"name": "alexnet_small", "num_classes": 10, "in_channels": 1, "kwargs": {}}}
     save_checkpoint(sys.argv[1], model=build_model("alexnet_small", 10, 1), meta=dict(meta, epoch=1))
     # From here on no file may grow past 64 KiB: the disk is "full" for the next checkpoint.

@@ -14,7 +14,7 @@ import signal
 import pytest
 import torch
 
-from alexnet.train.checkpoint import load_checkpoint
+from alexnet.checkpoint import load_checkpoint
 from test_train_support import (checkpoint_tensors, fmnist_cache, last_step, popen_cli, train_args,  # noqa: F401
                                 wait_for)
 from conftest import run_cli

@@ -84,7 +84,7 @@ def test_predict_matches_the_evaluation_path(trained_run, fmnist_cache, images):
     from alexnet.data import open_cache
     from alexnet.eval.evaluate import predict_split
     from alexnet.eval.predict import predict
-    from alexnet.train.checkpoint import load_model
+    from alexnet.checkpoint import load_model
     good = images[0]
     model, info = load_model(trained_run / "last.safetensors")
     probs, _ = predict_split(model, info, open_cache(fmnist_cache), "test", workers=0)

@@ -16,7 +16,7 @@ from alexnet.data import open_cache
 from alexnet.eval.evaluate import evaluate, predict_split
 from alexnet.eval.metrics import ClassificationMeter, topk_correct
 from alexnet.models import build_model
-from alexnet.train.checkpoint import load_model, save_checkpoint
+from alexnet.checkpoint import load_model, save_checkpoint
 from test_train_support import fmnist_cache, one_thread  # noqa: F401
 
 CROP, LIMIT = 24, 60

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from alexnet.errors import UserError
-from alexnet.train.config import REPO_CONFIGS, Config, load_config, parse_overrides, to_toml
+from alexnet.locations import preset_files
+from alexnet.train.config import Config, load_config, parse_overrides, to_toml
 
 PRESETS = ("fashion-mnist", "cifar10", "cifar10-ablations", "imagewoof", "paper-imagenet")
 
@@ -22,7 +23,7 @@ def test_defaults_are_the_papers_recipe():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads_and_round_trips(preset, tmp_path):
     c = load_config(preset)
-    assert c.preset == preset and (REPO_CONFIGS / f"{preset}.toml").is_file()
+    assert c.preset == preset and preset_files()[preset].is_file()
     saved = tmp_path / "config.toml"
     saved.write_text(to_toml(c))
     assert load_config(saved).to_dict() == c.to_dict()

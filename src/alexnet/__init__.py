@@ -4,15 +4,16 @@
     >>> model = build_model("alexnet", num_classes=1000)
 """
 
-__version__ = "0.1.0"
-
 from .errors import UserError
+from .locations import version as _version
 from .data import build_loader, open_cache, prepare
 from .models import AlexNet, LocalResponseNorm, build_model, get_model_info, list_models, local_response_norm
 from .models.summary import format_table, layer_table
 from .train import Config, TrainResult, load_config, load_model, train
 from .eval import evaluate, predict
 from .perf import optimize, plain_reference_alexnet
+
+__version__ = _version()
 
 __all__ = [
     "__version__", "UserError", "AlexNet", "LocalResponseNorm", "build_model", "get_model_info",

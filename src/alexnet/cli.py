@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from . import locations
 from .errors import UserError
 
 COMMAND_MODULES = (
@@ -39,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alexnet",
         description="AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012): the paper's system, end to end.",
     )
-    from . import __version__
-    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    parser.add_argument("--version", action="version", version=f"alexnet {locations.version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     for module_name in COMMAND_MODULES:

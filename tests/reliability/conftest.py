@@ -89,7 +89,7 @@ def reference_run(small_cache, tmp_path_factory) -> dict:
         watcher.join()
         for p in (main, second, resumer):
             p.kill()
-    from alexnet.train.checkpoint import load_checkpoint
+    from alexnet.checkpoint import load_checkpoint
     by_epoch = {}
     for snap in sorted(snapshots.iterdir()):
         ck = load_checkpoint(snap)

@@ -53,7 +53,7 @@ def _tmp_files(run_dir: Path, pattern: str) -> list[Path]:
 def _check_checkpoints(run_dir: Path, reference: dict) -> list[str]:
     """Every checkpoint in the folder loads and equals the reference run's of the same epoch."""
     from alexnet.errors import UserError
-    from alexnet.train.checkpoint import load_checkpoint
+    from alexnet.checkpoint import load_checkpoint
     problems = []
     for name in ("last.safetensors", "best.safetensors"):
         path = run_dir / name
@@ -122,7 +122,7 @@ def test_kill9_and_resume_is_bit_identical(reference_run, tmp_path):
             p.kill()
 
     # The end: bit-identical to the uninterrupted run, weights and optimiser and best checkpoint.
-    from alexnet.train.checkpoint import load_checkpoint
+    from alexnet.checkpoint import load_checkpoint
     final, reference = load_checkpoint(run_dir / "last.safetensors"), load_checkpoint(ref["run_dir"] / "last.safetensors")
     diff_all = same_tensors(final.tensors, reference.tensors)
     diff_model = same_tensors(final.model_state, reference.model_state)
@@ -249,7 +249,7 @@ def test_best_checkpoint_survives_a_crash_between_last_and_best(reference_run, t
     With lr = 0 the validation error never improves after epoch 1, so epoch 1 stays the
     best; after resuming to 3 epochs, best.safetensors must hold epoch 1. (It stayed
     missing: best was only copied on a later improvement. Fixed: resume repairs it.)"""
-    from alexnet.train.checkpoint import load_checkpoint
+    from alexnet.checkpoint import load_checkpoint
     runs = tmp_path / "runs"
     run_dir = runs / "b"
     first = Primed("train", reference_run["config"], "--run.name", "b", "--run.out", runs, "--train.epochs", "1",

@@ -41,7 +41,7 @@ def _sha(path: Path) -> str:
 @pytest.mark.slow
 def test_checkpoint_write_fails_cleanly(reference_run, tmp_path):
     """Resume a finished run for one more epoch with a file-size limit below the checkpoint size."""
-    from alexnet.train.checkpoint import load_checkpoint
+    from alexnet.checkpoint import load_checkpoint
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run["run_dir"], run_dir, ignore=shutil.ignore_patterns(".lock"))
     last = run_dir / "last.safetensors"
@@ -121,7 +121,7 @@ def _damaged_copies(src: Path, folder: Path) -> dict[str, Path]:
 @pytest.mark.slow          # it needs the reference training run (conftest.reference_run)
 def test_corrupt_checkpoints_are_refused(reference_run, tmp_path):
     from alexnet.errors import UserError
-    from alexnet.train.checkpoint import load_model
+    from alexnet.checkpoint import load_model
     src = reference_run["run_dir"] / "last.safetensors"
     damaged = _damaged_copies(src, tmp_path)
     argvs = []

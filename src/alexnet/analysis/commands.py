@@ -127,7 +127,7 @@ def _filters(args) -> int:
     from .filters import change_statistics, conv1_weight, draw_filters, initial_conv1
 
     if args.checkpoint:
-        from ..train.checkpoint import load_checkpoint, load_model
+        from ..checkpoint import load_checkpoint, load_model
         model, info = load_model(args.checkpoint, "cpu")
         seed = int(((load_checkpoint(args.checkpoint).meta.get("config") or {}).get("train") or {}).get("seed", 0))
         name, kwargs = info["name"], info.get("kwargs") or {}

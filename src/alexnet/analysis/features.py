@@ -119,7 +119,7 @@ def extract_features(checkpoint: str | os.PathLike, cache_path: str | os.PathLik
                      progress: bool = False) -> dict:
     """fc7 of every image of ``split`` (in cache order) -> ``out`` (.npy, float32) + sidecar JSON."""
     from ..data import open_cache
-    from ..train.checkpoint import load_model
+    from ..checkpoint import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, info = load_model(checkpoint, device)

@@ -131,7 +131,7 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
     """
     from ..data import open_cache
     from ..report import write_csv
-    from ..train.checkpoint import load_model
+    from ..checkpoint import load_model
     from .features import InputPipeline, check_cache_fits, embed_batches, load_features, load_query_images
 
     if not query_paths:

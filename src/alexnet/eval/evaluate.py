@@ -113,7 +113,7 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     Writes ``metrics.json``, ``per_class.csv`` and ``confusion.png`` into ``out`` when given.
     """
     from .. import report
-    from ..train.checkpoint import load_model
+    from ..checkpoint import load_model
     if views not in ("center", "ten"):
         raise UserError(f"--views {views!r}: choose center or ten")
     paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)

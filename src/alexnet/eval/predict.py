@@ -74,7 +74,7 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
             views: str = "center", device: str | None = None, batch_size: int = 32) -> list[dict]:
     """One result per image, in order: ``{"path", "top": [{"class", "name", "prob"}, ...]}``
     or ``{"path", "error"}`` for an image that could not be read."""
-    from ..train.checkpoint import load_model
+    from ..checkpoint import load_model
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, info = load_model(checkpoint, device=dev)
     classes = info["classes"] or [str(i) for i in range(info["num_classes"])]

@@ -1,6 +1,6 @@
 """Training: configuration, the loop, schedules, checkpoints, data- and model-parallel set-up."""
 
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from ..checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import Config, load_config
 from .loop import TrainResult, train
 

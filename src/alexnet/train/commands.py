@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 
 from ..errors import UserError
+from ..locations import preset_files
+from .config import DEFAULT_PRESET
 
 
 def _split_settings(args: list[str]) -> tuple[list[str], list[str]]:
@@ -64,8 +66,9 @@ def _train(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model from a preset (default: fashion-mnist) and write a run folder",
-        description="Train with the paper's recipe scaled by a preset (configs/*.toml: fashion-mnist (default), "
-                    "cifar10, cifar10-ablations, imagewoof, paper-imagenet). Change any setting with a dotted option, e.g. "
+        description="Train with the paper's recipe scaled by a preset (presets: "
+                    + ", ".join(f"{n} (default)" if n == DEFAULT_PRESET else n for n in preset_files())
+                    + "). Change any setting with a dotted option, e.g. "
                     "--optim.lr 0.02 --train.epochs 5 --model.kwargs.lrn false. The run folder gets the "
                     "resolved config, checkpoints (every epoch and best), JSONL metrics, plots, summary.json "
                     "and report.md. Ctrl-C saves a checkpoint; continue with --resume RUN_DIR.")

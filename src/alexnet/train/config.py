@@ -5,10 +5,10 @@ batch 128, SGD with momentum 0.9 and weight decay 0.0005, learning rate 0.01 div
 by 10 when the validation error stops improving (three times in the paper), about 90
 epochs, random 224 crops of 256 px images with horizontal flips and PCA colour noise
 (std 0.1), dropout 0.5 (a model argument) and the ten-view test. A preset in
-``configs/*.toml`` lists only what it changes; the command line changes single
+the package's ``presets/*.toml`` (``alexnet train --help`` lists them) lists only what it changes; the command line changes single
 values with dotted keys::
 
-    alexnet train configs/cifar10.toml --optim.lr 0.02 --train.epochs 30
+    alexnet train cifar10 --optim.lr 0.02 --train.epochs 30
     alexnet train --model.kwargs.lrn false          # ablation switches reach build_model
 
 Unknown keys and values of the wrong type are rejected with one line naming the key
@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..locations import preset_files
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 DEFAULT_PRESET = "fashion-mnist"
 
 
@@ -210,17 +210,16 @@ def _merge(obj: Any, values: dict, where: str, prefix: str = "") -> None:
 
 
 def resolve_preset(name_or_path: str | os.PathLike | None) -> Path:
-    """A preset file by path, or by name from the repository's ``configs/`` folder."""
+    """A preset file by path, or by name from the package's presets (``alexnet.locations``)."""
     text = str(name_or_path) if name_or_path else DEFAULT_PRESET
     path = Path(text).expanduser()
     if path.is_file():
         return path
-    if path.suffix != ".toml" and "/" not in text:
-        candidate = REPO_CONFIGS / f"{text}.toml"
-        if candidate.is_file():
-            return candidate
-    known = ", ".join(sorted(p.stem for p in REPO_CONFIGS.glob("*.toml"))) or "none found"
-    raise UserError(f"{text}: no such config file or preset (presets: {known})")
+    presets = preset_files()
+    name = text[: -len(".toml")] if text.endswith(".toml") else text
+    if "/" not in text and name in presets:
+        return presets[name]
+    raise UserError(f"{text}: no such config file or preset (presets: {', '.join(presets) or 'none found'})")
 
 
 def parse_override_value(text: str) -> Any:

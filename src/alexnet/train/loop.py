@@ -39,7 +39,8 @@ from torch import nn
 
 from .. import report
 from ..errors import UserError
-from . import checkpoint as ckpt_io
+from ..locations import expand_source
+from .. import checkpoint as ckpt_io
 from . import distributed as dist_utils
 from .config import Config, _merge, load_config, parse_overrides, to_toml, validate
 from .schedule import LRSchedule, build_optimizer
@@ -170,17 +171,6 @@ def derived_cache(cache, limits: dict[str, int] | None = None, stats: dict | Non
     return derived
 
 
-def resolve_source(source: str) -> str:
-    """``$VARS`` and ``~`` expanded; a relative path that does not exist here is tried against the
-    repository root too (presets name ``../shared/data/...`` relative to the checkout)."""
-    from .config import REPO_CONFIGS
-    text = os.path.expanduser(os.path.expandvars(source))
-    if os.path.isabs(text) or os.path.exists(text) or "/" not in text:
-        return text
-    candidate = REPO_CONFIGS.parent / text
-    return str(candidate) if candidate.exists() else text
-
-
 def ensure_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool = False):
     """Open the config's cache; build it from ``data.source`` with ``prepare`` when missing."""
     from ..data import open_cache
@@ -190,7 +180,7 @@ def ensure_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool = Fals
             raise UserError(f"{path}: no such cache, and the config names no data.source to build it from")
         from ..data import prepare
         from ..data.sources import SHORTHANDS
-        source = resolve_source(config.data.source)
+        source = expand_source(config.data.source)
         if source not in SHORTHANDS and not os.path.exists(source):
             raise UserError(f"{source}: no such file or directory (data.source, needed to build the cache {path})")
         info(f"preparing {config.data.source} -> {path} (once; later runs reuse it)", quiet)

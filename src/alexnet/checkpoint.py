@@ -34,7 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from . import locations
+from .errors import UserError
+from .models import build_model
 
 FORMAT = "alexnet-checkpoint/1"
 
@@ -42,9 +44,10 @@ FORMAT = "alexnet-checkpoint/1"
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``alexnet <version>`` plus the git commit (and ``+dirty``) when run from a checkout."""
-    from .. import __version__
-    version = f"alexnet {__version__}"
-    root = Path(__file__).resolve().parents[3]
+    version = f"alexnet {locations.version()}"
+    root = locations.checkout_root()
+    if root is None:
+        return version
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=5).stdout.strip()
@@ -246,8 +249,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     arguments), ``classes``, ``input_size`` (crop), ``cache_size`` (the stored side S),
     ``mean`` (mean mode), ``stats`` (numpy arrays), ``epoch``, ``step``, ``path``.
     """
-    from ..models import build_model
-
     ckpt = load_checkpoint(path)
     m = ckpt.meta["model"]
     model = build_model(m["name"], num_classes=m["num_classes"], in_channels=m["in_channels"], **m["kwargs"])
