@@ -113,6 +113,21 @@ class JpegImages:
         return out
 
 
+class _IndexedImages:
+    """``images[key]`` through an index array: a subset view of a memmap or JPEG store."""
+
+    def __init__(self, base, index: np.ndarray):
+        self.base, self.index = base, index
+        self.shape = (len(index),) + tuple(base.shape[1:])
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        return self.base[self.index[key]]
+
+
 @dataclass
 class Split:
     """One split of a cache: ``images`` (N,S,S,C) uint8 (memmap, or decoded on demand), ``labels``."""
@@ -175,6 +190,35 @@ class Cache:
             index = np.load(os.path.join(self.path, jpeg_index_file(name)), allow_pickle=False)
             images = JpegImages(os.path.join(self.path, jpeg_file(name)), index, s, c)
         return Split(name, images, labels, self.path)
+
+    def subset(self, limits: dict[str, int] | None = None, *, seed: int = 0) -> "Cache":
+        """The same cache with some splits cut to a fixed, seeded random subset of ``limits[split]`` images.
+
+        A random subset rather than the first N, because folder sources store images class by
+        class. A limit of 0 (or one >= the split's size) keeps the split whole. Loaders over a
+        subset must run with ``workers=0``: worker processes re-open the full cache from its path.
+        """
+        derived = Cache(self.path, self.meta, self.stats)
+        derived._splits = dict(self._splits)
+        for name, n in (limits or {}).items():
+            if not n or name not in self.meta["splits"]:
+                continue
+            split = self.split(name)
+            if n >= len(split):
+                continue
+            index = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+            derived._splits[name] = Split(name, _IndexedImages(split.images, index), split.labels[index], split.path)
+        return derived
+
+    def with_stats(self, stats: dict) -> "Cache":
+        """The same images with other statistics (a checkpoint's training statistics, say)."""
+        derived = Cache(self.path, self.meta, stats)
+        derived._splits = dict(self._splits)
+        return derived
+
+    @property
+    def is_subset(self) -> bool:
+        return any(isinstance(s.images, _IndexedImages) for s in self._splits.values())
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k} {v['count']:,}" for k, v in self.meta["splits"].items())

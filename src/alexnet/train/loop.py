@@ -136,39 +136,10 @@ def threading_main() -> bool:
 
 # ----------------------------------------------------------------------------- data
 
-class _IndexedImages:
-    """``images[key]`` through an index array: a subset view of a memmap or JPEG store."""
-
-    def __init__(self, base, index: np.ndarray):
-        self.base, self.index = base, index
-        self.shape = (len(index),) + tuple(base.shape[1:])
-        self.dtype = np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, key):
-        return self.base[self.index[key]]
-
-
 def derived_cache(cache, limits: dict[str, int] | None = None, stats: dict | None = None, seed: int = 0):
-    """The same cache with some splits cut to a fixed, seeded random subset and/or other statistics.
-
-    A random subset rather than the first N, because folder sources store images class by
-    class. The result is a real ``Cache`` (the loader requires one); with a subset, load
-    with ``workers=0`` (worker processes re-open the full cache from its path).
-    """
-    from ..data.cache import Cache, Split
-    derived = Cache(cache.path, cache.meta, cache.stats if stats is None else stats)
-    for name, n in (limits or {}).items():
-        if not n or name not in cache.splits:
-            continue
-        split = cache.split(name)
-        if n >= len(split):
-            continue
-        index = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
-        derived._splits[name] = Split(name, _IndexedImages(split.images, index), split.labels[index], split.path)
-    return derived
+    """Transitional: :meth:`Cache.subset` plus :meth:`Cache.with_stats`."""
+    derived = cache.subset(limits, seed=seed)
+    return derived if stats is None else derived.with_stats(stats)
 
 
 def ensure_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool = False):
