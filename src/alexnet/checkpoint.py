@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import locations
+from .data.preprocess import InputSpec
 from .errors import UserError
 from .models import build_model
 
@@ -246,8 +247,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """A trained model in eval mode, plus what is needed to feed it.
 
     ``info`` holds: ``name``, ``num_classes``, ``in_channels``, ``kwargs`` (model
-    arguments), ``classes``, ``input_size`` (crop), ``cache_size`` (the stored side S),
-    ``mean`` (mean mode), ``stats`` (numpy arrays), ``epoch``, ``step``, ``path``.
+    arguments), ``classes``, ``class_names``, ``input_spec`` (the
+    :class:`~alexnet.data.preprocess.InputSpec` it was trained with), ``input_size``
+    (crop), ``cache_size`` (the stored side S), ``mean`` (mean mode), ``stats`` (numpy
+    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from).
     """
     ckpt = load_checkpoint(path)
     m = ckpt.meta["model"]
@@ -259,13 +262,34 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise UserError(f"{ckpt.path}: weights do not fit {ckpt.describe()} ({first})") from None
     model.to(device).eval()
     data = ckpt.meta.get("data", {})
+    stats = {k: v.numpy() for k, v in ckpt.group("extra.stats").items()}
     info = {
         **m, "path": str(ckpt.path), "classes": ckpt.meta.get("classes"),
         "class_names": ckpt.meta.get("class_names") or ckpt.meta.get("classes"),
         "input_scale": data.get("input_scale"),
         "input_size": data.get("crop"), "cache_size": data.get("size"), "mean": data.get("mean", "none"),
-        "stats": {k: v.numpy() for k, v in ckpt.group("extra.stats").items()},
+        "stats": stats,
+        "input_spec": InputSpec.from_checkpoint({"channels": m["in_channels"], **data}, stats) if data.get("size") and data.get("crop") else None,
+        "source": ckpt.meta.get("source"),
         "epoch": ckpt.meta.get("epoch"), "step": ckpt.meta.get("step"),
         "code_version": ckpt.meta.get("code_version"),
     }
     return model, info
+
+
+def save_model(path: str | os.PathLike, model: nn.Module | dict, *, name: str, num_classes: int, in_channels: int,
+               kwargs: dict | None = None, classes: list[str] | None = None, class_names: list[str] | None = None,
+               input_spec: InputSpec | None = None, meta: dict | None = None) -> Path:
+    """Write a model-only checkpoint (no optimiser, no random state) that :func:`load_model` reads.
+
+    What importers and exporters of weights use: the input description travels with the
+    weights (``input_spec``), and so do the class ids and readable names.
+    """
+    data, stats = input_spec.checkpoint_fields() if input_spec is not None else ({}, {})
+    full = {"model": {"name": name, "num_classes": int(num_classes), "in_channels": int(in_channels),
+                      "kwargs": dict(kwargs or {})},
+            "classes": list(classes) if classes is not None else None,
+            "class_names": list(class_names) if class_names is not None else None,
+            "data": data, "epoch": None, "step": None, **(meta or {})}
+    return save_checkpoint(path, model=model, meta=full,
+                           extra_tensors={f"stats.{k}": torch.from_numpy(v) for k, v in stats.items()})

@@ -188,9 +188,10 @@ def pca_offsets(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor)
 
 def to_network_input(crops: torch.Tensor, *, mean_crops: torch.Tensor | None = None,
                      channel_mean: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-                     channels_last: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                     scale: torch.Tensor | None = None, channels_last: bool = False,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 NCHW crops -> float32 NCHW: minus the mean (crops of the mean image, or the
-    channel mean), plus the per-image colour offsets (B, C).
+    channel mean), plus the per-image colour offsets (B, C), times the per-channel ``scale`` (C,).
 
     One float conversion for the whole batch (``out.copy_``), then in-place arithmetic:
     on CPU this is several times faster than a mixed uint8 - float32 op, and writing into
@@ -209,4 +210,6 @@ def to_network_input(crops: torch.Tensor, *, mean_crops: torch.Tensor | None = N
         out.sub_(shift[:, :, None, None])
     elif offsets is not None:
         out.add_(offsets[:, :, None, None])
+    if scale is not None:
+        out.mul_(scale.view(1, -1, 1, 1))
     return out

@@ -14,32 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.preprocess import InputSpec, to_network_input
 from ..errors import UserError
 
 
 def preprocess(images: list[np.ndarray], info: dict, views: str = "center") -> torch.Tensor:
-    """uint8 (S,S,C) squares -> the network input, exactly as the evaluation loader builds it."""
-    from ..data import augment
-    from ..train.loop import apply_input_scale
-    batch = torch.from_numpy(np.stack(images))
-    n, size, crop = len(images), batch.shape[1], info["input_size"]
-    if views == "ten":
-        top, left, flips = augment.ten_view_params(n, size, crop)
-        source = torch.arange(n).repeat_interleave(10)
-    else:
-        top, left, flips = augment.center_params(n, size, crop)
-        source = None
-    # gather_crops / crop_mean_image return NHWC; to_network_input takes NCHW.
-    crops = augment.gather_crops(batch, top, left, flips, crop, source=source).permute(0, 3, 1, 2)
-    stats = info["stats"]
-    if info["mean"] == "image":
-        mean = augment.crop_mean_image(torch.from_numpy(stats["mean_image"]).float(), top, left, flips, crop)
-        x = augment.to_network_input(crops, mean_crops=mean.permute(0, 3, 1, 2))
-    elif info["mean"] == "channel":
-        x = augment.to_network_input(crops, channel_mean=torch.from_numpy(stats["channel_mean"]).float())
-    else:
-        x = augment.to_network_input(crops)
-    return apply_input_scale(x, info.get("input_scale"))
+    """uint8 (S,S,C) squares -> the network input of the checkpoint ``info`` describes (its InputSpec)."""
+    return to_network_input(np.stack(images), input_spec_of(info), views)
+
+
+def input_spec_of(info: dict) -> InputSpec:
+    """The checkpoint's input description; UserError when it has none (a partial import, say)."""
+    if info.get("input_spec") is None:
+        raise UserError(f"{info['path']}: the checkpoint does not say how its input is prepared; it cannot predict")
+    return info["input_spec"]
 
 
 def read_square(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:

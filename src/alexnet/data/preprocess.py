@@ -1,0 +1,151 @@
+"""How images become network input: one :class:`InputSpec`, one function, used everywhere.
+
+The paper (section 2): images are down-sampled so that the shorter side is 256, the
+central 256x256 patch is kept, and "the mean activity over the training set" is
+subtracted from each pixel; the network sees 224x224 crops of that (section 4.1).
+An :class:`InputSpec` is that recipe as data:
+
+* ``size``: the stored side S (short side resized to S, central S x S kept: what
+  ``alexnet prepare`` stores and what :func:`alexnet.data.decode.decode_square` does to one file);
+* ``crop``: the network's input side (the centre crop, or the paper's ten views);
+* ``mean``: ``"image"`` (the per-pixel mean image, cropped at the same offsets as the
+  image: the paper), ``"channel"`` (one value per channel) or ``"none"``;
+* ``mean_image`` (S, S, C) / ``channel_mean`` (C,), on the 0..255 scale;
+* ``scale``: per-channel multipliers applied after the mean (None = the paper's raw
+  0..255 differences). torchvision's ``Normalize(mean, std)`` on 0..1 inputs is
+  ``mean="channel"``, ``channel_mean = 255 * mean``, ``scale = 1 / (255 * std)``.
+
+Channels are RGB (or one grey channel). The spec travels with the weights: a checkpoint
+stores it (its ``data`` section plus the ``extra.stats.*`` tensors), and
+:func:`alexnet.checkpoint.load_model` gives it back, so predict, eval, features and the
+experiments feed a model exactly the way it was trained, without being told.
+
+:func:`to_network_input` is the one path from uint8 squares to network input for
+predict, features and the experiments; the training/evaluation loader runs the same
+arithmetic (:func:`alexnet.data.augment.to_network_input`, plus the colour noise while
+training) on whole batches, and ``tests/test_input_path.py`` checks that both give
+identical tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from . import augment
+
+MEAN_MODES = ("image", "channel", "none")
+VIEWS = ("center", "ten")
+
+
+@dataclass(frozen=True, eq=False)
+class InputSpec:
+    size: int
+    crop: int
+    channels: int = 3
+    mean: str = "none"
+    mean_image: np.ndarray | None = field(default=None, repr=False)
+    channel_mean: np.ndarray | None = field(default=None, repr=False)
+    scale: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.mean not in MEAN_MODES:
+            raise UserError(f"mean {self.mean!r}: choose one of {', '.join(MEAN_MODES)}")
+        if self.crop > self.size:
+            raise UserError(f"crop {self.crop} is larger than the stored side {self.size}")
+        if self.mean == "image" and (self.mean_image is None or tuple(self.mean_image.shape) != (self.size, self.size, self.channels)):
+            shape = None if self.mean_image is None else tuple(self.mean_image.shape)
+            raise UserError(f"mean 'image' needs a ({self.size}, {self.size}, {self.channels}) mean image, got {shape}")
+        if self.mean == "channel" and (self.channel_mean is None or np.asarray(self.channel_mean).size != self.channels):
+            raise UserError(f"mean 'channel' needs {self.channels} channel means")
+        if self.scale is not None and len(self.scale) != self.channels:
+            raise UserError(f"input scale has {len(self.scale)} values for {self.channels} channels")
+
+    # -- where specs come from ---------------------------------------------------------------
+    @classmethod
+    def from_stats(cls, stats: dict, *, size: int, crop: int, channels: int, mean: str,
+                   scale: str | list[float] | None = None) -> "InputSpec":
+        """A spec from a cache's training statistics (``cache.stats``) and the config's choices.
+
+        ``scale``: None (raw differences), ``"std"`` (divide by the training channel std:
+        unit-variance inputs for He-initialised variants) or explicit multipliers.
+        """
+        if mean in ("image", "channel") and not stats:
+            raise UserError("no train statistics (the cache has no train split): use mean 'none'")
+        if scale == "std":
+            scale = [float(1.0 / max(s, 1e-6)) for s in np.asarray(stats["channel_std"]).reshape(-1)]
+        elif scale in ("none", ""):
+            scale = None
+        return cls(size=int(size), crop=int(crop), channels=int(channels), mean=mean,
+                   mean_image=np.asarray(stats["mean_image"], np.float32) if mean == "image" else None,
+                   channel_mean=np.asarray(stats["channel_mean"], np.float32).reshape(-1) if mean == "channel" else None,
+                   scale=tuple(float(v) for v in scale) if scale is not None else None)
+
+    @classmethod
+    def from_checkpoint(cls, data: dict, stats: dict) -> "InputSpec":
+        """The spec stored by :meth:`checkpoint_fields` (a checkpoint's ``data`` section and stats)."""
+        size, crop = data.get("size"), data.get("crop")
+        if not size or not crop:
+            raise UserError("the checkpoint does not say how its input was prepared (no data.size / data.crop)")
+        return cls.from_stats(stats, size=size, crop=crop, channels=data.get("channels", 3),
+                              mean=data.get("mean", "none"), scale=data.get("input_scale"))
+
+    def checkpoint_fields(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(the checkpoint's ``data`` section, the statistics arrays to store as ``extra.stats.*``)."""
+        data = {"size": self.size, "crop": self.crop, "channels": self.channels, "mean": self.mean,
+                "input_scale": list(self.scale) if self.scale is not None else None}
+        stats = {}
+        if self.mean_image is not None:
+            stats["mean_image"] = np.ascontiguousarray(self.mean_image, np.float32)
+        if self.channel_mean is not None:
+            stats["channel_mean"] = np.ascontiguousarray(self.channel_mean, np.float32)
+        return data, stats
+
+    def describe(self) -> str:
+        mean = {"image": "minus the mean image", "channel": "minus the channel mean", "none": "no mean"}[self.mean]
+        scale = f", times {', '.join(f'{s:.4g}' for s in self.scale)}" if self.scale else ""
+        return f"short side {self.size}, centre {self.size}x{self.size}, {self.crop}x{self.crop} crops, {mean}{scale} (0..255 scale)"
+
+    # -- the tensors the arithmetic needs ------------------------------------------------------
+    def mean_tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(mean image (S,S,C) float32, channel mean (C,) float32) on ``device``; None where unused."""
+        image = torch.as_tensor(self.mean_image, dtype=torch.float32).to(device) if self.mean == "image" else None
+        channel = torch.as_tensor(self.channel_mean, dtype=torch.float32).to(device) if self.mean == "channel" else None
+        return image, channel
+
+    def scale_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        return None if self.scale is None else torch.tensor(self.scale, dtype=torch.float32, device=device)
+
+
+def view_params(n: int, spec: InputSpec, views: str = "center"):
+    """(top, left, flips, source row of each view) of the centre crop or the paper's ten views."""
+    if views not in VIEWS:
+        raise UserError(f"views {views!r}: choose center or ten")
+    if views == "ten":
+        top, left, flips = augment.ten_view_params(n, spec.size, spec.crop)
+        return top, left, flips, torch.arange(n).repeat_interleave(10)
+    top, left, flips = augment.center_params(n, spec.size, spec.crop)
+    return top, left, flips, None
+
+
+def to_network_input(squares: torch.Tensor | np.ndarray, spec: InputSpec, views: str = "center",
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, S, S, C) squares -> float32 (N * V, C, crop, crop) network input, V = 1 or 10.
+
+    With ``views="ten"``, rows i*10 .. i*10+9 are image i's ten views (the loader's order).
+    """
+    batch = torch.as_tensor(np.asarray(squares) if isinstance(squares, np.ndarray) else squares)
+    if batch.dtype != torch.uint8 or batch.dim() != 4 or tuple(batch.shape[1:]) != (spec.size, spec.size, spec.channels):
+        raise UserError(f"images of shape {tuple(batch.shape)} ({batch.dtype}); this model takes uint8 "
+                        f"({spec.size}, {spec.size}, {spec.channels}) squares")
+    top, left, flips, source = view_params(len(batch), spec, views)
+    crops = augment.gather_crops(batch, top, left, flips, spec.crop, source=source).permute(0, 3, 1, 2).to(device)
+    mean_image, channel_mean = spec.mean_tensors(device)
+    mean_crops = None
+    if mean_image is not None:
+        mean_crops = augment.crop_mean_image(mean_image, top, left, flips, spec.crop).permute(0, 3, 1, 2)
+    return augment.to_network_input(crops, mean_crops=mean_crops, channel_mean=channel_mean,
+                                    scale=spec.scale_tensor(device))
