@@ -101,8 +101,8 @@ def test_filters_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_features_and_neighbors_match_brute_force(tiny_cifar, checkpoint, tmp_path):
-    from alexnet.analysis.features import InputPipeline
     from alexnet.analysis.neighbors import brute_force_knn
+    from alexnet.data.preprocess import to_network_input
     from alexnet.data import build_loader, open_cache
     from alexnet.checkpoint import load_model
 
@@ -123,7 +123,7 @@ def test_features_and_neighbors_match_brute_force(tiny_cifar, checkpoint, tmp_pa
     scale = torch.tensor(info["input_scale"]).view(1, -1, 1, 1) if info.get("input_scale") else 1.0
     with torch.no_grad():
         ref = torch.cat([model.embed(x * scale) for x, _ in loader]).numpy()
-        mine = InputPipeline(info, cache)(cache.split("train").images[:50], "cpu")
+        mine = to_network_input(cache.split("train").images[:50], info["input_spec"])
         x0 = next(iter(loader))[0] * scale
     np.testing.assert_allclose(mine.numpy(), x0.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
@@ -140,11 +140,10 @@ def test_features_and_neighbors_match_brute_force(tiny_cifar, checkpoint, tmp_pa
     assert "memory bound" in proc.stdout
 
     # Brute force: the query features computed in-process, all 200 distances in numpy.
-    pipe = InputPipeline(info, cache)
     from alexnet.analysis.features import load_query_images
-    qimg = np.stack(load_query_images([str(q) for q in queries], pipe.size, pipe.channels))
+    qimg = np.stack(load_query_images([str(q) for q in queries], info["input_spec"]))
     with torch.no_grad():
-        qf = model.embed(pipe(qimg, "cpu")).numpy()
+        qf = model.embed(to_network_input(qimg, info["input_spec"])).numpy()
     d_ref, i_ref = brute_force_knn(qf, feats, k=4)
     got_i = np.array([int(r["index"]) for r in rows]).reshape(3, 4)
     got_d = np.array([float(r["distance"]) for r in rows]).reshape(3, 4)

@@ -158,6 +158,14 @@ def active_allocator() -> str:
     return "system"
 
 
+def default_device(device: "str | None" = None):
+    """``device`` as a torch.device; None = the first CUDA device when there is one, else the CPU."""
+    import torch   # lazy: this module is imported before the allocator re-exec, which must precede torch
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def describe() -> dict[str, str]:
     """The process settings, for benchmark reports and run metadata."""
     import torch

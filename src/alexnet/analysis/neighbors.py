@@ -25,14 +25,20 @@ smaller database index (stable sort).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from ..checkpoint import load_model
+from ..console import progress as progress_bar
+from ..data import open_cache
+from ..data.preprocess import input_spec_of
 from ..errors import UserError
+from ..report import write_csv
+from ..runtime import default_device
+from .features import check_cache_fits, embed_batches, load_features, load_query_images
 
 METRICS = ("euclidean", "cosine")
 DEFAULT_CHUNK = 4096
@@ -129,33 +135,27 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
     ``alexnet features``) or are computed on the fly, ``chunk_size`` images at a time,
     and searched as they come (not saved; the same memory bound).
     """
-    from ..data import open_cache
-    from ..report import write_csv
-    from ..checkpoint import load_model
-    from .features import InputPipeline, check_cache_fits, embed_batches, load_features, load_query_images
-
     if not query_paths:
         raise UserError("--query: give at least one image file")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model, info = load_model(checkpoint, device)
+    spec = input_spec_of(info)
     cache = open_cache(cache_path)
-    check_cache_fits(info, cache, cache_path)
+    check_cache_fits(spec, cache, cache_path)
     sp = cache.split(split)
-    pipeline = InputPipeline(info, cache)
-    query_images = load_query_images(query_paths, pipeline.size, pipeline.channels)
-    q = embed_batches(model, pipeline, np.stack(query_images), batch_size, device)
+    query_images = load_query_images(query_paths, spec)
+    q = embed_batches(model, spec, np.stack(query_images), batch_size, device)
     if features:
         db = load_features(features, split=split, count=len(sp), checkpoint=info["path"])
         dist, idx = knn_search(q, db, k=k, metric=metric, chunk_size=chunk_size, device=device)
     else:
         # Features computed chunk by chunk and searched at once: memory stays bounded here too.
-        from tqdm import tqdm
-        bar = tqdm(total=len(sp), desc=f"fc7 {split}", unit="img", disable=not progress, file=sys.stderr)
+        bar = progress_bar(len(sp), f"fc7 {split}", "img", disable=not progress)
 
         def feature_chunks():
             for start in range(0, len(sp), chunk_size):
                 block = sp.images[start:start + chunk_size]
-                yield start, embed_batches(model, pipeline, block, batch_size, device)
+                yield start, embed_batches(model, spec, block, batch_size, device)
                 bar.update(len(block))
 
         try:

@@ -38,6 +38,7 @@ import torch
 from ..errors import UserError
 from . import augment
 from .cache import Cache, open_cache
+from .preprocess import InputSpec
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
@@ -140,7 +141,7 @@ class Loader:
     def __init__(self, cache: Cache, split: str, *, batch_size: int, train: bool, crop: int, seed: int,
                  rank: int, world_size: int, workers: int, device, flip: bool, pca_std: float, mean: str,
                  views: str, drop_last: bool, channels_last: bool, pin_memory: bool | None, prefetch: int,
-                 with_index: bool):
+                 with_index: bool, input_spec: InputSpec | None = None):
         self.cache = cache
         self.split_name = split
         data = cache.split(split)
@@ -155,20 +156,18 @@ class Loader:
         self.classes = cache.classes
         self.pin_memory = (self.device.type == "cuda") if pin_memory is None else pin_memory
         self.prefetch = prefetch
-        self.mean_mode = mean
         stats = cache.stats
-        if mean in ("image", "channel") or (train and pca_std > 0):
+        if (input_spec is None and mean in ("image", "channel")) or (train and pca_std > 0):
             if not stats:
                 raise UserError(f"{cache.path}: no train statistics in this cache (it has no train split); "
                                 f"use mean='none' and pca_std=0, or the training cache's statistics")
-        self.mean_image = None
-        self.mean_cropper = None
-        self.channel_mean = None
-        if mean == "image":
-            self.mean_image = torch.as_tensor(stats["mean_image"], dtype=torch.float32).to(self.device)
-            self.mean_cropper = augment.MeanCropper(self.mean_image, crop)
-        elif mean == "channel":
-            self.channel_mean = torch.as_tensor(stats["channel_mean"], dtype=torch.float32).to(self.device)
+        if input_spec is None:   # the cache's own statistics, no input scale
+            input_spec = InputSpec.from_stats(stats, size=cache.size, crop=crop, channels=cache.channels, mean=mean)
+        self.input_spec = input_spec
+        self.mean_mode = input_spec.mean
+        self.mean_image, self.channel_mean = input_spec.mean_tensors(self.device)
+        self.mean_cropper = augment.MeanCropper(self.mean_image, crop) if self.mean_image is not None else None
+        self.scale = input_spec.scale_tensor(self.device)
         self.pca_std = float(pca_std) if train else 0.0
         if self.pca_std > 0:
             self.eigval = torch.as_tensor(stats["eigval"], dtype=torch.float32)
@@ -199,15 +198,6 @@ class Loader:
     def set_epoch(self, epoch: int) -> None:
         """Select epoch ``epoch``'s shuffle and augmentation (deterministic from (seed, epoch))."""
         self.epoch = int(epoch)
-
-    def sample_indices(self, epoch: int | None = None) -> np.ndarray:
-        """The dataset indices this rank visits in ``epoch`` (default: the current one), in order.
-
-        For evaluation these map the i-th prediction to ``cache.split(name).files[...]``.
-        """
-        return shard_indices(self.dataset_size, train=self.train, seed=self.seed,
-                             epoch=self.epoch if epoch is None else epoch, rank=self.rank,
-                             world_size=self.world_size, drop_last=self.drop_last)
 
     # -- iteration -------------------------------------------------------------------------
     def _host_batches(self):
@@ -243,7 +233,7 @@ class Loader:
             if alpha is not None:  # (B, C): tiny, so computed on the host and moved
                 offsets = augment.pca_offsets(alpha, self.eigval, self.eigvec).to(self.device)
             x = augment.to_network_input(crops, mean_crops=mean_crops, channel_mean=self.channel_mean,
-                                         offsets=offsets, channels_last=self.channels_last,
+                                         offsets=offsets, scale=self.scale, channels_last=self.channels_last,
                                          out=self._buffers.get(tuple(crops.shape)))
             if self.with_index:
                 yield x, labels, idx
@@ -326,7 +316,7 @@ def build_loader(cache, split: str = "train", batch_size: int = 128, train: bool
                  seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0, device="cpu",
                  flip: bool = True, pca_std: float = 0.1, mean: str = "image", views: str = "center",
                  drop_last: bool = False, channels_last: bool = False, pin_memory: bool | None = None,
-                 prefetch: int = 2, with_index: bool = False) -> Loader:
+                 prefetch: int = 2, with_index: bool = False, input_spec: InputSpec | None = None) -> Loader:
     """The paper's input pipeline over a prepared cache (object or path). See the module doc.
 
     train=True: random ``crop`` x ``crop`` patches, horizontal flips (``flip``), PCA colour
@@ -334,9 +324,19 @@ def build_loader(cache, split: str = "train", batch_size: int = 128, train: bool
     (one centre crop) or "ten" (the paper's 10 views: rows i*10..i*10+9 are image i's views).
     ``mean``: "image" (the paper's per-pixel mean), "channel" or "none".
     ``with_index=True`` yields (x, y, dataset indices) so predictions can be tied to files.
+    ``input_spec``: how to turn the images into network input (a checkpoint's or the
+    trainer's :class:`~alexnet.data.preprocess.InputSpec`: crop, mean, scale); it overrides
+    ``crop`` and ``mean``, and its stored side must be the cache's. Default: the cache's own
+    statistics with ``mean`` and no input scale.
     """
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
+    if input_spec is not None:
+        if (input_spec.size, input_spec.channels) != (cache.size, cache.channels):
+            raise UserError(f"{cache.path}: images stored at {cache.size} px with {cache.channels} channel(s), but the "
+                            f"model takes {input_spec.size} px with {input_spec.channels}; prepare the data with "
+                            f"--size {input_spec.size}")
+        crop, mean = input_spec.crop, input_spec.mean
     if crop is None:
         crop = default_crop(cache.size)
     if not 1 <= crop <= cache.size:
@@ -356,4 +356,5 @@ def build_loader(cache, split: str = "train", batch_size: int = 128, train: bool
     return Loader(cache, split, batch_size=batch_size, train=train, crop=crop, seed=seed, rank=rank,
                   world_size=world_size, workers=workers, device=device, flip=flip, pca_std=pca_std, mean=mean,
                   views="center" if views == "centre" else views, drop_last=drop_last,
-                  channels_last=channels_last, pin_memory=pin_memory, prefetch=prefetch, with_index=with_index)
+                  channels_last=channels_last, pin_memory=pin_memory, prefetch=prefetch, with_index=with_index,
+                  input_spec=input_spec)

@@ -29,13 +29,17 @@ identical tensors.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import UserError
 from . import augment
+from .decode import BadImage, decode_square
 
 MEAN_MODES = ("image", "channel", "none")
 VIEWS = ("center", "ten")
@@ -149,3 +153,39 @@ def to_network_input(squares: torch.Tensor | np.ndarray, spec: InputSpec, views:
         mean_crops = augment.crop_mean_image(mean_image, top, left, flips, spec.crop).permute(0, 3, 1, 2)
     return augment.to_network_input(crops, mean_crops=mean_crops, channel_mean=channel_mean,
                                     scale=spec.scale_tensor(device))
+
+
+def input_spec_of(info: dict) -> InputSpec:
+    """The InputSpec of a loaded checkpoint (``load_model``'s info); UserError when it has none."""
+    if info.get("input_spec") is None:
+        raise UserError(f"{info.get('path')}: the checkpoint does not say how its input is prepared "
+                        f"(no stored side and crop); it cannot be fed images")
+    return info["input_spec"]
+
+
+def read_square(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """One image file -> uint8 (S, S, C), decoded exactly as ``prepare`` stores it.
+
+    UserError naming the file when it cannot be read. A colour photo for a grey model is
+    decoded in RGB and converted to luma (PIL's "L" weights), as a user would expect.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not an image") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        image, _warning = decode_square(data, size, channels, name=str(path))
+    except BadImage as exc:
+        if channels != 1 or "colour" not in str(exc):
+            raise UserError(f"{path}: {exc}") from None
+        try:
+            rgb, _warning = decode_square(data, size, 3, name=str(path))
+        except BadImage as exc2:
+            raise UserError(f"{path}: {exc2}") from None
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))[:, :, None]
+    return image if image.ndim == 3 else image[..., None]

@@ -8,8 +8,10 @@ average the predictions of several CNNs: "Averaging the predictions of five simi
 CNNs gives an error rate of 16.4%". Both are averages of softmax probabilities;
 :func:`view_average` and :func:`evaluate` compute exactly that.
 
-Each checkpoint is fed the way it was trained: its own crop size, mean mode and the
-*training* data statistics stored in the checkpoint (not those of the evaluated cache).
+Each checkpoint is fed the way it was trained: its InputSpec (crop size, mean mode, input
+scale and the *training* data statistics stored in the checkpoint, not those of the
+evaluated cache). A ``--data`` argument becomes a cache by the one rule of
+:mod:`alexnet.data.resolve`.
 """
 
 from __future__ import annotations
@@ -19,40 +21,15 @@ from pathlib import Path
 
 import torch
 
+from .. import report
+from ..checkpoint import load_model
+from ..console import progress as progress_bar
+from ..data import build_loader
+from ..data.resolve import resolve_cache
 from ..errors import UserError
-from .metrics import ClassificationMeter
-
-
-def view_average(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """Softmax over classes, then the mean over each image's ``views`` consecutive rows: (B, C)."""
-    probs = torch.softmax(logits.float(), dim=1)
-    if views == 1:
-        return probs
-    return probs.view(-1, views, probs.shape[1]).mean(dim=1)
-
-
-def resolve_data(data: str | os.PathLike, size: int, quiet: bool = False):
-    """A cache folder as is; anything else is a source, prepared once into $ALEXNET_CACHE at ``size``."""
-    from ..data import open_cache, prepare
-    path = Path(os.path.expanduser(str(data)))
-    if (path / "meta.json").is_file():
-        return open_cache(path)
-    root = Path(os.environ.get("ALEXNET_CACHE") or Path.home() / ".cache" / "alexnet")
-    name = path.name
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    out = root / f"{name or 'data'}-{size}"
-    if not (out / "meta.json").is_file():
-        import sys
-        from ..data.sources import SHORTHANDS
-        if str(data) not in SHORTHANDS and not path.exists():
-            raise UserError(f"{data}: no such file or directory (neither a cache nor a dataset source)")
-        if not quiet:
-            sys.stderr.write(f"alexnet: preparing {data} -> {out} (once; later runs reuse it)\n")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        prepare(str(data), out, size=size, quiet=quiet)
-    return open_cache(out)
+from ..runtime import default_device
+from ..data.preprocess import input_spec_of
+from .metrics import ClassificationMeter, view_average
 
 
 def pick_split(cache, split: str | None) -> str:
@@ -69,36 +46,27 @@ def pick_split(cache, split: str | None) -> str:
 def predict_split(model, info: dict, cache, split: str, *, views: str = "center", batch_size: int = 100,
                   device: str | torch.device = "cpu", workers: int = 2, limit: int = 0,
                   progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities (N, C) for every image of ``split`` (views averaged) and the labels (N,)."""
-    from ..data import build_loader
-    from ..train.loop import apply_input_scale, derived_cache
-    if info["cache_size"] and cache.size != info["cache_size"]:
-        raise UserError(f"{cache.path}: images stored at {cache.size} px, but {info['path']} was trained on "
-                        f"{info['cache_size']} px images; prepare the data with --size {info['cache_size']}")
-    if cache.channels != info["in_channels"]:
-        raise UserError(f"{cache.path}: {cache.channels}-channel images, but {info['path']} expects {info['in_channels']}")
-    data = derived_cache(cache, {split: limit}, stats=info["stats"] or cache.stats)
+    """Class probabilities (N, C) for every image of ``split`` (views averaged) and the labels (N,).
+
+    The images are fed as the checkpoint's InputSpec says (its crop, mean and scale, from
+    the *training* statistics it stores), not from the evaluated cache's statistics.
+    """
+    spec = input_spec_of(info)
+    if cache.channels != spec.channels:
+        raise UserError(f"{cache.path}: {cache.channels}-channel images, but {info['path']} expects {spec.channels}")
+    data = cache.subset({split: limit})
     if limit:
-        workers = 0
+        workers = 0     # worker processes re-open the whole cache from its path
     n_views = 10 if views == "ten" else 1
-    loader = build_loader(data, split, batch_size=max(1, batch_size // n_views), train=False,
-                          crop=info["input_size"], seed=0, rank=0, world_size=1, workers=workers,
-                          device=device, mean=info["mean"], views=views)
+    loader = build_loader(data, split, batch_size=max(1, batch_size // n_views), train=False, seed=0, rank=0,
+                          world_size=1, workers=workers, device=device, views=views, input_spec=spec)
     probs, labels = [], []
-    bar = None
-    if progress:
-        import sys
-        from tqdm import tqdm
-        bar = tqdm(total=len(loader), desc=f"{Path(info['path']).name} {views}", unit="batch", file=sys.stderr,
-                   disable=not sys.stderr.isatty())
+    bar = progress_bar(len(loader), f"{Path(info['path']).name} {views}", "batch", disable=not progress)
     for x, y in loader:
-        x = apply_input_scale(x, info.get("input_scale"))
         probs.append(view_average(model(x), n_views).cpu())
         labels.append(y.cpu())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -112,20 +80,18 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     softmax outputs are averaged. ``data``: a cache folder or a source (prepared on first use).
     Writes ``metrics.json``, ``per_class.csv`` and ``confusion.png`` into ``out`` when given.
     """
-    from .. import report
-    from ..checkpoint import load_model
     if views not in ("center", "ten"):
         raise UserError(f"--views {views!r}: choose center or ten")
     paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
     if not paths:
         raise UserError("no checkpoint given")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     loaded = [load_model(p, device=dev) for p in paths]
     classes = loaded[0][1]["classes"]
     for _, info in loaded[1:]:
         if info["classes"] != classes:
             raise UserError(f"{info['path']}: its classes differ from {loaded[0][1]['path']}'s; an ensemble needs the same classes")
-    cache = resolve_data(data, loaded[0][1]["cache_size"] or 256, quiet=not progress)
+    cache = resolve_cache(data, input_spec_of(loaded[0][1]).size, quiet=not progress)
     if list(cache.classes) != list(classes):
         raise UserError(f"{cache.path}: classes differ from the checkpoint's ({len(cache.classes)} vs {len(classes)}); "
                         f"evaluate on data with the same class list")

@@ -22,6 +22,18 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
 
 
+def view_average(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Softmax over classes, then the mean over each image's ``views`` consecutive rows: (B, C).
+
+    The paper's ten-view test (section 4.1) and its ensembles (section 6) both average
+    softmax probabilities, not logits.
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    if views == 1:
+        return probs
+    return probs.view(-1, views, probs.shape[1]).mean(dim=1)
+
+
 @dataclass
 class ClassificationMeter:
     """Accumulates loss, top-1/top-5 hits and the confusion matrix over batches."""

@@ -1,8 +1,8 @@
 """Predictions for image files: the top-5 classes with names and probabilities.
 
-Each image goes through the same path as the training data (``prepare``'s decode:
-short side to S, central S x S square; then the centre crop, the training mean and
-input scale), using the statistics stored in the checkpoint. An unreadable image
+Each image goes through the one input path (:mod:`alexnet.data.preprocess`): ``prepare``'s
+decode (short side to S, central S x S square), then the checkpoint's InputSpec (centre
+crop or ten views, the training mean and input scale stored in the checkpoint). An unreadable image
 yields one line naming the file and the problem; the others are still predicted.
 """
 
@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.preprocess import InputSpec, to_network_input
+from ..checkpoint import load_model
+from ..data.preprocess import input_spec_of, read_square, to_network_input
 from ..errors import UserError
+from ..runtime import default_device
+from .metrics import view_average
 
 
 def preprocess(images: list[np.ndarray], info: dict, views: str = "center") -> torch.Tensor:
@@ -23,60 +26,24 @@ def preprocess(images: list[np.ndarray], info: dict, views: str = "center") -> t
     return to_network_input(np.stack(images), input_spec_of(info), views)
 
 
-def input_spec_of(info: dict) -> InputSpec:
-    """The checkpoint's input description; UserError when it has none (a partial import, say)."""
-    if info.get("input_spec") is None:
-        raise UserError(f"{info['path']}: the checkpoint does not say how its input is prepared; it cannot predict")
-    return info["input_spec"]
-
-
-def read_square(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
-    """Decode one file like ``prepare`` does; UserError naming the file when it cannot be read."""
-    from ..data.decode import BadImage, decode_square
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not an image") from None
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        image, _warning = decode_square(data, size, channels, name=str(path))
-    except BadImage as exc:
-        if channels != 1 or "colour" not in str(exc):
-            raise UserError(f"{path}: {exc}") from None
-        # A colour photo for a grayscale model: decode in RGB, then take the luma (PIL's "L" weights).
-        try:
-            rgb, _warning = decode_square(data, size, 3, name=str(path))
-        except BadImage as exc2:
-            raise UserError(f"{path}: {exc2}") from None
-        from PIL import Image
-        image = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))[:, :, None]
-    return image
-
-
 @torch.no_grad()
 def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, topk: int = 5,
             views: str = "center", device: str | None = None, batch_size: int = 32) -> list[dict]:
     """One result per image, in order: ``{"path", "top": [{"class", "name", "prob"}, ...]}``
     or ``{"path", "error"}`` for an image that could not be read."""
-    from ..checkpoint import load_model
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = default_device(device)
     model, info = load_model(checkpoint, device=dev)
+    spec = input_spec_of(info)
     classes = info["classes"] or [str(i) for i in range(info["num_classes"])]
     names = info.get("class_names") or classes
-    size = info["cache_size"] or info["input_size"]
     results: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush():
         if not pending:
             return
-        x = preprocess([a for _, a in pending], info, views).to(dev)
+        x = to_network_input(np.stack([a for _, a in pending]), spec, views, device=dev)
         n_views = 10 if views == "ten" else 1
-        from .evaluate import view_average
         probs = view_average(model(x), n_views).cpu()
         k = min(topk, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
@@ -88,7 +55,7 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     for path in images:
         results.append({"path": str(path)})
         try:
-            pending.append((len(results) - 1, read_square(path, size, info["in_channels"])))
+            pending.append((len(results) - 1, read_square(path, spec.size, spec.channels)))
         except UserError as exc:
             results[-1]["error"] = str(exc)
         if len(pending) >= batch_size:

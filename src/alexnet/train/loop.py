@@ -213,7 +213,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.device, *, views: str = "center",
                    precision: str = "fp32", channels_last: bool = False, input_scale: list[float] | None = None):
     """Top-1/top-5 counts and loss over a loader (centre crop, or the paper's ten views averaged)."""
-    from ..eval.evaluate import view_average
+    from ..eval.metrics import view_average
     from ..eval.metrics import ClassificationMeter
     meter = ClassificationMeter(num_classes)
     was_training = model.training
