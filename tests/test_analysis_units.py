@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from alexnet.analysis import ablations, filters, neighbors, relu_tanh
-from alexnet.analysis.panels import prediction_panel
+from alexnet.eval.panels import prediction_panel
 from alexnet.errors import UserError
 from alexnet.models import build_model, list_models
 

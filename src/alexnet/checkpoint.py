@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from . import locations
 from .data.preprocess import InputSpec
@@ -151,8 +153,6 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: d
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"alexnet": meta_json, "sha256": _digest(meta_json, tensors)}
 
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,9 +195,6 @@ class Checkpoint:
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and verify a checkpoint (UserError for a missing, torn, foreign or altered file)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         for name in ("last.safetensors", "best.safetensors"):

@@ -1,4 +1,8 @@
-"""CLI: ``alexnet experiment relu-tanh|ablations``, ``alexnet filters``, ``alexnet features``, ``alexnet neighbors``."""
+"""CLI: ``alexnet experiment relu-tanh|ablations``, ``alexnet filters``, ``alexnet features``, ``alexnet neighbors``.
+
+The experiment modules (and torch, matplotlib) are imported inside the handlers: every
+``alexnet`` invocation builds this parser, and ``alexnet --help`` should not pay for them.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +11,16 @@ import os
 import sys
 from pathlib import Path
 
+from ..data.resolve import ensure_prepared
 from ..errors import UserError
+from ..train.config import load_config
+from .common import plus_minus
 
-REPO = Path(__file__).resolve().parents[3]
-DEFAULT_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+DEFAULT_CIFAR = "../shared/data/cifar10-jpg.tar.gz"   # beside a checkout; alexnet.locations.expand_source
 
 
 def _progress(args) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
-
-
-def resolve_cache(data: str, size: int, quiet: bool = False, name: str | None = None) -> Path:
-    """``data`` is a prepared cache folder, or a source (archive, folder tree) to prepare once at ``size`` px.
-
-    A source is prepared into ``$ALEXNET_CACHE/<name>-<size>`` (default ``~/.cache/alexnet``),
-    the folder ``alexnet train`` uses for the preset of the same name, so it is built once.
-    """
-    path = Path(data).expanduser()
-    if (path / "meta.json").is_file():
-        return path
-    if not path.exists():
-        raise UserError(f"{data}: no such cache or data source")
-    from ..data import prepare
-    root = Path(os.environ.get("ALEXNET_CACHE") or Path.home() / ".cache" / "alexnet")
-    cache = root / f"{name or path.name.split('.')[0] or 'data'}-{size}"
-    if not (cache / "meta.json").is_file():
-        if not quiet:
-            print(f"preparing {path} -> {cache} at {size} px (once; later runs reuse it)", file=sys.stderr)
-        prepare(str(path), str(cache), size=size, quiet=quiet)
-    return cache
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -53,7 +38,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def _relu_tanh(args) -> int:
     from .relu_tanh import Settings, run_experiment
 
-    cache = resolve_cache(args.data, 32, args.quiet, name="cifar10" if args.data == str(DEFAULT_CIFAR) else None)
+    cache = ensure_prepared(args.data, 32, quiet=args.quiet)
     settings = Settings(train_subset=args.train_subset, batch_size=args.batch_size, max_epochs=args.max_epochs,
                         extra_epochs=args.extra_epochs, max_steps=args.max_steps,
                         inputs=args.inputs, init=args.init)
@@ -66,17 +51,17 @@ def _relu_tanh(args) -> int:
     for act in ("relu", "tanh"):
         a = s["activations"][act]
         e = a["epochs_to_target_mean"]
-        text = "-" if e is None else f"{'>=' if a['lower_bound'] else ''}{e:.2f} ± {a['epochs_to_target_std']:.2f}"
+        text = "-" if e is None else f"{'>=' if a['lower_bound'] else ''}{e:.2f}{plus_minus(a['epochs_to_target_std'])}"
         print(f"{act:<5} lr {a['lr']:<7g} epochs to {100 * s['target_error']:.0f}% training error: {text} "
               f"({a['reached']}/{a['runs']} runs reached it)")
     if s["ratio_mean"] is not None:
-        print(f"tanh / ReLU: {'>=' if s['ratio_is_lower_bound'] else ''}{s['ratio_mean']:.2f} ± {s['ratio_std']:.2f} "
+        print(f"tanh / ReLU: {'>=' if s['ratio_is_lower_bound'] else ''}{s['ratio_mean']:.2f}{plus_minus(s['ratio_std'])} "
               f"per seed (ratio of means {s['ratio_of_means']:.2f}); the paper: 6")
     else:
         print("tanh / ReLU: no ratio (ReLU did not reach the target within the budget)")
     for t, o in (s.get("other_targets") or {}).items():
         ratio = "-" if o["ratio_mean"] is None else \
-            f"{'>=' if o['ratio_is_lower_bound'] else ''}{o['ratio_mean']:.2f} ± {o['ratio_std']:.2f}"
+            f"{'>=' if o['ratio_is_lower_bound'] else ''}{o['ratio_mean']:.2f}{plus_minus(o['ratio_std'])}"
         bound = {act: ">=" if o[f"{act}_reached"] < args.seeds else "" for act in ("relu", "tanh")}
         print(f"  at {100 * float(t):.0f}% training error: ReLU {bound['relu']}{o['relu_epochs_mean']:.2f} epochs "
               f"({o['relu_reached']}/{args.seeds} reached it), tanh {bound['tanh']}{o['tanh_epochs_mean']:.2f} "
@@ -98,18 +83,12 @@ def _ablations(args) -> int:
             setattr(budget, name, value)
     if budget.epochs < 1 or budget.batch_size < 1:
         raise UserError("--epochs and --batch-size must be at least 1")
-    from ..train.config import load_config
     preset = load_config(args.preset)
     if args.data:
-        cache = resolve_cache(args.data, preset.data.size, args.quiet)
-    elif (preset.cache_dir() / "meta.json").is_file():
-        cache = preset.cache_dir()
-    elif preset.data.source:
-        source = Path(preset.data.source)
-        cache = resolve_cache(str(source if source.is_absolute() else (REPO / source).resolve()), preset.data.size,
-                              args.quiet, name=preset.data.name or preset.preset)
-    else:
-        raise UserError(f"preset {args.preset!r} names no data source; give --data")
+        cache = ensure_prepared(args.data, preset.data.size, quiet=args.quiet)
+    else:   # the preset's own cache, by the same rule as `alexnet train`
+        cache = ensure_prepared(preset.data.source, preset.data.size, name=preset.data.name or None,
+                                cache=preset.data.cache or None, quiet=args.quiet, what="data.source")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     result = run_ablations(cache, args.out, arms=arms, seeds=args.seeds, budget=budget, preset=args.preset,
                            model=args.model, device=args.device, quiet=args.quiet)
@@ -188,7 +167,7 @@ def register(sub) -> None:
                        description="Figure 1: a four-layer CNN on CIFAR-10 with ReLU and with tanh units, each lr "
                                    "chosen by a short grid search; epochs to reach 25%% training error, their ratio "
                                    "(paper: 6x), over several seeds. Writes figure1.png/.csv/.json in --out.")
-    q.add_argument("--data", default=str(DEFAULT_CIFAR),
+    q.add_argument("--data", default=DEFAULT_CIFAR,
                    help="CIFAR-10 cache folder, or the source archive to prepare at 32 px (default: %(default)s)")
     q.add_argument("--out", default="experiments/relu-tanh", help="output folder (default: %(default)s)")
     q.add_argument("--seeds", type=int, default=3, help="runs per activation (default: %(default)s)")

@@ -25,6 +25,7 @@ from torch import nn
 from ..checkpoint import load_model
 from ..console import progress as progress_bar, warn
 from ..data import open_cache
+from ..data.resolve import ensure_prepared
 from ..data.preprocess import InputSpec, input_spec_of, read_square, to_network_input
 from ..errors import UserError
 from ..runtime import default_device
@@ -74,6 +75,7 @@ def extract_features(checkpoint: str | os.PathLike, cache_path: str | os.PathLik
     device = default_device(device)
     model, info = load_model(checkpoint, device)
     spec = input_spec_of(info)
+    cache_path = ensure_prepared(cache_path, spec.size, quiet=not progress)   # a cache, or a source prepared once
     cache = open_cache(cache_path)
     check_cache_fits(spec, cache, cache_path)
     images = cache.split(split).images

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..errors import UserError
+from ..models import build_model
 
 BACKGROUND = 255        # white separators between kernels
 BLOCK_GAP = 12          # pixels of white between the towers' blocks
@@ -175,7 +177,6 @@ def weight_correlation(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarra
 
 def draw_filters(model: nn.Module, out: str | os.PathLike, cols: int = 16, scale: int | None = None) -> dict:
     """Write the grid PNG of ``model``'s conv1 and return what it shows (geometry, statistics)."""
-    from PIL import Image
 
     weight = conv1_weight(model)
     towers = tower_count(model)
@@ -198,7 +199,6 @@ def draw_filters(model: nn.Module, out: str | os.PathLike, cols: int = 16, scale
 def initial_conv1(name: str, num_classes: int, in_channels: int, kwargs: dict, seed: int) -> torch.Tensor:
     """conv1 as the training run initialised it: the train loop seeds torch with ``train.seed``
     right before ``build_model``, so building the same model after the same seed re-creates it."""
-    from ..models import build_model
 
     state = torch.random.get_rng_state()
     try:

@@ -60,7 +60,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.preprocess import InputSpec, to_network_input
+from ..data import open_cache
+from ..report import write_csv, write_json
 from ..errors import UserError
+from .common import mean_std
 
 TARGET_ERROR = 0.25
 PAPER_RATIO = 6.0
@@ -121,12 +125,6 @@ def crossing_epoch(errors: list[float], target: float = TARGET_ERROR, start_erro
     return None
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarise(runs: list[dict], target: float = TARGET_ERROR, nested: bool = True) -> dict:
     """Mean and spread of the epochs to ``target`` per activation, and the tanh/ReLU ratio.
 
@@ -148,7 +146,7 @@ def summarise(runs: list[dict], target: float = TARGET_ERROR, nested: bool = Tru
             per_seed.setdefault(act, {})[r["seed"]] = (value, reached)
             (epochs if reached else bounds).append(value)
         all_values = epochs + bounds
-        mean, std = _mean_std(all_values)
+        mean, std = mean_std(all_values)
         out["activations"][act] = {
             "runs": len(rows), "reached": len(epochs), "epochs_to_target_mean": mean, "epochs_to_target_std": std,
             "epochs_to_target": [per_seed[act][r["seed"]][0] for r in rows] if rows else [],
@@ -161,7 +159,7 @@ def summarise(runs: list[dict], target: float = TARGET_ERROR, nested: bool = Tru
             continue
         ratios.append(tanh_e / relu[0])
         ratio_bound |= not tanh_ok
-    mean, std = _mean_std(ratios)
+    mean, std = mean_std(ratios)
     relu_mean = out["activations"]["relu"]["epochs_to_target_mean"]
     tanh_mean = out["activations"]["tanh"]["epochs_to_target_mean"]
     out["ratio_per_seed"] = ratios
@@ -227,14 +225,13 @@ def load_training_tensors(cache, split: str, subset: int, subset_seed: int,
     images = np.asarray(sp.images[index], dtype=np.uint8)
     labels = np.asarray(sp.labels[index], dtype=np.int64)
     if inputs == "standardized":
-        mean = np.asarray(cache.stats["channel_mean"], dtype=np.float32)
-        std = np.maximum(np.asarray(cache.stats["channel_std"], dtype=np.float32), 1e-3)
-        x = (images.astype(np.float32) - mean) / std
+        spec = InputSpec.from_stats(cache.stats, size=cache.size, crop=cache.size, channels=cache.channels,
+                                    mean="channel", scale="std")
     elif inputs == "mean":
-        x = images.astype(np.float32) - np.asarray(cache.stats["mean_image"], dtype=np.float32).reshape(images.shape[1:])
+        spec = InputSpec.from_stats(cache.stats, size=cache.size, crop=cache.size, channels=cache.channels, mean="image")
     else:
         raise UserError(f"inputs must be standardized or mean, got {inputs!r}")
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(labels)
+    return to_network_input(images, spec), torch.from_numpy(labels)
 
 
 def train_run(x: torch.Tensor, y: torch.Tensor, activation: str, lr: float, seed: int, settings: Settings,
@@ -384,9 +381,6 @@ def run_experiment(cache_path: str | os.PathLike, out: str | os.PathLike, *, see
                    lr_relu: float | None = None, lr_tanh: float | None = None,
                    settings: Settings | None = None, device: str | None = None, quiet: bool = False) -> ExperimentResult:
     """Figure 1 end to end: lr search, ``seeds`` runs per activation, CSV + JSON + PNG in ``out``."""
-    from ..data import open_cache
-    from ..report import write_csv, write_json
-
     settings = settings or Settings()
     cache = open_cache(cache_path)
     settings.cache = str(Path(cache_path).resolve())
@@ -453,7 +447,7 @@ def _epoch_line(activation: str, lr: float, seed: int, epoch: int, error: float)
 
 def plot_figure1(runs: list[dict], summary: dict, out: str | os.PathLike) -> Path:
     """Training error against epochs: ReLU solid, tanh dashed (one thin line per seed, bold mean)."""
-    import matplotlib
+    import matplotlib   # lazy: ~0.5 s of start-up that only the figure needs
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

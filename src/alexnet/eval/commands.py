@@ -36,7 +36,7 @@ def _predict(args) -> int:
             print(text)
     if args.panel:
         try:
-            from ..analysis.panels import prediction_panel
+            from .panels import prediction_panel
         except ImportError:
             raise UserError("--panel: the drawing function alexnet.analysis.panels.prediction_panel is not available") from None
         ok = [r for r in results if "error" not in r]

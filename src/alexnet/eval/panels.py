@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from ..errors import UserError
 
@@ -45,7 +46,7 @@ def prediction_panel(images, top5_names=None, top5_probs=None, true_labels=None,
         return panel_from_predictions(images, top5_names, per_row=per_row)
     if out_png is None:
         raise TypeError("prediction_panel needs images, top5_names, top5_probs, true_labels and out_png")
-    import matplotlib
+    import matplotlib   # lazy: ~0.5 s of start-up that only the figure needs
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -97,7 +98,6 @@ def prediction_panel(images, top5_names=None, top5_probs=None, true_labels=None,
 
 def panel_from_predictions(results: Sequence[dict], out_png: str | os.PathLike, per_row: int = 4) -> Path:
     """The panel for ``alexnet predict`` results: each image read from its path (display only)."""
-    from PIL import Image, ImageOps
 
     images, names, probs, truth, titles = [], [], [], [], []
     for r in results:
