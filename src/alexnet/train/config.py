@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.resolve import cache_dir_for
 from ..errors import UserError
 from ..locations import preset_files
 
@@ -44,19 +45,19 @@ class DataConfig:
 
     source: str = ""            # what `alexnet prepare` reads when the cache does not exist yet
     cache: str = ""             # cache folder; "" = $ALEXNET_CACHE/<name>-<size> or ~/.cache/alexnet/<name>-<size>
-    name: str = ""              # short name used for the default cache folder ("" = the preset name)
+    name: str = ""              # name of the default cache folder ("" = the source's name, alexnet.data.resolve)
     size: int = 256             # S: stored side of the cache (paper: 256)
     crop: int = 224             # random training crop (paper: 224)
     flip: bool = True           # random horizontal reflections (paper)
     pca_std: float = 0.1        # PCA colour noise std (paper: 0.1; 0 disables)
     mean: str = "image"         # "image" (paper: per-pixel mean), "channel" or "none"
     scale: str = "none"         # "none" (paper: raw 0..255 values minus the mean) or "std" (divide by channel std)
-    workers: int = 2            # loader worker threads
+    workers: int = 2            # loader worker processes
     train_split: str = "train"
     val_split: str = "val"      # falls back to the test split when the cache has no "val"
     test_split: str = "test"    # "" = no final test evaluation
-    train_subset: int = 0       # use only the first N training images (0 = all); tests and smoke runs
-    val_subset: int = 0         # evaluate on only the first N validation/test images (0 = all)
+    train_subset: int = 0       # train on a fixed, seeded random subset of N images (0 = all); smoke runs
+    val_subset: int = 0         # evaluate on a fixed, seeded random subset of N images (0 = all)
 
 
 @dataclass
@@ -140,12 +141,12 @@ class Config:
         return dataclasses.asdict(self)
 
     def cache_dir(self) -> Path:
-        """The cache folder this config reads (and builds with `prepare` when missing)."""
+        """The cache folder this config reads (and builds with `prepare` when missing): ``data.cache``,
+        else the one rule of :mod:`alexnet.data.resolve` applied to ``data.source`` (and ``data.name``)."""
         if self.data.cache:
             return Path(os.path.expanduser(self.data.cache))
-        root = os.environ.get("ALEXNET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alexnet")
-        name = self.data.name or self.preset or Path(self.data.source).stem or "data"
-        return Path(root) / f"{name}-{self.data.size}"
+        return cache_dir_for(self.data.source or self.data.name or self.preset or "data", self.data.size,
+                             self.data.name or None)
 
 
 ALLOWED = {
