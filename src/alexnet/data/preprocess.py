@@ -141,7 +141,12 @@ def to_network_input(squares: torch.Tensor | np.ndarray, spec: InputSpec, views:
 
     With ``views="ten"``, rows i*10 .. i*10+9 are image i's ten views (the loader's order).
     """
-    batch = torch.as_tensor(np.asarray(squares) if isinstance(squares, np.ndarray) else squares)
+    if isinstance(squares, np.ndarray):
+        array = np.asarray(squares)
+        # a read-only memory map: torch can only wrap writable memory, so read it into a copy
+        batch = torch.from_numpy(array if array.flags.writeable else np.array(array))
+    else:
+        batch = torch.as_tensor(squares)
     if batch.dtype != torch.uint8 or batch.dim() != 4 or tuple(batch.shape[1:]) != (spec.size, spec.size, spec.channels):
         raise UserError(f"images of shape {tuple(batch.shape)} ({batch.dtype}); this model takes uint8 "
                         f"({spec.size}, {spec.size}, {spec.channels}) squares")

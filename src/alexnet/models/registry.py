@@ -7,6 +7,10 @@ all read from this table.
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -106,17 +110,95 @@ def get_model_info(name: str) -> ModelInfo:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
+def model_options(name: str) -> dict[str, tuple[object, object]]:
+    """The options a model takes beyond num_classes/in_channels: name -> (type, default).
+
+    Builders that take ``**overrides`` (``caffenet``, ``alexnet_small``) forward them to
+    :class:`AlexNet`, so they take AlexNet's options, with their own defaults first.
+    """
+    builder = get_model_info(name).builder
+    target = builder.__init__ if isinstance(builder, type) else builder
+    options = {}
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        hints = typing.get_type_hints(AlexNet.__init__)
+        options.update({k: (hints.get(k), p.default) for k, p in inspect.signature(AlexNet.__init__).parameters.items()})
+    hints = typing.get_type_hints(target)
+    for k, p in params.items():
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            options[k] = (hints.get(k), p.default)
+    for k in ("self", "num_classes", "in_channels"):
+        options.pop(k, None)
+    return options
+
+
+def _fits(value, kind) -> bool:
+    """Whether ``value`` (as parsed from TOML or given in Python) has the annotated type ``kind``."""
+    if kind is None or kind is typing.Any:
+        return True
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (tuple, list, collections.abc.Sequence) or kind in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return all(_fits(v, args[0]) for v in value) if args else True
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+def _type_name(kind) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(kind))
+    if typing.get_origin(kind) in (tuple, list, collections.abc.Sequence):
+        args = typing.get_args(kind)
+        n = f"{len(args)} " if typing.get_origin(kind) is tuple and args and args[-1] is not Ellipsis else ""
+        return f"a list of {n}{_type_name(args[0]) if args else 'values'}".replace("an integer", "integers")
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def check_model_options(name: str, kwargs: dict, where: str = "model.kwargs") -> None:
+    """UserError naming the first option ``name`` does not take, or whose value has the wrong type.
+
+    Run before any work (a long ``prepare``, say): ``--model.kwargs.lrn False`` is the
+    string "False" (TOML's booleans are lowercase), and a string is truthy - it would
+    silently train *with* LRN.
+    """
+    options = model_options(name)
+    for key, value in kwargs.items():
+        if key not in options:
+            raise UserError(f"{where}.{key}: model {name!r} has no option {key!r} "
+                            f"(options: {', '.join(sorted(options))})")
+        kind = options[key][0]
+        if not _fits(value, kind):
+            hint = " (TOML booleans are lowercase: true, false)" if kind is bool and isinstance(value, str) else ""
+            raise UserError(f"{where}.{key}: expected {_type_name(kind)}, got {value!r}{hint}")
+
+
 def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Module:
     """Build a registered model: ``build_model("alexnet", num_classes=10, lrn=False)``.
 
-    Extra keyword arguments go to the builder (ablation switches of :class:`AlexNet`).
+    Extra keyword arguments go to the builder (ablation switches of :class:`AlexNet`); they
+    are checked against the builder's signature and types first (:func:`check_model_options`).
+    A value the builder rejects (``activation="gelu"``) is a UserError too.
     """
     info = get_model_info(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1, got {num_classes}")
     if in_channels < 1:
         raise UserError(f"in_channels must be at least 1, got {in_channels}")
+    check_model_options(name, kwargs)
     try:
         return info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    except TypeError as exc:
-        raise UserError(f"model {name!r} does not take these options: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model {name!r}: {exc}") from None
