@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from alexnet import UserError, open_cache
+from alexnet.cli import main as cli_main
 from alexnet.data import download
 
 from test_data_helpers import cifar_subset, decode_rgb, read_idx_reference, write_cifar_python, write_idx
@@ -132,7 +133,8 @@ def manifest_for(tmp_path: Path, files: dict[str, bytes]) -> Path:
 
 
 def env_for(tmp_path: Path, server: ArchiveServer | str, files: dict[str, bytes]) -> dict:
-    return {"ALEXNET_CACHE": str(tmp_path / "cache"),
+    # ALEXNET_ALLOCATOR=system: no re-exec to load jemalloc, which has nothing to do with downloading
+    return {"ALEXNET_CACHE": str(tmp_path / "cache"), "ALEXNET_ALLOCATOR": "system",
             "ALEXNET_DOWNLOAD_MIRROR": server if isinstance(server, str) else server.url,
             "ALEXNET_DOWNLOAD_MANIFEST": str(manifest_for(tmp_path, files)),
             "ALEXNET_DOWNLOAD_TIMEOUT": "5"}
@@ -145,6 +147,13 @@ def env(monkeypatch):
         for k, v in values.items():
             monkeypatch.setenv(k, v)
     return apply
+
+
+def main_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI's own entry point in this process (what `alexnet ARGS` runs, without the start-up)."""
+    rc = cli_main(list(args))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -209,7 +218,7 @@ def test_cifar10_download_then_prepare_through_the_cli(tmp_path, serve, cli, sha
     assert len(server.log) == 1
 
 
-def test_fashion_mnist_download_idx_files(tmp_path, serve, cli, fashion_mnist_dir):
+def test_fashion_mnist_download_idx_files(tmp_path, serve, env, capsys, fashion_mnist_dir):
     """The four IDX .gz files (real Fashion-MNIST images, the first 60 / 20), fetched into a
     folder prepare reads as Fashion-MNIST: the garment class names and the exact pixels."""
     arrays = {}
@@ -222,9 +231,9 @@ def test_fashion_mnist_download_idx_files(tmp_path, serve, cli, fashion_mnist_di
         files[name] = (tmp_path / name).read_bytes()
     server = serve(files)
     out = tmp_path / "fm"
-    proc = cli("prepare", "fashion-mnist", str(out), "--download", "--workers", "1",
-               env=env_for(tmp_path, server, files), timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    env(env_for(tmp_path, server, files))
+    rc, _, err = main_in_process(capsys, "prepare", "fashion-mnist", str(out), "--download", "--workers", "1")
+    assert rc == 0, err
     assert sorted(e["name"] for e in server.log) == sorted(FASHION_FILES)
     cache = open_cache(out)
     assert cache.classes[0] == "T-shirt/top" and cache.classes[9] == "Ankle boot"
@@ -232,7 +241,7 @@ def test_fashion_mnist_download_idx_files(tmp_path, serve, cli, fashion_mnist_di
     assert np.array_equal(cache.split("test").labels, arrays["t10k-labels-idx1-ubyte.gz"].astype(np.int64))
 
 
-def test_imagenette_download_tgz_folder_tree(tmp_path, serve, cli, shared_data):
+def test_imagenette_download_tgz_folder_tree(tmp_path, serve, env, capsys, shared_data):
     """An imagenette2-160.tgz as fast.ai lays it out (imagenette2-160/{train,val}/<wnid>/*.JPEG
     and noisy_imagenette.csv beside them), built from real Imagewoof JPEGs."""
     picked: dict[str, list] = {}
@@ -254,9 +263,9 @@ def test_imagenette_download_tgz_folder_tree(tmp_path, serve, cli, shared_data):
             tf.addfile(info, io.BytesIO(data))
     files = {"imagenette2-160.tgz": buf.getvalue()}
     server = serve(files)
-    proc = cli("prepare", "imagenette", "--download", "--size", "32", "--workers", "1",
-               env=env_for(tmp_path, server, files), timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    env(env_for(tmp_path, server, files))
+    rc, _, err = main_in_process(capsys, "prepare", "imagenette", "--download", "--size", "32", "--workers", "1")
+    assert rc == 0, err
     cache = open_cache(tmp_path / "cache" / "imagenette2-160-32")
     wnids = sorted({k.split("/")[1] for k in picked})
     assert cache.classes == wnids
@@ -409,7 +418,8 @@ def test_bad_manifest_and_a_missing_dataset_without_download_are_one_line(tmp_pa
     bad.write_text("{")
     with pytest.raises(UserError, match=r"m\.json: not valid JSON"):
         download.load_manifest(str(bad))
-    proc = cli("prepare", "cifar10", str(tmp_path / "out"), env={"ALEXNET_CACHE": str(tmp_path / "c")}, timeout=120)
+    proc = cli("prepare", "cifar10", str(tmp_path / "out"), env={"ALEXNET_CACHE": str(tmp_path / "c"),
+                                                                "ALEXNET_ALLOCATOR": "system"}, timeout=120)
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == ["alexnet: error: cifar10: no such file or directory; add --download to "
                                         "fetch CIFAR-10 (python version) from its official source"]

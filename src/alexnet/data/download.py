@@ -138,8 +138,8 @@ ALIASES = {"imagewoof": "imagewoof2-160", "imagenette": "imagenette2-160", "cifa
 
 
 def names() -> list[str]:
-    """Every name ``--download`` accepts (the short aliases first)."""
-    return [*ALIASES, *DATASETS]
+    """Every name ``--download`` accepts: the datasets, then their aliases."""
+    return [*DATASETS, *ALIASES]
 
 
 def known(name: str) -> bool:
@@ -150,7 +150,9 @@ def resolve(name: str) -> Dataset:
     """The dataset called ``name`` (or one of its aliases), or a UserError listing the known ones."""
     key = ALIASES.get(name, name)
     if key not in DATASETS:
-        raise UserError(f"--download: no official source known for {name!r} (choose one of {', '.join(names())})")
+        aliases = ", ".join(f"{a} = {d}" for a, d in ALIASES.items())
+        raise UserError(f"--download: no official source known for {name!r} "
+                        f"(choose one of {', '.join(DATASETS)}; aliases: {aliases})")
     return DATASETS[key]
 
 
