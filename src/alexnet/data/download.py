@@ -269,7 +269,13 @@ def fetch_file(remote: RemoteFile, folder: Path, *, quiet: bool = False) -> Path
             handle.truncate(0)   # longer than the published file: not a prefix of it
             offset = 0
         if remote.size is None or offset < remote.size:
-            _transfer(remote, handle, offset, part, quiet)
+            try:
+                _transfer(remote, handle, offset, part, quiet)
+            except BaseException:
+                handle.flush()
+                if os.fstat(handle.fileno()).st_size == 0:
+                    part.unlink()   # nothing arrived: leave no empty .part behind
+                raise
         handle.flush()
         os.fsync(handle.fileno())
         problem = verify(part, remote, shown=final)
