@@ -423,3 +423,13 @@ def test_bad_manifest_and_a_missing_dataset_without_download_are_one_line(tmp_pa
     assert proc.returncode == 2
     assert error_lines(proc.stderr) == ["alexnet: error: cifar10: no such file or directory; add --download to "
                                         "fetch CIFAR-10 (python version) from its official source"]
+
+
+def test_a_second_download_of_the_same_file_waits_its_turn(tmp_path):
+    """The .part file is locked while a download writes it: a second run stops in one line."""
+    fcntl = pytest.importorskip("fcntl")
+    remote = download.RemoteFile("a.bin", "http://127.0.0.1:9/a.bin", 10, {"md5": "0" * 32})
+    with open(tmp_path / "a.bin.part", "ab") as first:
+        fcntl.flock(first.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(UserError, match=r"a\.bin\.part: another alexnet process is downloading this file"):
+            download.fetch_file(remote, tmp_path, quiet=True)

@@ -264,6 +264,8 @@ def fetch_file(remote: RemoteFile, folder: Path, *, quiet: bool = False) -> Path
             except BlockingIOError:
                 raise UserError(f"{part}: another alexnet process is downloading this file; "
                                 f"wait for it to finish, then run this again") from None
+            except OSError:
+                pass   # a file system without locks (some network mounts): go on unlocked
         offset = handle.seek(0, os.SEEK_END)
         if remote.size is not None and offset > remote.size:
             handle.truncate(0)   # longer than the published file: not a prefix of it
@@ -318,7 +320,10 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
 
 
 def _transfer(remote: RemoteFile, handle, offset: int, part: Path, quiet: bool) -> None:
-    timeout = float(os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT)
+    try:
+        timeout = float(os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT)
+    except ValueError:
+        raise UserError(f"{ENV_TIMEOUT}={os.environ[ENV_TIMEOUT]!r}: expected a number of seconds") from None
     url = remote.url
     for _ in range(2):  # a second request only when a resume turned out impossible
         try:
