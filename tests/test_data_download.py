@@ -29,6 +29,7 @@ import pytest
 from alexnet import UserError, open_cache
 from alexnet.cli import main as cli_main
 from alexnet.data import download
+from alexnet.train.config import load_config   # the training side's own cache naming rule, as the reference
 
 from test_data_helpers import cifar_subset, decode_rgb, read_idx_reference, write_cifar_python, write_idx
 
@@ -433,3 +434,13 @@ def test_a_second_download_of_the_same_file_waits_its_turn(tmp_path):
         fcntl.flock(first.fileno(), fcntl.LOCK_EX)
         with pytest.raises(UserError, match=r"a\.bin\.part: another alexnet process is downloading this file"):
             download.fetch_file(remote, tmp_path, quiet=True)
+
+
+@pytest.mark.parametrize("name,preset", [("cifar10", "cifar10"), ("fashion-mnist", "fashion-mnist"), ("imagewoof", "imagewoof")])
+def test_default_cache_is_the_one_train_reads(name, preset, tmp_path, monkeypatch):
+    """`prepare NAME --download` without OUT builds the cache `alexnet train PRESET` opens."""
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    dataset = download.resolve(name)
+    config = load_config(preset)
+    assert download.preset_size(dataset) == config.data.size
+    assert download.default_cache(dataset, download.preset_size(dataset)) == config.cache_dir()
