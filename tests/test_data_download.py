@@ -183,7 +183,7 @@ def hand_built_cifar(tmp_path: Path, per_batch: int = 4) -> tuple[bytes, dict]:
 
 # ----------------------------------------------------------------------------- end to end, real CLI
 
-def test_cifar10_download_then_prepare_through_the_cli(tmp_path, serve, cli, shared_data):
+def test_cifar10_download_then_prepare_through_the_cli(tmp_path, serve, cli, env, capsys, shared_data):
     """Real CIFAR-10 pixels in the official python tarball, downloaded, verified, prepared; the
     cache holds exactly those pixels at the cifar10 preset's size, where `train cifar10` reads."""
     members = cifar_subset(shared_data, per_class=1)
@@ -214,8 +214,9 @@ def test_cifar10_download_then_prepare_through_the_cli(tmp_path, serve, cli, sha
     assert np.array_equal(np.asarray(cache.split("test").images), batches["test_batch"][0])
 
     # a second run finds the cache train would read and downloads nothing
-    again = cli("prepare", "cifar10", "--download", env=e, timeout=120)
-    assert again.returncode == 0 and "already prepared" in again.stdout, again.stderr
+    env(e)
+    rc, out, err = main_in_process(capsys, "prepare", "cifar10", "--download")
+    assert rc == 0 and "already prepared" in out and "nothing downloaded" in out, err
     assert len(server.log) == 1
 
 
