@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
+from ..console import info
 from ..errors import UserError
+from . import download
+from .cache import read_meta
+from .sources import SHORTHANDS
+
+DEFAULT_SIZE = 256  # the paper's
 
 
 def _size(text: str):
@@ -21,7 +28,29 @@ def _size(text: str):
 
 def _prepare(args) -> int:
     from .prepare import prepare
-    summary = prepare(args.source, args.out, size=_size(args.size), storage=args.format, quality=args.quality,
+    source, out, size = args.source, args.out, args.size
+    if args.download:
+        dataset = download.resolve(source)
+        if size is None:
+            size = download.preset_size(dataset) or DEFAULT_SIZE
+            if dataset.preset:
+                info(f"--size {size}: the {dataset.preset} preset's (give --size to choose another)", args.quiet)
+        if out is None:
+            out = str(download.default_cache(dataset, _size(str(size))))
+            existing = read_meta(out) if os.path.isdir(out) else None
+            if existing and existing.get("complete") and not args.overwrite:
+                origin = (existing.get("source") or {}).get("location", "?")
+                print(f"{out}: already prepared (from {origin}); nothing downloaded "
+                      f"(give OUT, or --overwrite to rebuild it from the download)")
+                return 0
+        source = str(download.fetch(dataset, quiet=args.quiet))
+    elif out is None:
+        raise UserError("prepare: give OUT, the cache directory to create (it may be left out only with --download)")
+    elif not os.path.exists(SHORTHANDS.get(source, source)):
+        if download.known(source):
+            raise UserError(f"{source}: no such file or directory; add --download to fetch "
+                            f"{download.resolve(source).title} from its official source")
+    summary = prepare(source, out, size=_size(str(size or DEFAULT_SIZE)), storage=args.format, quality=args.quality,
                       skip_bad=args.skip_bad, workers=args.workers, quiet=args.quiet, labels=args.labels,
                       classes=args.classes, limit=args.limit, channels=args.channels, overwrite=args.overwrite)
     print(summary.line())
@@ -56,11 +85,20 @@ def register(sub) -> None:
                     "SOURCE: an image folder tree (class folders, optionally under train/ val/ test/), a .tar or "
                     ".tar.gz of one, an ILSVRC-style flat val folder with --labels, the CIFAR-10/100 python or "
                     "binary tarball (or folder), an MNIST/Fashion-MNIST IDX folder, or 'fashion-mnist' "
-                    "(= /usr/share/datasets/fashion-mnist). Interrupted runs resume when re-run.")
-    p.add_argument("source", help="dataset folder, archive, or shorthand (fashion-mnist)")
-    p.add_argument("out", help="cache directory to create")
-    p.add_argument("--size", default="256", metavar="S",
-                   help="stored side in pixels (default 256, the paper's); 'native' keeps CIFAR/IDX images as they are")
+                    "(= /usr/share/datasets/fashion-mnist). With --download, SOURCE names a dataset (cifar10, "
+                    "fashion-mnist, imagewoof, imagenette, ...) fetched from its official source into "
+                    "CACHE/downloads/ (checked against its published size and digests; partial downloads resume), "
+                    "and OUT may be left out: CACHE/PRESET-SIZE, the cache 'alexnet train PRESET' reads. "
+                    "Interrupted runs resume when re-run.")
+    p.add_argument("source", help="dataset folder, archive, or shorthand (fashion-mnist); with --download a dataset name")
+    p.add_argument("out", nargs="?", help="cache directory to create (may be left out with --download)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch SOURCE from its official source first: cifar10, fashion-mnist, imagewoof "
+                        "(= imagewoof2-160), imagewoof2-320, imagewoof2, imagenette (= imagenette2-160), "
+                        "imagenette2-320, imagenette2")
+    p.add_argument("--size", default=None, metavar="S",
+                   help="stored side in pixels (default 256, the paper's; with --download, the dataset's preset's: "
+                        "cifar10 32, fashion-mnist 28, imagewoof 128); 'native' keeps CIFAR/IDX images as they are")
     p.add_argument("--format", default="raw", choices=("raw", "jpeg"),
                    help="raw uint8 (default; fastest to read) or jpeg (compact: re-encoded at --quality)")
     p.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality for --format jpeg (default 90)")
