@@ -140,11 +140,11 @@ def _write_onnx(module: nn.Module, sample: torch.Tensor, input_name: str, meta_j
 
 
 def _write_torchscript(module: nn.Module, sample: torch.Tensor, input_name: str, meta_json: str, f) -> None:
-    scripted = torch.jit.script(module)      # scripting keeps every shape symbolic (the batch too)
     with warnings.catch_warnings():
         # torch 2.10+ marks TorchScript deprecated; it still is what C++ (libtorch) and many
         # serving stacks load, which is why it is offered.
         warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(module)      # scripting keeps every shape symbolic (the batch too)
         torch.jit.save(scripted, f, _extra_files={EXTRA_FILE: meta_json})
 
 
