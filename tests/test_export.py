@@ -45,6 +45,15 @@ from alexnet.models.lrn import LocalResponseNorm, local_response_norm, local_res
 
 from test_lrn import formula  # noqa: E402  (tests/ is on sys.path: the float64 formula written out there)
 
+# torch marks TorchScript and the TorchScript-based ONNX exporter deprecated (both still
+# work and are what is tested here); tracing notes that the channel count is a constant.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+
 REPO = Path(__file__).resolve().parents[1]
 RELATIVE_TOLERANCE = 2e-5          # of the largest |logit|; see the module docstring
 BATCH_SIZES = (1, 3)
