@@ -24,7 +24,6 @@ COMMAND_MODULES = (
     "alexnet.eval.commands",
     "alexnet.analysis.commands",
     "alexnet.perf.commands",
-    "alexnet.export.commands",
 )
 
 
