@@ -205,7 +205,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
         module = CentreCropInput(model, info["input_spec"])
     module.eval()
     channels, side = _input_shape(info)
-    sample = torch.rand(EXPORT_BATCH, channels, side, side) * (255.0 if meta["input"] == "pixels" else 1.0)
+    # A seeded sample (leaves the caller's random state alone); its values do not matter.
+    sample = torch.rand(EXPORT_BATCH, channels, side, side, generator=torch.Generator().manual_seed(0))
+    sample *= 255.0 if meta["input"] == "pixels" else 1.0
     input_name = "pixels" if meta["input"] == "pixels" else "input"
     meta_json = json.dumps(meta, sort_keys=True)
     with torch.no_grad():
