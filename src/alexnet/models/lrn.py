@@ -44,6 +44,23 @@ where d = k + alpha * window_sum(a^2) and W(i) is i's window; the adjoint window
 sum is the window sum with the offsets mirrored (equal for odd n). Both passes
 are tested against the float64 formula and ``torch.autograd.gradcheck``
 (tests/test_lrn.py).
+
+Export (``alexnet export``, docs/export.md)
+-------------------------------------------
+Tracers cannot see inside a Python autograd function, so exported and scripted
+models take other routes to the same numbers:
+
+* ONNX export (odd window sizes, all our models): :class:`_LRNFunction` has an ONNX
+  symbolic that emits ONNX's own ``LRN`` operator. ONNX's ``alpha`` multiplies the
+  *mean* of squares (``alpha / size * square_sum``), which is our ``"average"``
+  convention; the paper's convention exports as ``alpha * size``. ONNX centres an
+  even window the other way round (``floor((n-1)/2)`` channels before, ours has
+  ``n//2``), so even sizes export through the plain formula instead.
+* ``torch.jit.script``, ``torch.jit.trace`` and ``torch.export``:
+  :func:`local_response_norm_plain`, the same formula in standard tensor ops (shifted
+  zero-padded copies summed, then ``pow``), chosen by :func:`_exporting` and, under
+  TorchScript, by ``torch.jit.is_scripting()`` in :meth:`LocalResponseNorm.forward`.
+  tests/test_export.py checks that it equals the fast forward.
 """
 
 from __future__ import annotations
@@ -91,6 +108,13 @@ def _neg_power_(d: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 class _LRNFunction(torch.autograd.Function):
+    @staticmethod
+    def symbolic(g, x, size: int, alpha: float, beta: float, k: float):
+        # ONNX LRN: y = x / (bias + alpha / size * square_sum) ** beta; ``alpha`` here is
+        # the coefficient of the sum, so ONNX's is alpha * size (local_response_norm routes
+        # even sizes, where ONNX's window differs, to the plain formula).
+        return g.op("LRN", x, size_i=size, alpha_f=alpha * size, beta_f=beta, bias_f=k)
+
     @staticmethod
     def forward(ctx, x, size: int, alpha: float, beta: float, k: float):
         xf = x.float() if x.dtype in _LOW_PRECISION else x
@@ -143,7 +167,39 @@ def local_response_norm(
     """Functional LRN; see the module docstring for ``convention``."""
     if x.dim() < 3:
         raise ValueError(f"LRN needs an input with a channel dimension (N, C, ...), got shape {tuple(x.shape)}")
-    return _LRNFunction.apply(x, size, _alpha_on_sum(alpha, size, convention), beta, k)
+    alpha_on_sum = _alpha_on_sum(alpha, size, convention)
+    if torch.onnx.is_in_onnx_export() and size % 2 == 1:
+        return _LRNFunction.apply(x, size, alpha_on_sum, beta, k)    # -> ONNX LRN (the symbolic)
+    if _exporting():
+        return local_response_norm_plain(x, size, alpha_on_sum, beta, k)
+    return _LRNFunction.apply(x, size, alpha_on_sum, beta, k)
+
+
+# torch.compiler.is_exporting appeared in torch 2.5; the floor (2.3) exports without it.
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+def _exporting() -> bool:
+    """True while a tracer records the model (torch.jit.trace, ONNX export, torch.export)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _is_exporting()
+
+
+def local_response_norm_plain(x: torch.Tensor, size: int, alpha_on_sum: float, beta: float, k: float) -> torch.Tensor:
+    """The LRN in standard tensor ops only, for tracing, scripting and export.
+
+    ``alpha_on_sum`` is the coefficient of the sum of squares (the paper's convention;
+    ``alpha / size`` for the average convention). Same window as :func:`window_sum`:
+    channel i sums channels [i - size//2, i + (size-1)//2], zero outside. Written
+    without in-place ops so that TorchScript, torch.export and ONNX all accept it.
+    """
+    squares = x * x
+    total = squares
+    channels = x.shape[1]
+    for shift in range(1, min(size // 2, channels - 1) + 1):       # channels below i
+        total = total + torch.cat([torch.zeros_like(squares[:, :shift]), squares[:, :-shift]], 1)
+    for shift in range(1, min((size - 1) // 2, channels - 1) + 1):  # channels above i
+        total = total + torch.cat([squares[:, shift:], torch.zeros_like(squares[:, :shift])], 1)
+    return x * torch.pow(total * alpha_on_sum + k, -beta)
 
 
 def _alpha_on_sum(alpha: float, size: int, convention: str) -> float:
@@ -188,6 +244,10 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k, self.convention = size, alpha, beta, k, convention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            # TorchScript compiles only this branch (the autograd function is not scriptable).
+            alpha_on_sum = self.alpha if self.convention == "paper" else self.alpha / self.size
+            return local_response_norm_plain(x, self.size, alpha_on_sum, self.beta, self.k)
         return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.convention)
 
     def extra_repr(self) -> str:
