@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "alexnet.eval.commands",
     "alexnet.analysis.commands",
     "alexnet.perf.commands",
+    "alexnet.export.commands",
 )
 
 
