@@ -34,7 +34,7 @@ def caches(shared_data, tmp_path_factory):
     with tarfile.open(shared_data / "imagenet-sample-500.tar") as tar:
         members = [m for m in tar.getmembers() if m.isfile()][:30]
         for i, m in enumerate(members):
-            split = "val" if i % 3 == 0 else "train"
+            split = "val" if (i // 3) % 3 == 0 else "train"
             folder = tree / split / f"class{i % 3}"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / m.name.rsplit("/", 1)[-1]).write_bytes(tar.extractfile(m).read())
