@@ -261,6 +261,8 @@ class DeviceLoader(Loader):
         if cuda and self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         main = torch.cuda.current_stream(self.device) if cuda else None
+        # "cuda" without an index means the caller's current device; a new thread starts on device 0.
+        index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -276,7 +278,7 @@ class DeviceLoader(Loader):
         def produce():
             try:
                 if cuda:
-                    torch.cuda.set_device(self.device)
+                    torch.cuda.set_device(index)
                     self._stream.wait_stream(main)     # the mean image etc. were copied on the main stream
                 with torch.cuda.stream(self._stream) if cuda else contextlib.nullcontext():
                     for batch in self._batches():
