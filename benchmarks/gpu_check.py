@@ -84,8 +84,8 @@ class Settings:
         if cpu:
             self.size, self.crop, self.images, self.copies = 72, 64, 24, 2
             self.batches, self.batch = (2, 4), 4
-            self.step_seconds, self.step_min, self.warmup = 0.2, 2, 1
-            self.e2e_seconds, self.loader_seconds, self.reference_seconds = 1.0, 0.5, 1.0
+            self.step_seconds, self.step_min, self.warmup = 0.1, 2, 1
+            self.e2e_seconds, self.loader_seconds, self.reference_seconds = 0.5, 0.3, 1.0
             self.limit_n, self.workers = 512, 1
             # Stand-ins small enough for a 2-core CPU: the paper's network at a fraction of its
             # width, and the small variant in place of the one-tower one. Same code paths.

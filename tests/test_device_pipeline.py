@@ -9,9 +9,14 @@ ILSVRC photos stored raw and as compact JPEG.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +147,25 @@ def test_bad_data_path_choices(caches):
         DeviceLoader(caches["raw"], "train", data_path="host", **_full({}))
     with pytest.raises(UserError, match="needs a JPEG cache"):
         DeviceLoader(caches["raw"], "train", data_path="device-nvjpeg", **_full({}))
+
+
+def test_device_check_dry_run(shared_data, tmp_path):
+    """``benchmarks/gpu_check.py --cpu``: every part of the device check at tiny sizes, on the CPU
+    (its ``tests`` part left out here: it would run this file again)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--cpu", "--skip", "tests",
+                           "--out", str(tmp_path), "--shared", str(shared_data.parent), "--budget", "100"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    step = report["step"]
+    measured = {(r["model"], r["precision"], r["channels_last"], r["compiled"]) for r in step if r.get("img_per_s", 0) > 0}
+    assert ("alexnet", "fp32", False, False) in measured and ("alexnet", "bf16", True, True) in measured
+    assert all("CUDA" in r["skipped"] for r in step if r["precision"] in ("fp16", "tf32"))
+    paths = {r["data_path"]: r for r in report["end_to_end"] if "data_path" in r}
+    for path in ("device", "host", "device-cpu-decode"):
+        assert paths[path]["img_per_s"] > 0 and paths[path]["loader_only"]["img_per_s"] > 0, paths[path]
+    assert report["limit"]["bf16_tflops"] > 0 and report["flops_per_image"]["alexnet"] > 0
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert "## Training step" in table and "| device | raw |" in table and "tests (--skip)" in table
