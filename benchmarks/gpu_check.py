@@ -87,6 +87,7 @@ class Settings:
             self.step_seconds, self.step_min, self.warmup = 0.1, 2, 1
             self.e2e_seconds, self.loader_seconds, self.reference_seconds = 0.5, 0.3, 1.0
             self.limit_n, self.workers = 512, 1
+            self.caps = {"step": 15, "end_to_end": 15, "reference": 5, "tests": 30, "compiled": 10}
             # Stand-ins small enough for a 2-core CPU: the paper's network at a fraction of its
             # width, and the small variant in place of the one-tower one. Same code paths.
             self.models = {"alexnet": {"widths": [16, 32, 48, 48, 32], "hidden": 64},
@@ -94,9 +95,11 @@ class Settings:
         else:
             self.size, self.crop, self.images, self.copies = 256, 224, 500, 8
             self.batches, self.batch = (128, 256, 512), 256
-            self.step_seconds, self.step_min, self.warmup = 1.0, 10, 5
-            self.e2e_seconds, self.loader_seconds, self.reference_seconds = 8.0, 3.0, 15.0
+            self.step_seconds, self.step_min, self.warmup = 0.5, 10, 3
+            self.e2e_seconds, self.loader_seconds, self.reference_seconds = 5.0, 2.0, 10.0
             self.limit_n, self.workers = 16384, len(os.sched_getaffinity(0))
+            # Seconds per part (the budget is 340): the tests take the largest share; compilation gets what is left.
+            self.caps = {"step": 50, "end_to_end": 50, "reference": 40, "tests": 160, "compiled": 60}
             self.models = {"alexnet": {}, "alexnet_owt": {}}
         self.main_model = "alexnet"
 
@@ -338,6 +341,8 @@ def part_end_to_end(s: Settings, data: dict, budget: Budget, results: list) -> N
     paths = [("device", "raw", 0), ("host", "raw", min(8, s.workers)), ("device-nvjpeg", "jpeg", 0),
              ("device-cpu-decode", "jpeg", s.workers)]
     caches = {"raw": open_cache(data["raw_cache"]), "jpeg": open_cache(data["jpeg_cache"])}
+    part_start = time.perf_counter()
+    later = s.caps["reference"] + s.caps["tests"]          # what must still fit after this part
     auto = {st: choose_data_path(s.device, st, torchvision_available()) for st in caches}
     for path, storage, workers in paths:
         row = {"data_path": path, "storage": storage, "workers": workers, "batch": s.batch,
@@ -349,7 +354,7 @@ def part_end_to_end(s: Settings, data: dict, budget: Budget, results: list) -> N
             continue
         if path == "device-nvjpeg" and s.device.type != "cuda":
             row["note"] = "torchvision's CPU decoder stands in for nvJPEG on a CPU"
-        if budget.grant(1e9, 2 * (s.loader_seconds + s.e2e_seconds) + 10) is None:
+        if time.perf_counter() - part_start > s.caps["end_to_end"] or budget.left() < later:
             row["skipped"] = f"time budget ({budget.left():.0f} s left)"
             continue
         try:
@@ -560,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/gpu-check", help="folder for gpu-check.json, gpu-check.md and logs")
     p.add_argument("--cpu", "--dry-run", dest="cpu", action="store_true", help="tiny sizes on the CPU")
-    p.add_argument("--budget", type=float, default=None, help="seconds for everything (default 330 on a GPU, 60 with --cpu)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for everything (default 340 on a GPU, 60 with --cpu)")
     p.add_argument("--shared", default=os.environ.get("ALEXNET_SHARED", str(REPO.parent / "shared")),
                    help="folder holding data/imagenet-sample-500.tar (default $ALEXNET_SHARED or ../shared)")
     p.add_argument("--work", default=None, help="scratch folder for the image tree and caches "
@@ -570,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here (torch.cuda.is_available() is False); use --cpu for a dry run")
     s = Settings(args.cpu)
-    budget = Budget(args.budget or (60.0 if args.cpu else 330.0))
+    budget = Budget(args.budget or (60.0 if args.cpu else 340.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Not under OUT: on the device machine everything under OUT is sent back, and the caches are large.
@@ -610,9 +615,11 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
 
     report["step"] = []
     if "step" not in args.skip:
+        part_start = time.perf_counter()
+        later = sum(s.caps[k] for k in ("end_to_end", "reference", "tests") if k not in args.skip)
         for name, precision, cl, batch in step_plan(s):
-            # Budget: leave room for the end-to-end runs, the reference and the tests.
-            if budget.left() < (40 if s.cpu else 230):
+            # Within its cap, and leaving room for the end-to-end runs, the reference and the tests.
+            if time.perf_counter() - part_start > s.caps["step"] or budget.left() < later:
                 report["step"].append({"model": name, "precision": precision, "channels_last": cl, "compiled": False,
                                        "batch": batch, "skipped": f"time budget ({budget.left():.0f} s left)"})
                 continue
@@ -638,7 +645,7 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
         save()
 
     if "reference" not in args.skip:
-        grant = budget.grant(s.reference_seconds + 60, s.reference_seconds + 20)
+        grant = budget.grant(s.caps["reference"], s.reference_seconds + 10)
         if grant is None:
             report["reference"] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
         else:
@@ -651,8 +658,8 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
     save()
 
     if "tests" not in args.skip:
-        reserve = 10 if s.cpu else 50          # room for one compiled step and the report
-        grant = budget.grant(150, 30 + reserve)
+        reserve = 5 if s.cpu else 10           # room for the report
+        grant = budget.grant(s.caps["tests"] + reserve, min(30, s.caps["tests"]) + reserve)
         if grant is None:
             report["tests"] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
         else:
