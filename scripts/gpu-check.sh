@@ -59,6 +59,6 @@ if [[ -z "${ALEXNET_SHARED:-}" ]]; then
     fi
 fi
 export ALEXNET_SHARED PYTHONUNBUFFERED=1
-# The check keeps its own budget (330 s on a GPU); the hard stop is a safety net below six minutes.
+# The check keeps its own budget (340 s on a GPU); the hard stop is a safety net below six minutes.
 set -o pipefail
 timeout --kill-after=5 355 "$PY" benchmarks/gpu_check.py --out "$out" "${args[@]+"${args[@]}"}" 2>&1 | tee "$out/gpu-check.log"
