@@ -50,8 +50,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alexnet.data import build_loader, open_cache, prepare
+from alexnet.data import open_cache, prepare
 from alexnet.data.device_pipeline import DeviceLoader, choose_data_path, torchvision_available
+from alexnet.data.loader import Loader
 from alexnet.models import build_model
 from alexnet.perf import optimize
 from alexnet.perf.limits import matmul_gflops, model_macs, step_flops
@@ -274,10 +275,10 @@ def step_plan(s: Settings) -> list[tuple]:
 def make_loader(path: str, cache, s: Settings, workers: int):
     common = dict(batch_size=s.batch, train=True, crop=s.crop, seed=0, rank=0, world_size=1, workers=workers,
                   device=s.device, flip=True, pca_std=0.1, mean="image", drop_last=True, channels_last=True)
-    if path == "host":
-        return build_loader(cache, "train", **common)
-    return DeviceLoader(cache, "train", data_path=path, views="center", pin_memory=None, prefetch=2,
-                        with_index=False, **common)
+    rest = dict(views="center", pin_memory=None, prefetch=2, with_index=False)
+    if path == "host":       # the class itself: build_loader would choose a device path on CUDA
+        return Loader(cache, "train", **common, **rest)
+    return DeviceLoader(cache, "train", data_path=path, **common, **rest)
 
 
 def run_loader(loader, seconds: float, step=None, warmup: int = 3) -> dict:

@@ -25,6 +25,7 @@ from alexnet import build_loader, open_cache, prepare
 from alexnet.analysis.features import extract_features
 from alexnet.checkpoint import load_checkpoint, load_model
 from alexnet.data.device_pipeline import DeviceLoader, choose_data_path, torchvision_available
+from alexnet.data.loader import Loader
 from alexnet.eval import evaluate
 from alexnet.eval.predict import predict
 from alexnet.models import build_model
@@ -166,13 +167,22 @@ def test_compiled_training(raw_cache, tmp_path):
 
 # ----------------------------------------------------------------------------- data
 
-def device_loader(cache, split, data_path, **kwargs):
-    """A :class:`DeviceLoader` on CUDA with build_loader's defaults for what ``kwargs`` leaves out."""
+def _loader_args(kwargs: dict) -> dict:
+    """build_loader's defaults for what ``kwargs`` leaves out, on CUDA (the classes take every argument)."""
     full = dict(batch_size=128, train=True, crop=CROP, seed=0, rank=0, world_size=1, workers=0, device="cuda",
                 flip=True, pca_std=0.1, mean="image", views="center", drop_last=False, channels_last=False,
                 pin_memory=None, prefetch=2, with_index=True)
     full.update(kwargs)
-    return DeviceLoader(cache, split, data_path=data_path, **full)
+    return full
+
+
+def device_loader(cache, split, data_path, **kwargs):
+    return DeviceLoader(cache, split, data_path=data_path, **_loader_args(kwargs))
+
+
+def host_loader(cache, split, **kwargs):
+    """The host path on CUDA, named explicitly (``build_loader`` picks the device path there)."""
+    return Loader(cache, split, **_loader_args(kwargs))
 
 
 def _cpu_batches(cache, split, **kwargs):
@@ -184,13 +194,23 @@ def _cpu_batches(cache, split, **kwargs):
 def test_loader_pinned_non_blocking_copies_equal_the_cpu_batches(raw_cache):
     cache = open_cache(raw_cache)
     kwargs = dict(batch_size=64, train=True, crop=CROP, seed=3)
-    loader = build_loader(cache, "train", device="cuda", with_index=True, **kwargs)
+    loader = host_loader(cache, "train", **kwargs)
     assert loader.pin_memory
     loader.set_epoch(1)
     gpu = list(loader)
     for (cx, cy, ci), (gx, gy, gi) in zip(_cpu_batches(cache, "train", **kwargs), gpu):
         assert gx.is_cuda and gy.is_cuda
         assert torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy) and torch.equal(gi, ci)
+
+
+def test_build_loader_on_cuda_takes_the_chosen_data_path(raw_cache, jpeg_cache):
+    """The choice is automatic: build_loader on CUDA returns the loader of choose_data_path's answer."""
+    for path in (raw_cache, jpeg_cache):
+        cache = open_cache(path)
+        loader = build_loader(cache, "train", batch_size=8, crop=CROP, device="cuda")
+        assert loader.data_path == choose_data_path("cuda", cache.storage, torchvision_available())
+        x, y = next(iter(loader))
+        assert x.is_cuda and x.shape == (8, 3, CROP, CROP)
 
 
 @pytest.mark.parametrize("views", ["center", "ten"])
