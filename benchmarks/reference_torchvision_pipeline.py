@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
+    args.warmup = max(1, args.warmup)        # the clock starts after a step
 
     import torchvision
     from torchvision import transforms

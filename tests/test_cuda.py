@@ -159,12 +159,6 @@ def test_channels_last_matches_contiguous_and_trains(raw_cache, tmp_path):
     assert np.isfinite(epochs_of(result.run_dir)[0]["train_loss"])
 
 
-def test_compiled_training(raw_cache, tmp_path):
-    result = run(tmp_path, raw_cache, "compiled", compile=True, precision="bf16", epochs=1)
-    assert not any("compile" in w for w in result.summary["warnings"]), result.summary["warnings"]
-    assert np.isfinite(epochs_of(result.run_dir)[0]["train_loss"])
-
-
 # ----------------------------------------------------------------------------- data
 
 def _loader_args(kwargs: dict) -> dict:
@@ -324,3 +318,11 @@ def test_one_training_step_on_cuda_lowers_the_loss_on_its_batch(raw_cache):
         loss.backward()
         opt.step()
     assert float(F.cross_entropy(model(x), y)) < 0.5 * before
+
+
+# Last: compilation takes the longest (tens of seconds), and the device check may stop here.
+
+def test_compiled_training(raw_cache, tmp_path):
+    result = run(tmp_path, raw_cache, "compiled", compile=True, precision="bf16", epochs=1)
+    assert not any("compile" in w for w in result.summary["warnings"]), result.summary["warnings"]
+    assert np.isfinite(epochs_of(result.run_dir)[0]["train_loss"])
