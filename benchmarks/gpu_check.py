@@ -220,22 +220,21 @@ def not_applicable(s: Settings, precision: str, compiled: bool) -> str | None:
     return None
 
 
-def time_step(name: str, s: Settings, precision: str, channels_last: bool, compiled: bool, batch: int) -> dict:
-    row = {"model": name, "precision": precision, "channels_last": channels_last, "compiled": compiled,
-           "batch": batch}
-    reason = not_applicable(s, precision, compiled)
-    if reason:
-        return {**row, "skipped": reason}
-    reset_peak(s.device)
+def prepared_step(name: str, s: Settings, precision: str, channels_last: bool, compiled: bool, batch: int):
+    """(step, x, y, seconds): the step built and warmed up (cuDNN's autotuning, compilation)."""
     t0 = time.perf_counter()
     step = Step(name, s, precision, channels_last, compiled)
     x = torch.randn(batch, 3, s.crop, s.crop, device=s.device)
     y = torch.randint(0, 1000, (batch,), device=s.device)
     for _ in range(s.warmup):
-        loss = step(x, y)
+        step(x, y)
     sync(s.device)
-    row["warmup_s"] = time.perf_counter() - t0
-    # Estimate the step time, then time enough steps for about s.step_seconds (one sync at the end).
+    return step, x, y, time.perf_counter() - t0
+
+
+def measure(step: Step, x: torch.Tensor, y: torch.Tensor, s: Settings, row: dict) -> dict:
+    """Estimate the step time, then time enough steps for about ``s.step_seconds`` (one sync at the end)."""
+    reset_peak(s.device)
     t = time.perf_counter()
     for _ in range(3):
         loss = step(x, y)
@@ -247,12 +246,112 @@ def time_step(name: str, s: Settings, precision: str, channels_last: bool, compi
         loss = step(x, y)
     sync(s.device)
     elapsed = time.perf_counter() - t
+    batch = len(y)
     row.update(steps=n, step_ms=1e3 * elapsed / n, img_per_s=n * batch / elapsed, peak_gib=peak_gib(s.device),
                loss=float(loss))
     if not np.isfinite(row["loss"]):
         row["note"] = "loss not finite"
-    del step
     return row
+
+
+def step_row(name: str, precision: str, channels_last: bool, compiled: bool, batch: int) -> dict:
+    return {"model": name, "precision": precision, "channels_last": channels_last, "compiled": compiled,
+            "batch": batch}
+
+
+def time_step(name: str, s: Settings, precision: str, channels_last: bool, compiled: bool, batch: int) -> dict:
+    row = step_row(name, precision, channels_last, compiled, batch)
+    reason = not_applicable(s, precision, compiled)
+    if reason:
+        return {**row, "skipped": reason}
+    reset_peak(s.device)
+    step, x, y, row["warmup_s"] = prepared_step(name, s, precision, channels_last, compiled, batch)
+    measure(step, x, y, s, row)
+    if compiled and s.cpu:
+        row["note"] = "dynamo with the eager backend (a check of the path, not a speed)"
+    return row
+
+
+# The compiled step of the paper's network is compiled in a background process while the other
+# parts run (compilation is CPU work, tens of seconds), and timed when the GPU is free again.
+
+def compiled_worker(name: str, cpu: bool) -> int:
+    """``--compiled-worker NAME``: compile, say ``ready``, wait for ``go`` on stdin, time, print the row."""
+    s = Settings(cpu)
+    row = step_row(name, "bf16", True, True, s.batch)
+    try:
+        step, x, y, row["warmup_s"] = prepared_step(name, s, "bf16", True, True, s.batch)
+    except Exception as exc:  # noqa: BLE001 - reported as the row's error
+        print(json.dumps({"row": {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}}), flush=True)
+        return 0
+    print(json.dumps({"ready": name, "warmup_s": row["warmup_s"]}), flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return 0
+    measure(step, x, y, s, row)
+    row["note"] = ("dynamo with the eager backend (a check of the path, not a speed)" if cpu else
+                   "compiled in a background process while the other parts ran")
+    print(json.dumps({"row": row}), flush=True)
+    return 0
+
+
+class CompiledWorker:
+    def __init__(self, name: str, s: Settings):
+        import queue
+        import threading
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Leave cores for the parts that run meanwhile (the loaders' workers, the reference).
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2)))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--compiled-worker", name] + (["--cpu"] if s.cpu else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.messages: queue.Queue = queue.Queue()
+        self.ready = False
+        self.row = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.messages.put(json.loads(line))
+            except ValueError:
+                continue
+        self.messages.put({"exit": self.proc.wait()})
+
+    def _next(self, timeout: float) -> bool:
+        import queue
+        try:
+            message = self.messages.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return False
+        if "ready" in message:
+            self.ready = True
+        elif "row" in message:
+            self.row = message["row"]
+        elif "exit" in message and self.row is None:
+            self.row = {"error": f"the compile process exited with status {message['exit']}"}
+        return True
+
+    def wait_ready(self, seconds: float) -> bool:
+        deadline = time.perf_counter() + seconds
+        while not self.ready and self.row is None:
+            if not self._next(deadline - time.perf_counter()):
+                break
+        return self.ready
+
+    def result(self, seconds: float) -> dict | None:
+        """Send "go" and wait for the timed row (None when it does not come in ``seconds``)."""
+        if self.ready and self.proc.poll() is None:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+        deadline = time.perf_counter() + seconds
+        while self.row is None:
+            if not self._next(deadline - time.perf_counter()):
+                break
+        return self.row
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def step_plan(s: Settings) -> list[tuple]:
@@ -581,7 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="scratch folder for the image tree and caches "
                                                 "(default: a fresh folder under the system's temporary folder)")
     p.add_argument("--skip", nargs="*", default=[], choices=("step", "end_to_end", "reference", "tests", "compiled"))
+    p.add_argument("--compiled-worker", metavar="MODEL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.compiled_worker:
+        return compiled_worker(args.compiled_worker, args.cpu)
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here (torch.cuda.is_available() is False); use --cpu for a dry run")
     s = Settings(args.cpu)
@@ -624,6 +726,23 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
     save()
 
     report["step"] = []
+    compiled_rows: list[dict] = []
+    worker = CompiledWorker(s.main_model, s) if "compiled" not in args.skip else None
+
+    def take_compiled(wait_s: float) -> None:
+        """The background compile's row, if it is ready within ``wait_s`` (else it stays pending)."""
+        if worker is None or compiled_rows:
+            return
+        if worker.wait_ready(wait_s) or worker.row is not None:
+            row = worker.result(max(10.0, s.step_seconds * 20)) if worker.row is None else worker.row
+            row = {**step_row(s.main_model, "bf16", True, True, s.batch), **(row or {"error": "no result in time"})}
+            compiled_rows.append(row)
+            report["step"].append(row)
+            add_rates(report["step"], limit, flops)
+            log(f"compiled {s.main_model}: {row.get('img_per_s', 0):,.0f} img/s (warm-up {row.get('warmup_s', 0):.0f} s) "
+                f"{row.get('error', '')}")
+            save()
+
     if "step" not in args.skip:
         part_start = time.perf_counter()
         later = sum(s.caps[k] for k in ("end_to_end", "reference", "tests") if k not in args.skip)
@@ -654,6 +773,8 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
                     f"(loader alone {r.get('loader_only', {}).get('img_per_s', 0):,.0f}) {r.get('skipped', '')}{r.get('error', '')}")
         save()
 
+    take_compiled(0.0)          # the GPU is free between the parts: time the compiled step if it is ready
+
     if "reference" not in args.skip:
         grant = budget.grant(s.caps["reference"], s.reference_seconds + 10)
         if grant is None:
@@ -677,17 +798,19 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
         log(f"tests: {report['tests'].get('counts', report['tests'])}")
         save()
 
+    if worker is not None:
+        if not compiled_rows:
+            take_compiled(max(0.0, budget.left() - 15))
+        worker.close()
     if "compiled" not in args.skip:
-        for name in s.models:
-            row_base = {"model": name, "precision": "bf16", "channels_last": True, "compiled": True, "batch": s.batch}
+        for name in [n for n in s.models if n != s.main_model]:
+            row_base = step_row(name, "bf16", True, True, s.batch)
             if budget.left() < (5 if s.cpu else 40):
                 report["step"].append({**row_base, "skipped": f"time budget ({budget.left():.0f} s left; "
                                                               f"compilation takes tens of seconds)"})
                 continue
             try:
                 row = time_step(name, s, "bf16", True, True, s.batch)
-                if s.cpu:
-                    row["note"] = "dynamo with the eager backend (a check of the path, not a speed)"
             except Exception as exc:  # noqa: BLE001
                 row = {**row_base, "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
             report["step"].append(row)
