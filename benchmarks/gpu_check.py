@@ -22,8 +22,10 @@ a part that does not fit is skipped and the table says so):
 5. *reference*: ``benchmarks/reference_torchvision_pipeline.py`` on the same images;
 6. *tests*: ``pytest -m cuda`` (tests/test_cuda.py, tests/test_device_pipeline.py), one
    line per test;
-7. *compiled*: the step under ``torch.compile`` (compilation takes tens of seconds, so it
-   comes last and is the first to be skipped).
+7. *compiled*: the step under ``torch.compile``. Compilation is CPU work of tens of seconds,
+   so the paper's network is compiled in a background process from the start (half the
+   cores) and timed between two parts, when the GPU is free; the other model is compiled
+   at the end if time is left.
 
 With ``--cpu`` every part runs on the CPU with tiny sizes (float16 and TF32 are recorded
 as not applicable, compilation uses the "eager" backend): a check of the script itself.
