@@ -111,7 +111,7 @@ class _SquareReader(_BatchReader):
     def __init__(self, cache_path: str, split: str, plan: dict, jpeg_bytes: bool):
         super().__init__(cache_path, split, plan)
         self.jpeg_bytes = jpeg_bytes
-        self.pin = False          # set by the loader when this reader runs in its own process (workers=0)
+        self.pin = False          # True when it runs in the loader's own process (workers=0): workers may not pin
         self._tensor_view = (None, None)
 
     def __getstate__(self):
