@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
-from alexnet.train.loop import Trainer, apply_input_scale, autocast_context
+from alexnet.train.data_glue import apply_input_scale
+from alexnet.train.trainer import Trainer
 from test_train_support import TINY, fmnist_cache, one_thread, prepared_cache, tiny_kwargs_arg  # noqa: F401
 
 
@@ -57,21 +58,21 @@ def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
     with the preset's own model, parameter groups, learning rate, precision and input pipeline."""
     trainer = Trainer(config, DistContext(), None)
     trainer._build()
-    model, opt, c = trainer.model, trainer.optimizer, config
+    model, opt, fast = trainer.model, trainer.optimizer, trainer.fast
     trainer.train_loader.set_epoch(0)
     x, y = next(iter(trainer.train_loader))
-    x = apply_input_scale(x, trainer.input_scale)
+    x = fast.prepare_input(apply_input_scale(x, trainer.input_scale))
 
     def loss_now():
         model.eval()
-        with torch.no_grad(), autocast_context(c.train.precision, x.device):
+        with torch.no_grad(), fast.autocast():
             return float(F.cross_entropy(model(x).float(), y))
 
     before = loss_now()
     model.train()
     for step in range(steps):
         trainer.schedule.apply(opt, step)          # the schedule's first steps (warm-up included)
-        with autocast_context(c.train.precision, x.device):
+        with fast.autocast():
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -82,6 +83,7 @@ def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset, extra, steps", [
     ("fashion-mnist", [], 6),
+    ("fashion-mnist", ["--train.precision", "fp32", "--train.channels_last", "false"], 6),
     ("fashion-mnist", ["--train.precision", "bf16", "--train.channels_last", "true"], 6),
     ("cifar10", [], 6),
     ("cifar10-ablations", [], 6),
