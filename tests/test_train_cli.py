@@ -77,3 +77,27 @@ def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):
     # a checkpoint of another model: one line naming both
     other = run_cli("train", "--resume", tmp_path / "busy", "--model.name", "alexnet", env=CLI_ENV)
     one_line_error(other, "holds alexnet_small with 10 classes", "but this run builds alexnet with 10 classes")
+
+
+def test_a_fresh_run_in_a_folder_with_stale_logs_starts_fresh_logs_and_names_its_fast_path(fmnist_cache, tmp_path):
+    """An earlier attempt left logs but no checkpoint (it died before its first epoch ended):
+    a fresh run there writes its own logs, not after the stale ones. The first status line
+    and summary.json name the precision and memory format the run chose ("auto" here)."""
+    run = tmp_path / "again"
+    run.mkdir()
+    (run / "steps.jsonl").write_text(json.dumps({"step": 999, "loss": 9.9}) + "\n")
+    (run / "epochs.jsonl").write_text(json.dumps({"epoch": 7, "step": 999}) + "\n")
+    args = [a for a in train_args(fmnist_cache, tmp_path, "again", "--train.threads", "1", "--train.max_steps", "3",
+                                  "--run.plots", "false", epochs=1) if a != "--quiet"]
+    proc = run_cli(*args, env=CLI_ENV, check=True)
+    assert [json.loads(x)["step"] for x in (run / "steps.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in (run / "epochs.jsonl").read_text().splitlines()] == [1]
+    flags = open("/proc/cpuinfo").read()
+    native = " avx512_bf16" in flags or " amx_bf16" in flags
+    chosen = "bfloat16 autocast, channels-last" if native else "float32, channels-last"
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("alexnet: training alexnet_small on ") and f" in {chosen}, eager (auto: " in first, first
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == ("bfloat16" if native else "float32")
+    assert summary["fast_path"]["description"].startswith(chosen) and summary["fast_path"]["channels_last"] is True
+    assert set(summary["machine"]) >= {"cpu", "vector_extensions", "cores"}

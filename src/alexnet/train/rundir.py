@@ -5,6 +5,7 @@
     RUN/last.safetensors  written at every epoch end and on a graceful stop
     RUN/best.safetensors  a copy of last at each new best validation error
     RUN/steps.jsonl, RUN/epochs.jsonl   the logs (alexnet.report)
+    RUN/epochs.csv, curves.png, summary.json, report.md   written when the run ends
 
 A fresh run needs a folder without ``last.safetensors`` (else: resume it); it starts
 the logs afresh even when an earlier, checkpoint-less attempt left some behind. A
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt_io
 from .. import report
+from ..console import info
 from ..errors import UserError
 from . import distributed as dist_utils
 from .config import Config, to_toml
@@ -109,3 +111,18 @@ def copy_last_to_best(run_dir: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, run_dir / BEST)
+
+
+def write_outputs(run_dir: Path, summary: dict, epochs: list[dict], plots: bool, title: str) -> None:
+    """The end of a run: epochs.csv, curves.png, summary.json, report.md, and where they are."""
+    report.write_csv(run_dir / "epochs.csv", epochs)
+    if plots and epochs:
+        report.plot_curves(epochs, run_dir / "curves.png", title=title, steps=report.read_jsonl(run_dir / "steps.jsonl"))
+    report.write_json(run_dir / "summary.json", summary)
+    report.write_report(run_dir, summary, epochs)
+    test = summary.get("test")
+    if test:
+        info(f"test ({test['views']}): top-1 error {100 * test['top1_err']:.2f}% "
+             f"(accuracy {100 * test['accuracy']:.2f}%), top-5 error {100 * test['top5_err']:.2f}%")
+    info(f"done in {summary['wall_time_s'] / 60:.1f} min; report: {run_dir / 'report.md'}; "
+         f"plots: {run_dir / 'curves.png'}; checkpoints: {run_dir / LAST}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class TrainState:
@@ -45,3 +47,31 @@ class TrainState:
                    best_err=math.inf if best is None else float(best), best_epoch=meta.get("best_epoch"),
                    stall_warned=bool(meta.get("stall_warned")), train_time=float(meta.get("train_time_s", 0.0)),
                    partial=dict(meta.get("partial") or {}))
+
+
+@dataclass
+class EpochSums:
+    """Running sums of one epoch's training, kept on the device (no sync per step); an epoch cut
+    by a signal saves them in :attr:`TrainState.partial` and the resumed run adds to them."""
+
+    loss_sum: torch.Tensor            # float64: sum of per-batch mean loss x batch size
+    correct: torch.Tensor             # int64: top-1 hits
+    seen: int = 0                     # images
+    prior_time: float = 0.0           # this epoch's training seconds before an interruption
+
+    @classmethod
+    def resume(cls, partial: dict, device: torch.device) -> "EpochSums":
+        return cls(torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64, device=device),
+                   torch.tensor(int(partial.get("correct", 0)), dtype=torch.int64, device=device),
+                   int(partial.get("seen", 0)), float(partial.get("time", 0.0)))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.numel()
+        self.seen += n
+        self.loss_sum += loss.double() * n
+        self.correct += (logits.argmax(1) == labels).sum()
+
+    def to_partial(self, elapsed: float) -> dict:
+        """What :attr:`TrainState.partial` stores after ``elapsed`` more seconds of this epoch."""
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
+                "time": self.prior_time + elapsed}

@@ -59,7 +59,7 @@ from .config import Config, _merge, load_config, parse_overrides, validate
 from .data_glue import _make_loader, apply_input_scale, derived_cache, ensure_cache, input_scale_for
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
-from .state import TrainState
+from .state import EpochSums, TrainState
 
 
 @dataclass
@@ -306,11 +306,7 @@ class Trainer:
         bar = progress(total, f"epoch {epoch + 1}/{c.train.epochs}", "batch", initial=skip,
                        disable=not (ctx.is_main and c.run.progress))
         bar = None if bar.disable else bar
-        p = s.partial if skip else {}
-        loss_sum = torch.tensor(p.get("loss_sum", 0.0), dtype=torch.float64, device=ctx.device)
-        correct = torch.tensor(int(p.get("correct", 0)), dtype=torch.int64, device=ctx.device)
-        seen = int(p.get("seen", 0))
-        prior_time = float(p.get("time", 0.0))   # this epoch's training time before an interruption
+        sums = EpochSums.resume(s.partial if skip else {}, ctx.device)
         window_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         window_n, window_t = 0, time.time()
         t0 = time.time()
@@ -332,11 +328,8 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
             s.step += 1
-            n = y.numel()
-            seen += n
             loss_d = loss.detach()
-            loss_sum += loss_d.double() * n
-            correct += (logits.detach().argmax(1) == y.to(logits.device)).sum()
+            sums.add(loss_d, logits.detach(), y.to(logits.device))
             window_sum += loss_d.double()
             window_n += 1
             last = batch_index + 1 == total
@@ -354,9 +347,9 @@ class Trainer:
                 window_sum.zero_()
                 window_n, window_t = 0, now
             if bar is not None:
-                elapsed = max(time.time() - t0 + prior_time, 1e-9)
+                elapsed = max(time.time() - t0 + sums.prior_time, 1e-9)
                 bar.set_postfix(loss=f"{float(loss_d):.3f}", lr=f"{lr:.3g}",
-                                img_s=f"{seen * ctx.world_size / elapsed:.0f}", refresh=False)
+                                img_s=f"{sums.seen * ctx.world_size / elapsed:.0f}", refresh=False)
                 bar.update(1)
             stopping = dist_utils.any_rank(stop.requested, ctx)
             if stopping and not last:
@@ -364,8 +357,7 @@ class Trainer:
                 s.train_time += cut
                 if bar is not None:
                     bar.close()
-                s.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
-                             "time": prior_time + cut}
+                s.partial = sums.to_partial(cut)
                 self.save(epoch, batch_index + 1, status="interrupted")
                 return "stopped"
             if c.train.max_steps and s.step >= c.train.max_steps:
@@ -375,9 +367,9 @@ class Trainer:
         elapsed = time.time() - t0
         s.train_time += elapsed
         s.partial = {}
-        totals = dist_utils.all_reduce_sum([float(loss_sum), float(correct), float(seen)], ctx)
+        totals = dist_utils.all_reduce_sum([float(sums.loss_sum), float(sums.correct), float(sums.seen)], ctx)
         return {"loss": totals[0] / max(totals[2], 1), "top1_err": 1 - totals[1] / max(totals[2], 1),
-                "images": totals[2], "time": elapsed + prior_time, "lr": lr}
+                "images": totals[2], "time": elapsed + sums.prior_time, "lr": lr}
 
     def _check_stall(self, mean_loss: float) -> None:
         steps, s = self.config.train.stall_steps, self.state
@@ -448,17 +440,6 @@ class Trainer:
         summary["wall_time_s"] = time.time() - t_start
         summary["machine"] = machine_description()
         if ctx.is_main:
-            report.write_csv(self.run_dir / "epochs.csv", epochs)
-            if c.run.plots and epochs:
-                report.plot_curves(epochs, self.run_dir / "curves.png",
-                                   title=f"{c.preset}: {c.model.name} ({self.run_dir.name})",
-                                   steps=report.read_jsonl(self.run_dir / "steps.jsonl"))
-            report.write_json(self.run_dir / "summary.json", summary)
-            report.write_report(self.run_dir, summary, epochs)
-            test = summary.get("test")
-            if test:
-                info(f"test ({test['views']}): top-1 error {100 * test['top1_err']:.2f}% "
-                     f"(accuracy {100 * test['accuracy']:.2f}%), top-5 error {100 * test['top5_err']:.2f}%")
-            info(f"done in {summary['wall_time_s'] / 60:.1f} min; report: {self.run_dir / 'report.md'}; "
-                 f"plots: {self.run_dir / 'curves.png'}; checkpoints: {self.run_dir / LAST}")
+            rundir.write_outputs(self.run_dir, summary, epochs, plots=c.run.plots,
+                                 title=f"{c.preset}: {c.model.name} ({self.run_dir.name})")
         return TrainResult(self.run_dir, summary, _unwrap(self.model))
