@@ -7,6 +7,8 @@ import signal
 
 import pytest
 
+from alexnet.errors import UserError
+from alexnet.train import train
 from conftest import run_cli
 from test_train_support import (one_line_error, CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
                                 wait_for)
@@ -48,8 +50,6 @@ def test_bad_settings(fmnist_cache, tmp_path, args, fragments):
     (["--model.kwargs.lrn_size", "3"], ["does not take these options"]),
 ])
 def test_bad_settings_in_process(fmnist_cache, tmp_path, args, fragments):
-    from alexnet.errors import UserError
-    from alexnet.train import train
     with pytest.raises(UserError) as err:
         overrides = [a for a in train_args(fmnist_cache, tmp_path, "x", *args)[2:] if a != "--quiet"]
         train("fashion-mnist", overrides=overrides)

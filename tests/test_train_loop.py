@@ -3,12 +3,15 @@ overfitted, a stall at chance is detected, and the precision/compile options run
 
 from __future__ import annotations
 
+import json
 import math
+import tarfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from alexnet.data import prepare
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
 from alexnet.train.data_glue import apply_input_scale
@@ -39,10 +42,8 @@ def preset_caches(fmnist_cache, shared_data, tmp_path_factory):
 def ilsvrc_sample(shared_data, base):
     """The 500 original ILSVRC-2012 JPEGs at the paper's 256 px, labelled from their file names
     (``<wnid>_<name>.JPEG``) in the official 1000-class order."""
-    from alexnet.data import prepare
     out = base / "ilsvrc500-256"
     if not (out / "meta.json").is_file():
-        import tarfile
         tar = shared_data / "imagenet-sample-500.tar"
         with tarfile.open(tar) as tf:
             stems = [m.name.rsplit("/", 1)[-1].rsplit(".", 1)[0] for m in tf.getmembers() if m.isfile()]
@@ -110,7 +111,7 @@ def test_val_every_validates_every_nth_epoch_and_after_the_last(val_every, valid
         "--model.kwargs", tiny_kwargs_arg(SMALL), "--train.epochs", "3", "--train.batch_size", "32",
         "--train.val_every", str(val_every), "--run.out", str(tmp_path), "--run.name", f"every{val_every}",
         "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
-    epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
+    epochs = [json.loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
     assert [e.get("val_top1_err") is not None for e in epochs] == validated
     assert result.summary["val"]["top1_err"] == epochs[-1]["val_top1_err"]
 
@@ -137,7 +138,7 @@ def test_overfits_a_small_real_subset(fmnist_cache, tmp_path):
         "--train.epochs", "40", "--train.batch_size", "32", "--optim.lr", "0.01", "--optim.weight_decay", "0",
         "--schedule.kind", "constant", "--schedule.warmup_epochs", "0", "--run.out", str(tmp_path),
         "--run.name", "overfit", "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
-    epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
+    epochs = [json.loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
     assert epochs[-1]["train_top1_err"] <= 1 / 64 and epochs[-1]["train_loss"] < 0.05
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 10
 

@@ -238,12 +238,12 @@ class Trainer:
         self.run_dir = self.resume_dir if self.resume_dir is not None else rundir.run_folder(self.config, self.ctx)
         lock = rundir.open_run_folder(self.run_dir, self.config, self.resume_dir is not None) if self.ctx.is_main else None
         try:
-            return self._train_run(t_start)
+            return self._train_epochs(t_start)
         finally:
             if lock is not None:
                 lock.release()
 
-    def _train_run(self, t_start: float) -> TrainResult:
+    def _train_epochs(self, t_start: float) -> TrainResult:
         c, ctx = self.config, self.ctx
         self._build()
         if self.resume_dir is not None:
