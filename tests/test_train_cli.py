@@ -7,8 +7,10 @@ import signal
 
 import pytest
 
+from alexnet.cli import build_parser
 from alexnet.errors import UserError
 from alexnet.train import train
+from alexnet.train.commands import parse_train_args
 from conftest import run_cli
 from test_train_support import (one_line_error, CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
                                 wait_for)
@@ -101,3 +103,19 @@ def test_a_fresh_run_in_a_folder_with_stale_logs_starts_fresh_logs_and_names_its
     assert summary["precision"] == ("bfloat16" if native else "float32")
     assert summary["fast_path"]["description"].startswith(chosen) and summary["fast_path"]["channels_last"] is True
     assert set(summary["machine"]) >= {"cpu", "vector_extensions", "cores"}
+
+
+def test_dotted_settings_stand_anywhere_among_the_arguments():
+    args = build_parser().parse_args(["train", "--optim.lr", "0.02", "cifar10", "--quiet", "--train.epochs=3"])
+    options = parse_train_args(args.train_argv)
+    assert (options.config, options.quiet, options.resume) == ("cifar10", True, None)
+    assert options.settings == ["--optim.lr", "0.02", "--train.epochs=3"]
+
+
+def test_bad_arguments_are_one_line_usage_errors():
+    proc = run_cli("train", "--train.epochs")
+    assert proc.returncode == 2 and proc.stderr == ("alexnet train: error: --train.epochs: missing value "
+                                                   "(see 'alexnet train --help')\n")
+    proc = run_cli("train", "cifar10", "--optim.lr", "0.02", "extra")
+    assert proc.returncode == 2 and proc.stderr == "alexnet: error: unrecognized arguments: extra (see 'alexnet --help')\n"
+    assert "--resume RUN_DIR" in run_cli("train", "--help", check=True).stdout
