@@ -71,6 +71,8 @@ class Worker:
     def __init__(self, side: str):
         self.side = side
         env = _reference_env() if side == "reference" else _ours_env()
+        # The folder holding this alexnet package (src/ of a checkout, or site-packages): the
+        # workers import the same package as the suite, whichever way it was made importable.
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         args = [sys.executable, "-m", "alexnet.perf.worker"] + (["--ours"] if side == "ours" else [])
