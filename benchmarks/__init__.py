@@ -1,5 +1,6 @@
-"""The benchmark suite: ``python -m benchmarks`` = ``alexnet bench`` (see docs/performance.md).
+"""Entry points of the benchmark suite: ``python -m benchmarks`` = ``alexnet bench`` (docs/performance.md).
 
-The suite itself lives in :mod:`alexnet.perf.suite` so that the installed ``alexnet``
-command can run it; ``bench_data.py`` holds the data-pipeline rows (prepare, loader).
+Everything they run lives in :mod:`alexnet.perf` (the suite, its workers, the data
+rows in :mod:`alexnet.perf.data_bench`), so that the installed ``alexnet`` command runs
+the same benchmarks; these files only call it.
 """

@@ -3,7 +3,8 @@
 A reference run trains 2 epochs. Other runs of the same config are stopped mid-way -
 gracefully (SIGTERM / SIGINT: finish the step, save, exit with a resume hint) or hard
 (SIGKILL: nothing saved since the last epoch) - and continued with ``--resume``. On a
-CPU the final weights and optimiser state must equal the reference bit for bit.
+CPU the final weights and optimiser state must equal the reference bit for bit, in float32
+and in bfloat16 autocast (the default on CPUs with native bfloat16).
 """
 
 from __future__ import annotations
@@ -22,13 +23,25 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 EXTRA = ("--train.threads", "1", "--optim.lr", "0.02", "--data.train_subset", "320", "--data.val_subset", "200")
 STEPS_PER_EPOCH = 10          # 320 images / batch 32
+CANONICAL = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def extra(precision: str) -> tuple[str, ...]:
+    return (*EXTRA, "--train.precision", precision)
 
 
 @pytest.fixture(scope="module")
-def reference(fmnist_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("resume-ref")
-    run_cli(*train_args(fmnist_cache, out, "full", *EXTRA, epochs=2), check=True)
-    return out / "full"
+def reference_for(fmnist_cache, tmp_path_factory):
+    """The uninterrupted 2-epoch run of each precision (made once, on first use)."""
+    made = {}
+
+    def get(precision: str):
+        if precision not in made:
+            out = tmp_path_factory.mktemp(f"resume-ref-{precision}")
+            run_cli(*train_args(fmnist_cache, out, "full", *extra(precision), epochs=2), check=True)
+            made[precision] = out / "full"
+        return made[precision]
+    return get
 
 
 def assert_identical(run_dir, reference):
@@ -44,9 +57,9 @@ def assert_identical(run_dir, reference):
         assert [e[key] for e in epochs] == [e[key] for e in ref_epochs]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_graceful_stop_mid_epoch_then_resume_is_bit_identical(fmnist_cache, tmp_path, reference, sig):
-    proc = popen_cli(*train_args(fmnist_cache, tmp_path, "cut", *EXTRA, epochs=2))
+@pytest.mark.parametrize("sig, precision", [(signal.SIGTERM, "fp32"), (signal.SIGTERM, "bf16"), (signal.SIGINT, "bf16")])
+def test_graceful_stop_mid_epoch_then_resume_is_bit_identical(fmnist_cache, tmp_path, reference_for, sig, precision):
+    proc = popen_cli(*train_args(fmnist_cache, tmp_path, "cut", *extra(precision), epochs=2))
     run_dir = tmp_path / "cut"
     wait_for(lambda: last_step(run_dir) >= STEPS_PER_EPOCH + 3, proc=proc)
     proc.send_signal(sig)
@@ -55,14 +68,14 @@ def test_graceful_stop_mid_epoch_then_resume_is_bit_identical(fmnist_cache, tmp_
     assert f"continue with: alexnet train --resume {run_dir}" in err
     ck = load_checkpoint(run_dir / "last.safetensors")
     assert ck.meta["epoch"] == 1 and 0 < ck.meta["batch_in_epoch"] < STEPS_PER_EPOCH, "expected a mid-epoch save"
-    assert ck.meta["status"] == "interrupted"
+    assert ck.meta["status"] == "interrupted" and ck.meta["fast_path"]["precision"] == CANONICAL[precision]
     before_cut = ck.meta["partial"]["time"]          # the epoch's training time up to the signal
     assert before_cut > 0
     if sig == signal.SIGINT:
         return                # the same path as SIGTERM from here on; one resume is enough
     resumed = run_cli("train", "--resume", run_dir, "--quiet", check=True)
     assert resumed.returncode == 0
-    assert_identical(run_dir, reference)
+    assert_identical(run_dir, reference_for(precision))
     # The cut epoch's time (and so its images/s) counts both halves, not only the resumed one:
     # the epochs' times add up to the run's training time, which includes the part before the cut.
     epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
@@ -72,15 +85,17 @@ def test_graceful_stop_mid_epoch_then_resume_is_bit_identical(fmnist_cache, tmp_
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
-def test_hard_kill_then_resume_from_last_epoch_is_bit_identical(fmnist_cache, tmp_path, reference):
-    proc = popen_cli(*train_args(fmnist_cache, tmp_path, "killed", *EXTRA, epochs=2))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_hard_kill_then_resume_from_last_epoch_is_bit_identical(fmnist_cache, tmp_path, reference_for, precision):
+    proc = popen_cli(*train_args(fmnist_cache, tmp_path, "killed", *extra(precision), epochs=2))
     run_dir = tmp_path / "killed"
     wait_for(lambda: (run_dir / "epochs.jsonl").is_file() and last_step(run_dir) >= STEPS_PER_EPOCH + 2, proc=proc)
     proc.kill()                                        # SIGKILL: no handler, no save
     proc.communicate(timeout=60)
     ck = load_checkpoint(run_dir / "last.safetensors")  # the end-of-epoch checkpoint is intact
     assert ck.meta["batch_in_epoch"] == 0 and ck.meta["epoch"] >= 1
+    assert ck.meta["fast_path"]["precision"] == CANONICAL[precision]
     run_cli("train", "--resume", run_dir, "--quiet", check=True)
-    assert_identical(run_dir, reference)
+    assert_identical(run_dir, reference_for(precision))
     steps = [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 2 * STEPS_PER_EPOCH + 1)), "the resumed log repeats no step and skips none"

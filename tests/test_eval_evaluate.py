@@ -95,7 +95,7 @@ def test_views_match_the_hand_computation(setup, views):
 
 def test_ten_view_and_ensemble_errors_equal_the_hand_computation(setup, tmp_path):
     cache, ckpts = setup
-    # --limit N evaluates a seeded random subset: the N indices below (see derived_cache).
+    # --limit N evaluates a seeded random subset: the N indices below (see Cache.subset).
     n = 200
     chosen = np.sort(np.random.default_rng(0).permutation(len(cache.split("test")))[:n])
     labels = cache.split("test").labels[chosen]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 
 import pytest
@@ -137,6 +138,17 @@ def test_jemalloc_absent_degrades_to_glibc(monkeypatch):
 
 
 def test_configure_process_never_reexecs_a_library_caller():
-    # Called from inside pytest (not the alexnet program): must return, not replace the process.
-    applied = runtime.configure_process()
-    assert "allocator" in applied and os.getpid() > 0
+    # A Python program that calls configure_process is not the alexnet program: it must return,
+    # not replace the process. A re-exec would run the program again: "start" twice, and the
+    # re-executed child would carry the ALEXNET_RUNTIME marker.
+    env = {k: v for k, v in os.environ.items() if k != runtime.ENV_MARKER}
+    code = ("import os; print('start', os.getpid(), flush=True); from alexnet import runtime; "
+            "applied = runtime.configure_process(); print('end', os.getpid(), os.environ.get('ALEXNET_RUNTIME'), "
+            "'allocator' in applied)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    pid = lines[0].split()[1]
+    assert lines[:2] == [f"start {pid}", f"end {pid} None True"], proc.stdout
+    # The same call inside pytest returns too.
+    assert "allocator" in runtime.configure_process()

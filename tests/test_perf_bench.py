@@ -32,10 +32,23 @@ def test_bench_quick_smoke_writes_wellformed_json(cli, tmp_path):
             assert row["ratio"] == pytest.approx(row["ours"] / row["reference"], rel=1e-6)
     train = [r for r in report["rows"] if r["name"] == "train_step_alexnet"]
     assert train and all("gflops" in r and "fraction_of_limit" in r for r in train)
-    assert [p["batch"] for p in report["scaling"]] == [2, 2][: len(report["scaling"])] or report["scaling"]
+    # --quick with --batch 2 --image-size 63: batches (max(2, 2 // 2), 2) and sizes (63, 63) collapse to one point.
+    assert [(p["batch"], p["size"]) for p in report["scaling"]] == [(2, 63)]
     assert all(p["rss_peak_mb"] > 0 and p["images_per_s"] > 0 for p in report["scaling"])
-    # The table went to stdout too.
+    # The path training takes by default is its own row, running what the trainer would choose here.
+    default = {r["name"]: r for r in report["rows"] if r.get("variant") == "default"}
+    assert {"train_step_alexnet", "inference_alexnet", "inference_alexnet_owt"} <= set(default)
+    flags = open("/proc/cpuinfo").read()
+    native = " avx512_bf16" in flags or " amx_bf16" in flags
+    expected = "bfloat16 autocast, channels-last" if native else "float32, channels-last"
+    assert default["train_step_alexnet"]["fast_path"].startswith(expected)
+    assert default["train_step_alexnet"]["precision"] == ("bfloat16" if native else "float32")
+    # The table went to stdout too, under a header naming the CPU and its vector extensions.
     assert "train_step_alexnet" in proc.stdout and "ratio" in proc.stdout
+    header = proc.stdout.splitlines()[0]
+    assert header.startswith(f"machine: {report['machine']['cpu']} (")
+    assert all(x in header for x in report["machine"]["vector_extensions"])
+    assert ("avx2" in report["machine"]["vector_extensions"]) == (" avx2" in flags)
     # Our entry point put the allocator in place for the suite's own process.
     expected = "jemalloc" if runtime.find_jemalloc() else "glibc"
     assert report["settings"]["suite_allocator"] == expected

@@ -7,6 +7,10 @@ import signal
 
 import pytest
 
+from alexnet.cli import build_parser
+from alexnet.errors import UserError
+from alexnet.train import train
+from alexnet.train.commands import parse_train_args
 from conftest import run_cli
 from test_train_support import (one_line_error, CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
                                 wait_for)
@@ -45,11 +49,9 @@ def test_bad_settings(fmnist_cache, tmp_path, args, fragments):
 @pytest.mark.parametrize("args, fragments", [
     (["--train.epochs", "ten"], ["train.epochs must be an int, got str 'ten'"]),
     (["--train.precision", "fp16"], ["fp16", "needs a CUDA device"]),
-    (["--model.kwargs.lrn_size", "3"], ["does not take these options"]),
+    (["--model.kwargs.lrn_size", "3"], ["model.kwargs.lrn_size", "has no option 'lrn_size'"]),
 ])
 def test_bad_settings_in_process(fmnist_cache, tmp_path, args, fragments):
-    from alexnet.errors import UserError
-    from alexnet.train import train
     with pytest.raises(UserError) as err:
         overrides = [a for a in train_args(fmnist_cache, tmp_path, "x", *args)[2:] if a != "--quiet"]
         train("fashion-mnist", overrides=overrides)
@@ -77,3 +79,43 @@ def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):
     # a checkpoint of another model: one line naming both
     other = run_cli("train", "--resume", tmp_path / "busy", "--model.name", "alexnet", env=CLI_ENV)
     one_line_error(other, "holds alexnet_small with 10 classes", "but this run builds alexnet with 10 classes")
+
+
+def test_a_fresh_run_in_a_folder_with_stale_logs_starts_fresh_logs_and_names_its_fast_path(fmnist_cache, tmp_path):
+    """An earlier attempt left logs but no checkpoint (it died before its first epoch ended):
+    a fresh run there writes its own logs, not after the stale ones. The first status line
+    and summary.json name the precision and memory format the run chose ("auto" here)."""
+    run = tmp_path / "again"
+    run.mkdir()
+    (run / "steps.jsonl").write_text(json.dumps({"step": 999, "loss": 9.9}) + "\n")
+    (run / "epochs.jsonl").write_text(json.dumps({"epoch": 7, "step": 999}) + "\n")
+    args = [a for a in train_args(fmnist_cache, tmp_path, "again", "--train.threads", "1", "--train.max_steps", "3",
+                                  "--run.plots", "false", epochs=1) if a != "--quiet"]
+    proc = run_cli(*args, env=CLI_ENV, check=True)
+    assert [json.loads(x)["step"] for x in (run / "steps.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in (run / "epochs.jsonl").read_text().splitlines()] == [1]
+    flags = open("/proc/cpuinfo").read()
+    native = " avx512_bf16" in flags or " amx_bf16" in flags
+    chosen = "bfloat16 autocast, channels-last" if native else "float32, channels-last"
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("alexnet: training alexnet_small on ") and f" in {chosen}, eager (auto: " in first, first
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == ("bfloat16" if native else "float32")
+    assert summary["fast_path"]["description"].startswith(chosen) and summary["fast_path"]["channels_last"] is True
+    assert set(summary["machine"]) >= {"cpu", "vector_extensions", "cores"}
+
+
+def test_dotted_settings_stand_anywhere_among_the_arguments():
+    args = build_parser().parse_args(["train", "--optim.lr", "0.02", "cifar10", "--quiet", "--train.epochs=3"])
+    options = parse_train_args(args.train_argv)
+    assert (options.config, options.quiet, options.resume) == ("cifar10", True, None)
+    assert options.settings == ["--optim.lr", "0.02", "--train.epochs=3"]
+
+
+def test_bad_arguments_are_one_line_usage_errors():
+    proc = run_cli("train", "--train.epochs")
+    assert proc.returncode == 2 and proc.stderr == ("alexnet train: error: --train.epochs: missing value "
+                                                   "(see 'alexnet train --help')\n")
+    proc = run_cli("train", "cifar10", "--optim.lr", "0.02", "extra")
+    assert proc.returncode == 2 and proc.stderr == "alexnet: error: unrecognized arguments: extra (see 'alexnet --help')\n"
+    assert "--resume RUN_DIR" in run_cli("train", "--help", check=True).stdout

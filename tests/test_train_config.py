@@ -20,6 +20,16 @@ def test_defaults_are_the_papers_recipe():
     assert c.data.mean == "image" and c.model.name == "alexnet"
 
 
+def test_precision_and_memory_format_default_to_auto():
+    """The one departure from the paper's float32 in the defaults: "auto" (alexnet.fastpath) picks
+    bfloat16 where it is native. Explicit values stay what they say, and round-trip through TOML."""
+    c = Config()
+    assert (c.train.precision, c.train.channels_last) == ("auto", "auto")
+    c = load_config("fashion-mnist", ["--train.precision", "fp32", "--train.channels_last", "false"])
+    assert (c.train.precision, c.train.channels_last) == ("fp32", False)
+    assert 'precision = "fp32"' in to_toml(c) and "channels_last = false" in to_toml(c)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads_and_round_trips(preset, tmp_path):
     c = load_config(preset)
@@ -61,7 +71,9 @@ def test_dotted_overrides_are_typed():
     (["--train.epochs", "ten"], "train.epochs must be an int, got str 'ten'"),
     (["--train.epochs", "2.5"], "train.epochs must be an int"),
     (["--data.flip", "3"], "data.flip must be a bool"),
-    (["--train.precision", "fp8"], "train.precision must be one of fp32, bf16, fp16"),
+    (["--train.precision", "fp8"], "train.precision must be one of auto, fp32, bf16, fp16"),
+    (["--train.channels_last", "yes"], "train.channels_last must be one of true, false, auto; got 'yes'"),
+    (["--train.channels_last", "1"], "train.channels_last must be bool or str, got int 1"),
     (["--lr", "0.1"], "unknown option --lr"),
     (["--optim.lr"], "--optim.lr: missing value"),
     (["0.1"], "unexpected argument '0.1'"),

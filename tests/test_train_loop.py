@@ -3,15 +3,18 @@ overfitted, a stall at chance is detected, and the precision/compile options run
 
 from __future__ import annotations
 
+import json
 import math
+import tarfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from alexnet.data import prepare
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
-from alexnet.train.loop import Trainer, apply_input_scale, autocast_context
+from alexnet.train.trainer import Trainer
 from test_train_support import TINY, fmnist_cache, one_thread, prepared_cache, tiny_kwargs_arg  # noqa: F401
 
 
@@ -38,10 +41,8 @@ def preset_caches(fmnist_cache, shared_data, tmp_path_factory):
 def ilsvrc_sample(shared_data, base):
     """The 500 original ILSVRC-2012 JPEGs at the paper's 256 px, labelled from their file names
     (``<wnid>_<name>.JPEG``) in the official 1000-class order."""
-    from alexnet.data import prepare
     out = base / "ilsvrc500-256"
     if not (out / "meta.json").is_file():
-        import tarfile
         tar = shared_data / "imagenet-sample-500.tar"
         with tarfile.open(tar) as tf:
             stems = [m.name.rsplit("/", 1)[-1].rsplit(".", 1)[0] for m in tf.getmembers() if m.isfile()]
@@ -57,21 +58,21 @@ def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
     with the preset's own model, parameter groups, learning rate, precision and input pipeline."""
     trainer = Trainer(config, DistContext(), None)
     trainer._build()
-    model, opt, c = trainer.model, trainer.optimizer, config
+    model, opt, fast = trainer.model, trainer.optimizer, trainer.fast
     trainer.train_loader.set_epoch(0)
     x, y = next(iter(trainer.train_loader))
-    x = apply_input_scale(x, trainer.input_scale)
+    x = fast.prepare_input(x)     # the loader applies the InputSpec (mean, scale)
 
     def loss_now():
         model.eval()
-        with torch.no_grad(), autocast_context(c.train.precision, x.device):
+        with torch.no_grad(), fast.autocast():
             return float(F.cross_entropy(model(x).float(), y))
 
     before = loss_now()
     model.train()
     for step in range(steps):
         trainer.schedule.apply(opt, step)          # the schedule's first steps (warm-up included)
-        with autocast_context(c.train.precision, x.device):
+        with fast.autocast():
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -82,6 +83,7 @@ def fixed_batch_steps(config, steps: int) -> tuple[float, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset, extra, steps", [
     ("fashion-mnist", [], 6),
+    ("fashion-mnist", ["--train.precision", "fp32", "--train.channels_last", "false"], 6),
     ("fashion-mnist", ["--train.precision", "bf16", "--train.channels_last", "true"], 6),
     ("cifar10", [], 6),
     ("cifar10-ablations", [], 6),
@@ -108,7 +110,7 @@ def test_val_every_validates_every_nth_epoch_and_after_the_last(val_every, valid
         "--model.kwargs", tiny_kwargs_arg(SMALL), "--train.epochs", "3", "--train.batch_size", "32",
         "--train.val_every", str(val_every), "--run.out", str(tmp_path), "--run.name", f"every{val_every}",
         "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
-    epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
+    epochs = [json.loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
     assert [e.get("val_top1_err") is not None for e in epochs] == validated
     assert result.summary["val"]["top1_err"] == epochs[-1]["val_top1_err"]
 
@@ -135,7 +137,7 @@ def test_overfits_a_small_real_subset(fmnist_cache, tmp_path):
         "--train.epochs", "40", "--train.batch_size", "32", "--optim.lr", "0.01", "--optim.weight_decay", "0",
         "--schedule.kind", "constant", "--schedule.warmup_epochs", "0", "--run.out", str(tmp_path),
         "--run.name", "overfit", "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"])
-    epochs = [__import__("json").loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
+    epochs = [json.loads(x) for x in (result.run_dir / "epochs.jsonl").read_text().splitlines()]
     assert epochs[-1]["train_top1_err"] <= 1 / 64 and epochs[-1]["train_loss"] < 0.05
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] / 10
 

@@ -7,6 +7,7 @@ test module that asks for them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from alexnet.data import prepare
+from alexnet.train.config import parse_override_value
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +56,6 @@ def tiny_kwargs_arg(kwargs: dict = TINY) -> str:
 
 def prepared_cache(base: Path, name: str, source: str | Path, size: int, limit: int) -> Path:
     """A real cache of ``source`` with at most ``limit`` images per class per split (built once)."""
-    from alexnet.data import prepare
     out = base / f"{name}-{size}-{limit}"
     if not (out / "meta.json").is_file():
         prepare(str(source), out, size=size, limit=limit, quiet=True, workers=2)
@@ -98,7 +103,6 @@ def last_step(run_dir: Path) -> int:
     if not path.is_file():
         return 0
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    import json
     try:
         return json.loads(lines[-1])["step"] if lines else 0
     except (ValueError, KeyError):
@@ -106,12 +110,10 @@ def last_step(run_dir: Path) -> int:
 
 
 def checkpoint_tensors(path: Path, prefixes=("model.", "optim.")) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefixes)}
 
 
 def test_tiny_kwargs_is_valid_toml():
-    from alexnet.train.config import parse_override_value
     assert parse_override_value(tiny_kwargs_arg()) == TINY
 
 
@@ -121,7 +123,6 @@ CLI_ENV = {"OMP_NUM_THREADS": "1"}      # small CLI runs on a shared 2-core mach
 @pytest.fixture(scope="session")
 def trained_run(fmnist_cache, tmp_path_factory) -> Path:
     """A real `alexnet train` run (1 epoch of the tiny model on 600 Fashion-MNIST images)."""
-    from conftest import run_cli
     out = tmp_path_factory.mktemp("trained")
     proc = run_cli(*train_args(fmnist_cache, out, "run", "--train.threads", "1", "--optim.lr", "0.02",
                                "--data.crop", "24", epochs=1), env=CLI_ENV)

@@ -18,9 +18,10 @@ import csv
 import json
 import math
 import os
-import platform
 from pathlib import Path
 from typing import Any, Iterable
+
+import numpy as np
 
 
 def _clean(value: Any) -> Any:
@@ -98,7 +99,7 @@ def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "", ste
 
     With ``steps`` (the per-step records) the loss panel also shows the per-step loss and
     the lr panel the lr at every logged step (schedules that change within an epoch)."""
-    import matplotlib
+    import matplotlib   # lazy: matplotlib costs ~0.5 s of start-up that runs without plots never pay
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -148,10 +149,9 @@ def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "", ste
 
 def plot_confusion(matrix, classes: list[str], out: str | os.PathLike, title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
-    import matplotlib
+    import matplotlib   # lazy: see plot_curves
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     m = np.asarray(matrix, dtype=np.float64)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
@@ -175,19 +175,6 @@ def plot_confusion(matrix, classes: list[str], out: str | os.PathLike, title: st
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def machine_description() -> dict:
-    import torch
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-    try:
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _pct(x) -> str:

@@ -26,6 +26,9 @@ re-exec happens only when the process really is the ``alexnet`` program (not whe
 ``alexnet.cli.main`` is called from Python), at most once (``ALEXNET_RUNTIME`` marks
 the child), and never on platforms other than Linux.
 
+The machine: :func:`machine_description` (CPU model, its vector extensions, cores, memory,
+GPU) is the one description that run summaries and the benchmark header print.
+
 Threads: unless ``OMP_NUM_THREADS`` is set, torch uses as many intra-op threads as
 the CPUs this process may run on (``sched_getaffinity``, which respects
 ``taskset`` and container CPU sets), instead of every core of the host.
@@ -34,6 +37,7 @@ the CPUs this process may run on (``sched_getaffinity``, which respects
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -135,7 +139,7 @@ def configure_process(reexec: bool = True) -> dict[str, str]:
     _configured = True
     applied = {"allocator": marker or active_allocator()}
     if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
-        import torch
+        import torch   # lazy: only after the re-exec decision, so torch is imported once
         usable = len(os.sched_getaffinity(0))
         if usable and usable < torch.get_num_threads():
             torch.set_num_threads(usable)
@@ -168,7 +172,7 @@ def default_device(device: "str | None" = None):
 
 def describe() -> dict[str, str]:
     """The process settings, for benchmark reports and run metadata."""
-    import torch
+    import torch   # lazy: configure_process runs before the re-exec, where importing torch would cost twice
     return {
         "allocator": active_allocator(),
         "malloc_conf": os.environ.get("MALLOC_CONF", ""),
@@ -176,3 +180,67 @@ def describe() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
     }
+
+
+# ----------------------------------------------------------------------------- the machine
+
+# The vector extensions that decide the speed of this project's kernels, as Linux names them.
+VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd", "sve")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux names them (empty where /proc/cpuinfo is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> dict:
+    """The machine a result was measured on: CPU model and vector extensions, cores, memory, GPU."""
+    import torch   # lazy: see describe()
+    flags = cpu_flags()
+    info = {"cpu": cpu_model(), "vector_extensions": [x for x in VECTOR_EXTENSIONS if x in flags],
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    if capability is not None:
+        info["cpu_capability"] = capability()
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line for people: "AMD EPYC (avx2, avx512f, avx512_bf16), 2 cores, 7.8 GiB, torch 2.13.0"."""
+    m = info or machine_description()
+    extensions = ", ".join(m.get("vector_extensions") or []) or "no vector extensions found"
+    line = (f"{m['cpu']} ({extensions}), {m['cores']} cores, {m.get('memory_gib', '?')} GiB, "
+            f"torch {m.get('torch', '?')}")
+    return line + (f", GPU {m['gpu']}" if m.get("gpu") else "")

@@ -129,7 +129,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.002):
 _PRIMED = r"""
 import json, sys
 import torch                                  # the expensive imports happen before the go signal,
-import alexnet.cli, alexnet.data, alexnet.train.loop   # so the command starts the moment it is told to
+import alexnet.cli, alexnet.data, alexnet.train.trainer   # so the command starts the moment it is told to
 argv = json.loads(sys.argv[1])
 sys.stdin.readline()
 raise SystemExit(alexnet.cli.main(argv))

@@ -117,7 +117,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: st
             quiet: bool, device: str = "") -> dict:
     """Train (or re-use, or resume) one (arm, seed) run; return its summary."""
     from ..train.config import load_config
-    from ..train.loop import train
+    from ..train import train
 
     base = load_config(preset)
     overrides = arm_overrides(arm, seed, budget, cache, base.data.crop)

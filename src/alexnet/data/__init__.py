@@ -5,7 +5,8 @@ Never imports ``alexnet.models`` or ``alexnet.train``.
 """
 
 from .cache import Cache, Split, open_cache
-from .loader import Loader, build_loader
+from .loader import Loader
+from .pipeline import build_loader
 from .prepare import PrepareSummary, prepare
 from .sources import open_source
 

@@ -1,9 +1,13 @@
-"""Classification metrics as integer counts, so that they add up exactly across batches and ranks.
+"""Classification metrics as integer counts, so that they add up exactly across batches and ranks,
+and the evaluation of a model over a loader (centre crop or the paper's ten views).
 
 The paper reports top-1 and top-5 error rates (section 1 and Table 1): "the fraction
 of test images for which the correct label is not among the five labels considered
 most probable by the model". A sample counts as top-k correct when its label is
 among the k largest scores; ties are broken by ``torch.topk`` (index order on CPU).
+
+Ten views (section 4.1): "averaging the predictions made by the network's softmax layer
+on the ten patches": :func:`view_average` averages softmax probabilities, not logits.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..fastpath import FastPath
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
@@ -82,3 +90,32 @@ class ClassificationMeter:
         n = max(self.count, 1)
         return {"count": self.count, "loss": self.loss_sum / n if self.loss_sum else None,
                 "top1_err": 1 - self.top1 / n, "top5_err": 1 - self.top5 / n}
+
+
+def view_average(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Softmax over classes, then the mean over each image's ``views`` consecutive rows: (B, C)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    if views == 1:
+        return probs
+    return probs.view(-1, views, probs.shape[1]).mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader, num_classes: int, *, views: str = "center",
+                    fast: FastPath | None = None) -> ClassificationMeter:
+    """Top-1/top-5 counts and loss over ``loader`` (centre crop, or the paper's ten views averaged),
+    summed over every rank. ``fast``: the fast path the model runs in (None = float32, contiguous,
+    on the model's device). The loader already yields network input (its InputSpec)."""
+    if fast is None:
+        fast = FastPath(next(model.parameters()).device)
+    meter = ClassificationMeter(num_classes)
+    was_training = model.training
+    model.eval()
+    for x, y in loader:
+        with fast.autocast():
+            logits = model(fast.prepare_input(x))
+        probs = view_average(logits.float(), 10 if views == "ten" else 1)
+        loss_sum = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y.to(probs.device), reduction="sum"))
+        meter.update(probs, y, loss_sum)
+    model.train(was_training)
+    return meter.all_reduce()

@@ -1,9 +1,10 @@
-"""Speed: the fast path for training and inference, and the tools that measure it.
+"""Speed: the tools that measure the fast path (alexnet.fastpath) against the plain way.
 
-    from alexnet.perf import optimize
+    from alexnet.perf import optimize          # = alexnet.fastpath.optimize
     model, autocast = optimize(model, device, precision="float32", channels_last=None, compile=False)
 
-* :func:`optimize` - device, memory format, autocast and (opt-in) compilation;
+* :func:`optimize` - re-exported from :mod:`alexnet.fastpath` (the one fast path that
+  training, evaluation and this benchmark all run);
 * :func:`plain_reference_alexnet` - the paper's network written the obvious way,
   the baseline every speed claim is measured against;
 * :func:`matmul_gflops`, :func:`model_macs`, :func:`step_flops` - the machine's
@@ -14,7 +15,7 @@ See docs/performance.md for the measurements behind every default.
 """
 
 from .limits import matmul_gflops, model_macs, native_low_precision, step_flops
-from .optimize import PRECISIONS, autocast_factory, optimize, to_input
+from ..fastpath import PRECISIONS, autocast_factory, optimize, to_input
 from .reference import PlainAlexNet, plain_reference_alexnet
 
 __all__ = [

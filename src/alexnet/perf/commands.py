@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import UserError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -21,12 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 rows: auto = only when bfloat16 matmul is native (fast) here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_bench)
 
 
-def run(args) -> int:
-    from ..errors import UserError
-    from .suite import run_suite
+def run_bench(args) -> int:
+    from .suite import run_suite   # lazy: the suite imports torch (~1 s) that other commands never need
     for name in ("batch", "image_size", "rounds"):
         value = getattr(args, name)
         if value is not None and value < 1:

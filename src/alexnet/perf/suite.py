@@ -5,7 +5,10 @@
 Two worker processes (:mod:`alexnet.perf.worker`) run side by side: the
 *reference* with default process settings (glibc malloc, the network written
 plainly with ``nn.LocalResponseNorm``, float32, contiguous tensors) and *ours*
-(the allocator of :mod:`alexnet.runtime`, the fast LRN, :func:`alexnet.perf.optimize`).
+(the allocator of :mod:`alexnet.runtime`, the fast LRN, :mod:`alexnet.fastpath`: the
+same fast path the trainer runs). The model rows show each explicit variant and, as
+``default``, the path training takes by default (``train.precision = "auto"``,
+``train.channels_last = "auto"``), all beside the plain float32 reference.
 The suite alternates single timed repetitions between them, round by round, so a
 burst of load from another program hits both sides; each row reports medians,
 the spread (half the min-max range, in % of the median) and the ratio. A second
@@ -16,26 +19,27 @@ Groups: ``limits`` (float32 / bfloat16 matmul GFLOP/s), ``lrn`` (forward and
 forward+backward on the conv1 and conv2 shapes), ``train`` and ``infer`` (the
 paper's network; inference also for ``alexnet_owt``), ``scaling`` (images/s and
 peak RSS of a training step against batch size and input size, one fresh
-process per point), ``data`` (``benchmarks/bench_data.py``: prepare and loader).
+process per point), ``data`` (:mod:`alexnet.perf.data_bench`: prepare and loader).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from ..errors import UserError
-from ..runtime import ENV_MARKER, allocator_environment
+from ..runtime import ENV_MARKER, active_allocator, allocator_environment, machine_description, machine_line
+from . import data_bench
+from .limits import native_low_precision, step_flops
 
 GROUPS = ("limits", "lrn", "train", "infer", "scaling", "data")
-REPO = Path(__file__).resolve().parents[3]
 
 
 # ----------------------------------------------------------------------------- workers
@@ -67,6 +71,8 @@ class Worker:
     def __init__(self, side: str):
         self.side = side
         env = _reference_env() if side == "reference" else _ours_env()
+        # The folder holding this alexnet package (src/ of a checkout, or site-packages): the
+        # workers import the same package as the suite, whichever way it was made importable.
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         args = [sys.executable, "-m", "alexnet.perf.worker"] + (["--ours"] if side == "ours" else [])
@@ -108,7 +114,6 @@ class Suite:
     def __init__(self, quick: bool = False, batch: int | None = None, image_size: int | None = None,
                  rounds: int | None = None, groups: tuple[str, ...] = GROUPS, device: str | None = None,
                  compile: bool = False, bf16: str = "auto", progress: bool = True):
-        import torch
         self.quick = quick
         self.batch = batch or (32 if quick else 128)
         self.size = image_size or 224
@@ -198,14 +203,15 @@ class Suite:
                     "reference_times_s": ref["wall"], "ratio": ref_t / ours_t,
                     "ratio_cpu": _median(ref["cpu"]) / _median(ours["cpu"]),
                 })
+            if setups[label].get("fast_path"):
+                row["fast_path"] = setups[label]["fast_path"]["description"]
             flops_per_item = 0.0
             if training is not None and setups[label].get("macs"):
-                from .limits import step_flops
                 flops_per_item = step_flops(setups[label]["macs"], training)
                 row["macs_per_image"] = setups[label]["macs"]
             if flops_per_item:
                 row["gflops"] = flops_per_item * row["ours"] / 1e9
-                row["precision"] = variants[label].get("precision", "float32")
+                row["precision"] = (setups[label].get("fast_path") or {}).get("precision", "float32")
                 if "reference" in row:
                     row["reference_gflops"] = flops_per_item * row["reference"] / 1e9
             self.rows.append(row)
@@ -270,7 +276,6 @@ class Suite:
             return False
         f32, bf16 = self.limits.get("float32"), self.limits.get("bfloat16")
         if f32 is None or bf16 is None:
-            from .limits import native_low_precision
             return native_low_precision(self.device)
         if bf16 < 0.9 * f32:
             self._note(f"bfloat16 rows skipped: bfloat16 matmul runs at {bf16:.1f} GFLOP/s against "
@@ -281,7 +286,8 @@ class Suite:
     def _model_variants(self, kind: str, model: str) -> dict[str, dict]:
         base = {"kind": kind, "impl": "ours", "model": model, "batch": self.batch, "size": self.size,
                 "device": self.device}
-        variants = {"float32": {**base, "precision": "float32", "channels_last": False},
+        variants = {"default": {**base, "precision": "auto", "channels_last": "auto"},
+                    "float32": {**base, "precision": "float32", "channels_last": False},
                     "float32_channels_last": {**base, "precision": "float32", "channels_last": True}}
         if self._bf16_usable():
             variants["bfloat16_channels_last"] = {**base, "precision": "bfloat16", "channels_last": True}
@@ -335,18 +341,13 @@ class Suite:
                       f"peak RSS {point['rss_peak_mb']:.0f} MB")
 
     def _group_data(self) -> None:
-        path = REPO / "benchmarks" / "bench_data.py"
-        if not path.is_file():
-            self.notes.append(f"data rows skipped: {path} not found")
-            return
-        spec = importlib.util.spec_from_file_location("benchmarks_bench_data", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
         try:
-            rows = module.run(self.quick)
-        except Exception as exc:   # someone else's benchmark must not sink the whole suite
+            rows = data_bench.run(self.quick)
+        except Exception as exc:   # noqa: BLE001 - the data rows must not sink the whole suite
             self.notes.append(f"data rows failed: {type(exc).__name__}: {exc}")
             return
+        if not rows:
+            self.notes.append(f"data rows skipped: {data_bench.sample_path()} not found (set ALEXNET_SHARED)")
         for row in rows:
             row = dict(row)
             row.setdefault("group", "data")
@@ -357,14 +358,12 @@ class Suite:
 
     # -- report
     def report(self, elapsed: float) -> dict:
-        import torch
-        from ..runtime import active_allocator
         for row in self.rows:
             limit = self.limits.get(row.get("precision", ""))
             if "gflops" in row and limit:
                 row["fraction_of_limit"] = row["gflops"] / limit
         return {
-            "machine": machine_info(),
+            "machine": machine_description(),
             "settings": {"quick": self.quick, "batch": self.batch, "image_size": self.size, "rounds": self.rounds,
                          "device": self.device, "groups": list(self.groups), "compile": self.compile,
                          "torch": torch.__version__, "suite_allocator": active_allocator(),
@@ -376,34 +375,6 @@ class Suite:
             "notes": self.notes,
             "elapsed_s": elapsed,
         }
-
-
-def machine_info() -> dict:
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform()}
-    try:
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def _fmt(v, digits=1) -> str:
@@ -423,8 +394,7 @@ def _format_row(row: dict) -> str:
 def format_table(report: dict) -> str:
     lines = []
     m = report["machine"]
-    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB, "
-                 f"{m.get('cpu_capability', '')}, torch {report['settings']['torch']}; "
+    lines.append(f"machine: {machine_line(m)}; torch CPU capability {m.get('cpu_capability', '?')}; "
                  f"device {report['settings']['device']}")
     header = (f"{'benchmark':<32}{'variant':<24}{'ours':>10}{'+-%':>6}{'reference':>11}{'+-%':>6}"
               f"{'ratio':>8}{'cpu-ratio':>10}{'GFLOP/s':>9}{'of limit':>9}  unit")
@@ -476,23 +446,3 @@ def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dic
     save(report)
     print(format_table(report))
     return report
-
-
-def format_markdown(report: dict) -> str:
-    """The report as Markdown tables (for docs/performance.md and the README)."""
-    lines = ["| benchmark | variant | ours | +-% | reference | +-% | ratio | cpu-ratio | GFLOP/s | of limit | unit |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in report["rows"]:
-        frac = r.get("fraction_of_limit")
-        ratio, cpu = r.get("ratio"), r.get("ratio_cpu")
-        lines.append(
-            f"| {r['name']} | {r.get('variant', '')} | {_fmt(r.get('ours'))} | {_fmt(r.get('ours_spread_pct'), 0)} | "
-            f"{_fmt(r.get('reference'))} | {_fmt(r.get('reference_spread_pct'), 0)} | "
-            f"{_fmt(ratio, 2) + 'x' if ratio is not None else '-'} | {_fmt(cpu, 2) + 'x' if cpu is not None else '-'} | "
-            f"{_fmt(r.get('gflops'))} | {f'{100 * frac:.0f}%' if frac is not None else '-'} | {r.get('unit', '')} |")
-    if report["scaling"]:
-        lines += ["", "| batch | input | images/s | +-% | peak RSS (MB) |", "|---:|---:|---:|---:|---:|"]
-        for p in report["scaling"]:
-            lines.append(f"| {p['batch']} | {p['size']} | {p['images_per_s']:.1f} | {p['spread_pct']:.0f} | "
-                         f"{p['rss_peak_mb']:.0f} |")
-    return "\n".join(lines)

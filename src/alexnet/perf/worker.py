@@ -13,7 +13,10 @@ per line on stdout:
     {"op": "info"}                              -> {"ok": true, "rss_peak_mb": ..., "runtime": {...}}
 
 Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb"), impl ("plain" | "ours"),
-model, batch, size, precision, channels_last, compile, shape (for LRN), device.
+model, batch, size, precision, channels_last, compile, shape (for LRN), device. A model
+case of ours runs :func:`alexnet.fastpath.choose_fast_path` with its precision,
+channels_last and compile (``"auto"`` for both = the path training takes by default) and
+the training step of :mod:`alexnet.train.trainer`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fastpath import choose_fast_path
+from ..models import build_model
+from ..models.lrn import LocalResponseNorm
+from ..runtime import configure_process, describe
+from .limits import matmul_gflops, model_macs
+from .reference import plain_reference_alexnet
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -40,6 +50,7 @@ class Case:
         self.spec = spec
         self.device = torch.device(spec.get("device", "cpu"))
         self.macs = 0
+        self.fast: dict | None = None       # the fast path a case of ours runs (fastpath.FastPath.to_dict)
         gen = torch.Generator().manual_seed(0)
         kind, impl = spec["kind"], spec["impl"]
         start = time.perf_counter()
@@ -50,7 +61,6 @@ class Case:
         self.setup_s = time.perf_counter() - start
 
     def _setup_lrn(self, spec, gen, impl):
-        from ..models.lrn import LocalResponseNorm
         shape = tuple(spec["shape"])
         x = torch.randn(shape, generator=gen).clamp_min_(0).to(self.device)   # LRN follows a ReLU
         if spec.get("channels_last"):
@@ -72,10 +82,6 @@ class Case:
         _sync(self.device)
 
     def _setup_model(self, spec, gen, impl):
-        from ..models import build_model
-        from .limits import model_macs
-        from .optimize import optimize, to_input
-        from .reference import plain_reference_alexnet
         name, batch, size = spec["model"], spec["batch"], spec["size"]
         torch.manual_seed(0)
         if impl == "plain":
@@ -87,36 +93,47 @@ class Case:
         x = torch.randn(batch, 3, size, size, generator=gen)
         y = torch.randint(0, 1000, (batch,), generator=gen)
         if impl == "plain":
+            # The plain way: float32, contiguous, no autocast, the loss on the raw logits.
             model = model.to(self.device)
-            autocast = None
             x = x.to(self.device)
-        else:
-            channels_last = spec.get("channels_last", False)
-            model, autocast = optimize(model, self.device, spec.get("precision", "float32"),
-                                       channels_last=channels_last, compile=spec.get("compile", False))
-            x = to_input(x, self.device, channels_last)
-        y = y.to(self.device)
-        model.train(training)
-        if training:
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            y = y.to(self.device)
+            model.train(training)
+            if training:
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-            def work():
-                if autocast is None:
+                def work():
                     loss = F.cross_entropy(model(x), y)
-                else:
-                    with autocast():
-                        loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        else:
-            def work():
-                with torch.inference_mode():
-                    if autocast is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+            else:
+                def work():
+                    with torch.inference_mode():
                         model(x)
-                    else:
-                        with autocast():
-                            model(x)
+        else:
+            # Ours: exactly the fast path the trainer (alexnet.train.trainer) and evaluation run.
+            fast = choose_fast_path(self.device, spec.get("precision", "float32"), spec.get("channels_last", False),
+                                    spec.get("compile", False))
+            self.fast = fast.to_dict()
+            model = fast.prepare_model(model)
+            model, _ = fast.compile_model(model, x[:2], doing="benchmarking")
+            x = fast.prepare_input(x)
+            y = y.to(self.device)
+            model.train(training)
+            if training:
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+                def work():
+                    with fast.autocast():
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float(), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+            else:
+                def work():
+                    with torch.inference_mode(), fast.autocast():
+                        model(x)
         self.work = work
         work()   # warm-up (and compilation, when asked for)
         _sync(self.device)
@@ -133,7 +150,6 @@ class Case:
 
 
 def _info() -> dict:
-    from ..runtime import describe
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     info = {"rss_peak_mb": rss_kb / 1024.0, "runtime": describe()}
     if torch.cuda.is_available():
@@ -143,7 +159,6 @@ def _info() -> dict:
 
 def main() -> int:
     if "--ours" in sys.argv:
-        from ..runtime import configure_process
         configure_process(reexec=False)   # the suite already set the allocator in our environment
     cases: dict[str, Case] = {}
     out = sys.stdout
@@ -156,7 +171,7 @@ def main() -> int:
             if op == "setup":
                 case = Case(msg["case"])
                 cases[msg["id"]] = case
-                reply = {"setup_s": case.setup_s, "macs": case.macs}
+                reply = {"setup_s": case.setup_s, "macs": case.macs, "fast_path": case.fast}
             elif op == "run":
                 reply = cases[msg["id"]].run(int(msg.get("reps", 1)))
             elif op == "drop":
@@ -164,7 +179,6 @@ def main() -> int:
                 gc.collect()
                 reply = {}
             elif op == "matmul":
-                from .limits import matmul_gflops
                 reply = matmul_gflops(getattr(torch, msg["dtype"]), msg.get("device", "cpu"))
             elif op == "info":
                 reply = _info()

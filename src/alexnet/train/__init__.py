@@ -1,7 +1,8 @@
-"""Training: configuration, the loop, schedules, checkpoints, data- and model-parallel set-up."""
+"""Training: configuration, the loop (trainer), its resumable state, the run folder, schedules,
+data- and model-parallel set-up."""
 
 from ..checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import Config, load_config
-from .loop import TrainResult, train
+from .trainer import TrainResult, train
 
 __all__ = ["Config", "load_config", "train", "TrainResult", "save_checkpoint", "load_checkpoint", "load_model"]

@@ -1,15 +1,38 @@
-"""CLI: ``alexnet train [CONFIG] [--resume RUN_DIR] [--section.key VALUE ...]``."""
+"""CLI: ``alexnet train [CONFIG] [--resume RUN_DIR] [--quiet] [--section.key VALUE ...]``.
+
+Dotted settings may stand anywhere among the ordinary arguments, with their value as the
+next token or after ``=``. argparse cannot take options it does not know with a separate
+value (it would read ``0.02`` in ``--optim.lr 0.02`` as the CONFIG), so the command parses
+in two passes: the ``train`` subcommand takes its arguments as they are, then
+:func:`parse_train_args` splits off the dotted settings and gives the rest to an ordinary
+parser. Unknown keys and bad values are reported by :func:`alexnet.train.config.load_config`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import signal
+import sys
 
 from ..errors import UserError
 from ..locations import preset_files
-from .config import DEFAULT_PRESET
+from .config import DEFAULT_PRESET, load_config
+
+DESCRIPTION = ("Train with the paper's recipe scaled by a preset (presets: {presets}). Change any setting with "
+               "a dotted option, e.g. --optim.lr 0.02 --train.epochs 5 --model.kwargs.lrn false. The run folder "
+               "gets the resolved config, checkpoints (every epoch and best), JSONL metrics, plots, summary.json "
+               "and report.md. Ctrl-C saves a checkpoint; continue with --resume RUN_DIR.")
 
 
-def _split_settings(args: list[str]) -> tuple[list[str], list[str]]:
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and where to get help (as cli.py's)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def split_settings(args: list[str]) -> tuple[list[str], list[str]]:
     """Separate dotted settings (``--optim.lr 0.02`` / ``--optim.lr=0.02``) from ordinary arguments."""
     rest, settings = [], []
     i = 0
@@ -28,52 +51,53 @@ def _split_settings(args: list[str]) -> tuple[list[str], list[str]]:
     return rest, settings
 
 
-def _with_settings(parser):
-    """Make ``parser`` accept dotted settings anywhere; they land in ``args.settings``."""
-    base = type(parser)
-
-    def parse_known_args(self, args=None, namespace=None):
-        try:
-            rest, settings = _split_settings(list(args or []))
-        except UserError as exc:
-            self.error(str(exc))
-        ns, extras = base.parse_known_args(self, rest, namespace)
-        ns.settings = settings
-        return ns, extras
-
-    parser.__class__ = type("SettingsParser", (base,), {"parse_known_args": parse_known_args})
-    return parser
+def train_parser(prog: str = "alexnet train") -> argparse.ArgumentParser:
+    presets = ", ".join(f"{n} (default)" if n == DEFAULT_PRESET else n for n in preset_files())
+    p = _ArgumentParser(prog=prog, description=DESCRIPTION.format(presets=presets))
+    p.add_argument("config", nargs="?", help="preset name or TOML file (default: fashion-mnist)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    return p
 
 
-def _train(args) -> int:
-    from .config import load_config
-    from .loop import train
-    settings = list(args.settings)
-    if args.quiet:
+def parse_train_args(argv: list[str], prog: str = "alexnet train") -> argparse.Namespace:
+    """``argv`` (what follows ``train``) -> namespace with config, resume, quiet and settings."""
+    parser = train_parser(prog)
+    try:
+        rest, settings = split_settings(list(argv))
+    except UserError as exc:
+        parser.error(str(exc))
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:     # worded as before the two passes: the program's own parser used to say it
+        top = prog.split()[0]
+        sys.stderr.write(f"{top}: error: unrecognized arguments: {' '.join(unknown)} (see '{top} --help')\n")
+        raise SystemExit(2)
+    args.settings = settings
+    return args
+
+
+def _train_command(args) -> int:
+    from .trainer import train   # lazy: the trainer imports torch (~1 s) that other commands never need
+    options = parse_train_args(args.train_argv, args.train_prog)
+    settings = list(options.settings)
+    if options.quiet:
         settings += ["--run.progress", "false"]
-    if args.resume:
-        if args.config:
-            raise UserError(f"{args.config}: give either a config or --resume RUN_DIR, not both "
+    if options.resume:
+        if options.config:
+            raise UserError(f"{options.config}: give either a config or --resume RUN_DIR, not both "
                             f"(a resumed run uses the config saved in its folder)")
-        result = train(resume=args.resume, overrides=settings or None)
+        result = train(resume=options.resume, overrides=settings or None)
     else:
-        result = train(load_config(args.config, settings))
+        result = train(load_config(options.config, settings))
     if result.interrupted:
         return 128 + signal.SIGTERM if result.summary.get("signal") == "SIGTERM" else 130
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a model from a preset (default: fashion-mnist) and write a run folder",
-        description="Train with the paper's recipe scaled by a preset (presets: "
-                    + ", ".join(f"{n} (default)" if n == DEFAULT_PRESET else n for n in preset_files())
-                    + "). Change any setting with a dotted option, e.g. "
-                    "--optim.lr 0.02 --train.epochs 5 --model.kwargs.lrn false. The run folder gets the "
-                    "resolved config, checkpoints (every epoch and best), JSONL metrics, plots, summary.json "
-                    "and report.md. Ctrl-C saves a checkpoint; continue with --resume RUN_DIR.")
-    p.add_argument("config", nargs="?", help="preset name or TOML file (default: fashion-mnist)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-    p.set_defaults(func=_train)
-    _with_settings(p)
+    # The subcommand passes its arguments through untouched (no option prefix, no -h of its own):
+    # parse_train_args parses them, help included, once the dotted settings are split off.
+    p = sub.add_parser("train", help="train a model from a preset (default: fashion-mnist) and write a run folder",
+                       prefix_chars="\0", add_help=False)
+    p.add_argument("train_argv", nargs="*", metavar="ARGS")
+    p.set_defaults(func=_train_command, train_prog=p.prog)

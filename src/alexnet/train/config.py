@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +105,10 @@ class TrainConfig:
     epochs: int = 90
     batch_size: int = 128         # global batch (split across data-parallel ranks)
     seed: int = 0
-    precision: str = "fp32"       # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (autocast + GradScaler, CUDA)
-    channels_last: bool = False
+    # auto (bf16 where bfloat16 is native: CUDA, AVX512_BF16/AMX CPUs; else fp32; alexnet.fastpath)
+    # | fp32 | bf16 (autocast, CPU and CUDA) | fp16 (autocast + GradScaler, CUDA)
+    precision: str = "auto"
+    channels_last: bool | str = "auto"   # true | false | "auto" (on for CPU and CUDA: alexnet.fastpath)
     compile: bool = False         # torch.compile, falling back to eager with a warning
     device: str = ""              # "" = cuda:LOCAL_RANK when available, else cpu
     threads: int = 0              # torch threads (0 = leave as configured)
@@ -154,7 +157,8 @@ ALLOWED = {
     ("data", "scale"): ("none", "std"),
     ("model", "parallel"): ("none", "towers"),
     ("schedule", "kind"): ("plateau", "step", "cosine", "onecycle", "constant"),
-    ("train", "precision"): ("fp32", "bf16", "fp16"),
+    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("train", "channels_last"): (True, False, "auto"),
     ("train", "test_views"): ("center", "ten"),
 }
 
@@ -164,6 +168,14 @@ ALLOWED = {
 def _coerce(value: Any, kind: Any, key: str, where: str) -> Any:
     """Check (and for int->float widen) a TOML value against a field's declared type."""
     origin = typing.get_origin(kind) or kind
+    if origin in (typing.Union, types.UnionType):       # e.g. bool | str: the first member that fits
+        for member in typing.get_args(kind):
+            try:
+                return _coerce(value, member, key, where)
+            except UserError:
+                continue
+        names = " or ".join(getattr(m, "__name__", str(m)) for m in typing.get_args(kind))
+        raise UserError(f"{where}: {key} must be {names}, got {type(value).__name__} {value!r}")
     if origin is bool:
         if isinstance(value, bool):
             return value
@@ -203,8 +215,9 @@ def _merge(obj: Any, values: dict, where: str, prefix: str = "") -> None:
         value = _coerce(value, hints[key], dotted, where)
         section = prefix.rstrip(".")
         allowed = ALLOWED.get((section, key))
-        if allowed and value not in allowed:
-            raise UserError(f"{where}: {dotted} must be one of {', '.join(allowed)}; got {value!r}")
+        if allowed and not any(value == a and type(value) is type(a) for a in allowed):
+            names = ", ".join(_toml_value(a) if isinstance(a, bool) else a for a in allowed)
+            raise UserError(f"{where}: {dotted} must be one of {names}; got {value!r}")
         if key == "kwargs" and section == "model":
             value = {**current, **value}      # kwargs merge, so one switch can be overridden alone
         setattr(obj, key, value)
@@ -278,13 +291,6 @@ def load_config(preset: str | os.PathLike | None = None, overrides: dict | list[
             overrides = parse_overrides(overrides)
         _merge(config, overrides, "command line")
     validate(config)
-    return config
-
-
-def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config from ``Config.to_dict()`` output (as stored in checkpoints)."""
-    config = Config()
-    _merge(config, values, "checkpoint config")
     return config
 
 

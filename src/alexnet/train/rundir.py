@@ -1,0 +1,128 @@
+"""The run folder: its name, its lock, its two checkpoints and its logs.
+
+    RUN/.lock             held while a run trains in RUN (a second run refuses to start)
+    RUN/config.toml       the resolved configuration (config.json: the same as JSON)
+    RUN/last.safetensors  written at every epoch end and on a graceful stop
+    RUN/best.safetensors  a copy of last at each new best validation error
+    RUN/steps.jsonl, RUN/epochs.jsonl   the logs (alexnet.report)
+    RUN/epochs.csv, curves.png, summary.json, report.md   written when the run ends
+
+A fresh run needs a folder without ``last.safetensors`` (else: resume it); it starts
+the logs afresh even when an earlier, checkpoint-less attempt left some behind. A
+resumed run keeps only the log records up to its checkpoint and writes the rest again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .. import checkpoint as ckpt_io
+from .. import report
+from ..console import info
+from ..errors import UserError
+from . import distributed as dist_utils
+from .config import Config, to_toml
+
+LAST, BEST = "last.safetensors", "best.safetensors"
+LOGS = ("steps.jsonl", "epochs.jsonl")
+
+
+class RunLock:
+    """An exclusive POSIX lock (``lockf``) on RUN/.lock: a second run on the same folder refuses to start.
+
+    The kernel releases the lock when the process dies, so a killed run never leaves a
+    stale lock behind. ``lockf``, not ``flock``: a ``flock`` is shared with forked
+    children (DataLoader workers), which outlive a ``kill -9`` of the trainer by seconds
+    and kept the folder "in use by" a dead process (tests/reliability/test_crash.py).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise UserError(f"{run_dir}: run folder is in use by {holder}; wait for it or choose another --run.name") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"process {os.getpid()} on {os.uname().nodename}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def run_folder(config: Config, ctx: dist_utils.DistContext) -> Path:
+    """RUN.OUT/RUN.NAME, the name defaulting to <preset>-<yyyymmdd-hhmmss>; every rank gets rank 0's."""
+    name = config.run.name or f"{config.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = dist_utils.broadcast_object(name, ctx)
+    return Path(config.run.out).expanduser() / name
+
+
+def open_run_folder(run_dir: Path, config: Config, resuming: bool) -> RunLock:
+    """Create and lock ``run_dir``, check it suits a fresh or resumed run, write the config (rank 0 only).
+
+    A fresh run empties logs left by an attempt that never wrote a checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    try:
+        if not resuming and (run_dir / LAST).exists():
+            raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                            f"or choose another --run.name")
+        if resuming and not (run_dir / LAST).exists():
+            raise UserError(f"{run_dir}: no checkpoint to resume from (last.safetensors missing)")
+        if not resuming:
+            for name in LOGS:
+                (run_dir / name).unlink(missing_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config))
+        report.write_json(run_dir / "config.json", config.to_dict())
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def truncate_logs(run_dir: Path, step: int, epoch: int) -> None:
+    """Drop log records written after the checkpoint at ``step`` / ``epoch``: the resumed run writes them again."""
+    report.truncate_jsonl(run_dir / "steps.jsonl", lambda r: r.get("step", 0) <= step)
+    report.truncate_jsonl(run_dir / "epochs.jsonl", lambda r: r.get("epoch", 0) <= epoch)
+
+
+def best_holds(run_dir: Path, epoch: int) -> bool:
+    """Whether best.safetensors is the checkpoint of ``epoch``."""
+    try:
+        return ckpt_io.load_checkpoint(run_dir / BEST).meta.get("epoch") == epoch
+    except UserError:
+        return False
+
+
+def copy_last_to_best(run_dir: Path) -> None:
+    """best <- last, atomically (copy aside, fsync, rename)."""
+    tmp = run_dir / (BEST + ".tmp-copy")
+    shutil.copyfile(run_dir / LAST, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / BEST)
+
+
+def write_outputs(run_dir: Path, summary: dict, epochs: list[dict], plots: bool, title: str) -> None:
+    """The end of a run: epochs.csv, curves.png, summary.json, report.md, and where they are."""
+    report.write_csv(run_dir / "epochs.csv", epochs)
+    if plots and epochs:
+        report.plot_curves(epochs, run_dir / "curves.png", title=title, steps=report.read_jsonl(run_dir / "steps.jsonl"))
+    report.write_json(run_dir / "summary.json", summary)
+    report.write_report(run_dir, summary, epochs)
+    test = summary.get("test")
+    if test:
+        info(f"test ({test['views']}): top-1 error {100 * test['top1_err']:.2f}% "
+             f"(accuracy {100 * test['accuracy']:.2f}%), top-5 error {100 * test['top5_err']:.2f}%")
+    info(f"done in {summary['wall_time_s'] / 60:.1f} min; report: {run_dir / 'report.md'}; "
+         f"plots: {run_dir / 'curves.png'}; checkpoints: {run_dir / LAST}")
