@@ -1,0 +1,17 @@
+"""Weights from elsewhere: torchvision's AlexNet, BVLC Caffe's AlexNet and CaffeNet, and the
+ImageNet-trained convolutions of theano_alexnet, imported as this project's checkpoints
+(the weights, their input description and their class names in one file); the ILSVRC-2012
+class names; and :func:`load_pretrained`, a checkpoint with its preprocessing as a callable.
+
+``alexnet.weights.imagenet`` stands on the basics floor (any module may use it); the
+importers on the checkpoint floor; :mod:`alexnet.weights.pretrained` on the eval floor.
+"""
+
+from .caffe import import_caffe
+from .imagenet import ilsvrc_classes, readable_names
+from .pretrained import Preprocess, load_pretrained
+from .theano import import_theano_alexnet
+from .torchvision import import_torchvision
+
+__all__ = ["import_torchvision", "import_caffe", "import_theano_alexnet", "ilsvrc_classes", "readable_names",
+           "load_pretrained", "Preprocess"]
