@@ -175,7 +175,7 @@ class WritesMarker:
 def test_a_file_carrying_code_is_refused_and_the_code_never_runs(cli, tmp_path, container):
     marker = tmp_path / "MARKER"
     pth = tmp_path / "evil.pth"
-    payload = {"features.0.weight": torch.zeros(1), "hook": WritesMarker(marker)}
+    payload = {"hook": WritesMarker(marker), "features.0.weight": torch.zeros(1)}
     if container == "torch.save":
         torch.save(payload, pth)
     else:
@@ -202,7 +202,7 @@ def test_bad_state_dicts_are_one_line_each(cli, tmp_path):
     wrong["features.3.weight"] = torch.zeros(128, 64, 5, 5)
     wrong["classifier.1.weight"], wrong["classifier.1.bias"] = torch.zeros(4096, 9216), torch.zeros(4096)
     cases["shape"] = (wrong, "not a torchvision alexnet state dict: features.3.weight is (128, 64, 5, 5), "
-                             "expected (192, 64, 5, 5); features.3.bias is (192,), expected (128,)")
+                             "expected (192, 64, 5, 5)")
     cases["list"] = ([torch.zeros(3)], "holds a list, not a state dict (name -> tensor)")
     for name, (obj, message) in cases.items():
         pth = tmp_path / f"{name}.pth"
