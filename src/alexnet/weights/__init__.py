@@ -9,9 +9,18 @@ importers on the checkpoint floor; :mod:`alexnet.weights.pretrained` on the eval
 
 from .caffe import import_caffe
 from .imagenet import ilsvrc_classes, readable_names
-from .pretrained import Preprocess, load_pretrained
 from .theano import import_theano_alexnet
 from .torchvision import import_torchvision
+
+
+def __getattr__(name: str):
+    # load_pretrained stands on the eval floor (it decodes images with alexnet.eval.predict);
+    # resolving it on first use keeps ``alexnet.weights.imagenet`` importable from eval itself
+    # (predict's readable names) without an import cycle.
+    if name in ("load_pretrained", "Preprocess"):
+        from . import pretrained
+        return getattr(pretrained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["import_torchvision", "import_caffe", "import_theano_alexnet", "ilsvrc_classes", "readable_names",
            "load_pretrained", "Preprocess"]
