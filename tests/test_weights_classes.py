@@ -1,0 +1,102 @@
+"""ILSVRC-2012 class names (read at run time, never shipped) and load_pretrained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.data.preprocess import InputSpec, to_network_input
+from alexnet.errors import UserError
+from alexnet.eval.predict import read_square
+from alexnet.weights import ilsvrc_classes, load_pretrained, readable_names
+from alexnet.weights.imagenet import ENV_CLASSES
+
+
+def write_list(path, n=1000, start=0):
+    path.write_text("".join(f"{i} n{20000000 + i:08d} class_{i}_name\n" for i in range(start, start + n)))
+    return path
+
+
+def test_list_from_the_environment_variable_first(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CLASSES, str(write_list(tmp_path / "list.txt")))
+    wnids, names = ilsvrc_classes()
+    assert len(wnids) == 1000 and wnids[207] == "n20000207" and names[207] == "class 207 name"
+
+
+def test_no_list_anywhere_gives_none_and_importers_name_by_index(tmp_path, monkeypatch, cli):
+    monkeypatch.delenv(ENV_CLASSES, raising=False)
+    monkeypatch.setenv("ALEXNET_SHARED", str(tmp_path / "empty"))
+    assert ilsvrc_classes() is None
+    assert readable_names(["n02099601", "n02099712"]) == ["n02099601", "n02099712"]
+    from test_weights_torchvision import layout
+    pth = tmp_path / "tv.pth"
+    torch.save({k: torch.zeros(s) for k, s in layout()}, pth)
+    ckpt = tmp_path / "tv.safetensors"
+    proc = cli("import", "torchvision", pth, "-o", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "no ILSVRC-2012 class list" in warnings[0] and "named by their index" in warnings[0]
+    model, _ = load_pretrained(ckpt)
+    assert model.classes[:3] == ["0", "1", "2"] and model.class_names[999] == "999"
+
+
+def test_malformed_lists_are_one_line(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0 n01440764 tench\n1 goldfish\n")
+    monkeypatch.setenv(ENV_CLASSES, str(bad))
+    with pytest.raises(UserError, match=r"bad.txt:2: expected 'index wnid name', got '1 goldfish'"):
+        ilsvrc_classes()
+    monkeypatch.setenv(ENV_CLASSES, str(write_list(tmp_path / "short.txt", n=10)))
+    with pytest.raises(UserError, match="10 classes, the ILSVRC-2012 list has 1000"):
+        ilsvrc_classes()
+    monkeypatch.setenv(ENV_CLASSES, str(tmp_path / "absent.txt"))
+    with pytest.raises(UserError, match="no such file"):
+        ilsvrc_classes()
+
+
+def test_readable_names_for_any_wnid_list(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CLASSES, str(write_list(tmp_path / "list.txt")))
+    assert readable_names(["n20000005", "n20000001"]) == ["class 5 name", "class 1 name"]     # an Imagewoof-like subset
+    assert readable_names(["n20000005", "n99999999"]) == ["class 5 name", "n99999999"]       # unknown wnid kept
+    assert readable_names(["cat", "dog"]) == ["cat", "dog"]                                  # not wnids: unchanged
+    assert readable_names(None) is None
+
+
+def test_the_real_list_beside_the_checkout(shared_data, monkeypatch):
+    monkeypatch.delenv(ENV_CLASSES, raising=False)
+    monkeypatch.setenv("ALEXNET_SHARED", str(shared_data.parent))
+    wnids, names = ilsvrc_classes()
+    assert wnids == sorted(wnids)                    # sorted wnids give the index order
+    assert (wnids[207], names[207]) == ("n02099601", "golden retriever")
+    assert readable_names(["n01440764"]) == ["tench"]
+
+
+def test_load_pretrained_three_lines_and_preprocess_inputs(tmp_path, shared_data, monkeypatch):
+    import tarfile
+    from alexnet.checkpoint import save_model
+    from alexnet.models import build_model
+    monkeypatch.setenv(ENV_CLASSES, str(write_list(tmp_path / "list.txt")))
+    with tarfile.open(shared_data / "imagewoof2-160.tar") as tar:
+        member = next(m for m in tar if m.isfile() and m.name.endswith(".JPEG"))
+        photo = tmp_path / "dog.JPEG"
+        photo.write_bytes(tar.extractfile(member).read())
+    torch.manual_seed(0)
+    model = build_model("alexnet_small", num_classes=3)
+    mean = np.random.default_rng(0).uniform(0, 255, (40, 40, 3)).astype(np.float32)
+    spec = InputSpec(size=40, crop=32, channels=3, mean="image", mean_image=mean, scale=(0.5, 0.25, 0.125))
+    ckpt = save_model(tmp_path / "small.safetensors", model, name="alexnet_small", num_classes=3, in_channels=3,
+                      classes=["n20000000", "n20000001", "n20000002"], input_spec=spec)
+
+    model, preprocess = load_pretrained(ckpt)
+    probs = model(preprocess([photo])).softmax(1)
+    name = model.class_names[int(probs.argmax())]
+
+    assert name in {"class 0 name", "class 1 name", "class 2 name"}
+    square = read_square(photo, 40, 3)
+    expected = torch.from_numpy((square[4:36, 4:36].astype(np.float32) - mean[4:36, 4:36]) * [0.5, 0.25, 0.125])
+    torch.testing.assert_close(preprocess(photo)[0], expected.permute(2, 0, 1).float())
+    torch.testing.assert_close(preprocess([square, photo]), to_network_input(np.stack([square, square]), spec))
+    assert preprocess(square).shape == (1, 3, 32, 32)
+    with pytest.raises(UserError, match="no such file"):
+        preprocess([tmp_path / "missing.jpg"])
