@@ -10,7 +10,7 @@ from alexnet.data.preprocess import InputSpec, to_network_input
 from alexnet.errors import UserError
 from alexnet.eval.predict import read_square
 from alexnet.weights import ilsvrc_classes, load_pretrained, readable_names
-from alexnet.weights.imagenet import ENV_CLASSES
+from alexnet.data.classnames import ENV_CLASSES
 
 
 def write_list(path, n=1000, start=0):

@@ -2,6 +2,10 @@
 
     >>> from alexnet import build_model, layer_table
     >>> model = build_model("alexnet", num_classes=1000)
+
+    >>> from alexnet import load_pretrained          # a checkpoint with its preprocessing
+    >>> model, preprocess = load_pretrained("alexnet-tv.safetensors")
+    >>> model(preprocess(["photo.jpg"])).softmax(1).topk(5)
 """
 
 from .errors import UserError
@@ -12,6 +16,8 @@ from .models.summary import format_table, layer_table
 from .train import Config, TrainResult, load_config, load_model, train
 from .eval import evaluate, predict
 from .perf import optimize, plain_reference_alexnet
+from .export import export_model
+from .weights import import_caffe, import_theano_alexnet, import_torchvision, load_pretrained, readable_names
 
 __version__ = _version()
 
@@ -20,5 +26,6 @@ __all__ = [
     "list_models", "local_response_norm", "format_table", "layer_table",
     "open_cache", "build_loader", "prepare",
     "Config", "TrainResult", "load_config", "load_model", "train", "evaluate", "predict",
-    "optimize", "plain_reference_alexnet",
+    "optimize", "plain_reference_alexnet", "export_model",
+    "import_torchvision", "import_caffe", "import_theano_alexnet", "load_pretrained", "readable_names",
 ]

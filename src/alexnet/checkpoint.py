@@ -37,6 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import locations
+from .data.classnames import readable_names
 from .data.preprocess import InputSpec
 from .errors import UserError
 from .models import build_model
@@ -240,6 +241,14 @@ def restore_rng_for_rank(ckpt: Checkpoint, rank: int) -> None:
     restore_rng(ckpt.meta["rng"][key], ckpt.group(f"rng.{rank}"))
 
 
+def _class_names(classes: list[str] | None, names: list[str] | None) -> list[str] | None:
+    """The stored readable names; ILSVRC wnids (``n02099601``) without them get their names from the
+    ILSVRC class list when it is available (:mod:`alexnet.data.classnames`)."""
+    if classes and (not names or list(names) == list(classes)):
+        return readable_names(classes)
+    return names or classes
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """A trained model in eval mode, plus what is needed to feed it.
 
@@ -262,7 +271,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     stats = {k: v.numpy() for k, v in ckpt.group("extra.stats").items()}
     info = {
         **m, "path": str(ckpt.path), "classes": ckpt.meta.get("classes"),
-        "class_names": ckpt.meta.get("class_names") or ckpt.meta.get("classes"),
+        "class_names": _class_names(ckpt.meta.get("classes"), ckpt.meta.get("class_names")),
         "input_scale": data.get("input_scale"),
         "input_size": data.get("crop"), "cache_size": data.get("size"), "mean": data.get("mean", "none"),
         "stats": stats,

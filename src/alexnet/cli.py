@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "alexnet.analysis.commands",
     "alexnet.perf.commands",
     "alexnet.export.commands",
+    "alexnet.weights.commands",
 )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..console import warn
 from ..errors import UserError
-from .imagenet import NUM_CLASSES, ilsvrc_classes, missing_list_message, readable_names
+from ..data.classnames import NUM_CLASSES, ilsvrc_classes, missing_list_message, readable_names
 
 
 def existing_file(path: str | os.PathLike, what: str) -> Path:

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_model
-from ..data.preprocess import InputSpec, to_network_input
+from ..data.preprocess import InputSpec, input_spec_of, read_square, to_network_input
+from ..data.classnames import readable_names
 from ..errors import UserError
-from ..eval.predict import input_spec_of, read_square
-from .imagenet import readable_names
 
 
 class Preprocess:
