@@ -439,9 +439,23 @@ def test_a_second_download_of_the_same_file_waits_its_turn(tmp_path):
 
 @pytest.mark.parametrize("name,preset", [("cifar10", "cifar10"), ("fashion-mnist", "fashion-mnist"), ("imagewoof", "imagewoof")])
 def test_default_cache_is_the_one_train_reads(name, preset, tmp_path, monkeypatch):
-    """`prepare NAME --download` without OUT builds the cache `alexnet train PRESET` opens."""
+    """`prepare NAME --download` without OUT builds the cache that `alexnet train PRESET
+    --data.source NAME` opens (the one rule of alexnet.data.resolve)."""
+    from alexnet.data.resolve import default_cache_dir
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
     dataset = download.resolve(name)
-    config = load_config(preset)
+    config = load_config(preset, ["--data.source", name])
     assert download.preset_size(dataset) == config.data.size
-    assert download.default_cache(dataset, download.preset_size(dataset)) == config.cache_dir()
+    assert default_cache_dir(dataset.name, download.preset_size(dataset)) == config.cache_dir()
+    assert config.cache_dir() == tmp_path / f"{dataset.name}-{config.data.size}"
+
+
+def test_an_official_name_as_a_source_says_how_to_download_it(tmp_path, monkeypatch):
+    """`--data.source cifar10` before any download: one line naming the command that fetches it."""
+    from alexnet.data.resolve import ensure_prepared
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match=r"cifar10: CIFAR-10 \(python version\) is not downloaded yet; "
+                                         r"run 'alexnet prepare cifar10 --download'"):
+        ensure_prepared("cifar10", 32, quiet=True)
+    with pytest.raises(UserError, match=r"or use the official archive: 'alexnet prepare cifar10 --download'"):
+        ensure_prepared(str(tmp_path / "cifar10-jpg.tar.gz"), 32, quiet=True, what="data.source")

@@ -8,6 +8,7 @@ import os
 from ..console import info
 from ..errors import UserError
 from . import download
+from .resolve import default_cache_dir
 from .cache import read_meta
 from .sources import SHORTHANDS
 
@@ -36,7 +37,7 @@ def _prepare(args) -> int:
             if dataset.preset:
                 info(f"--size {size}: the {dataset.preset} preset's (give --size to choose another)", args.quiet)
         if out is None:
-            out = str(download.default_cache(dataset, _size(str(size))))
+            out = str(default_cache_dir(dataset.name, _size(str(size))))   # what resolve_cache(NAME) opens
             existing = read_meta(out) if os.path.isdir(out) else None
             if existing and existing.get("complete") and not args.overwrite:
                 origin = (existing.get("source") or {}).get("location", "?")

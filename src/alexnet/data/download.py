@@ -171,10 +171,13 @@ def preset_size(dataset: Dataset) -> int | None:
     return int(size) if size is not None else None
 
 
-def default_cache(dataset: Dataset, size) -> Path:
-    """The cache folder ``alexnet train PRESET`` reads for this dataset at ``size``:
-    ``cache_root()/<preset or dataset>-<size>`` (the training config's own naming rule)."""
-    return cache_root() / f"{dataset.preset or dataset.name}-{size}"
+def downloaded(dataset: Dataset, root: str | os.PathLike | None = None) -> Path | None:
+    """What ``prepare`` reads for this dataset when every file of it is already on disk
+    (verified again on use by :func:`fetch`), else None. Never touches the network."""
+    folder = downloads_dir(root) / dataset.name
+    if all((folder / remote.name).is_file() for remote in dataset.files):
+        return folder / dataset.source if dataset.source else folder
+    return None
 
 
 # --------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 
 * A folder holding ``meta.json`` is a prepared cache and is opened as it is.
 * Anything else is a *source* (a folder tree, a .tar/.tar.gz archive, an ILSVRC val
-  folder, a shorthand such as ``fashion-mnist``). It is prepared once, at ``size`` px, into
+  folder, a shorthand such as ``fashion-mnist``, or an official dataset's name such as
+  ``cifar10`` once ``alexnet prepare cifar10 --download`` has fetched it). It is prepared once, at ``size`` px, into
   ``<cache root>/<name>-<size>`` and reused from then on; the cache root is
   ``$ALEXNET_CACHE`` or ``~/.cache/alexnet`` (:func:`alexnet.locations.cache_root`).
 * ``<name>`` is :func:`source_name`: the source's last path component without its archive
@@ -24,6 +25,7 @@ from pathlib import Path
 from ..console import info
 from ..errors import UserError
 from ..locations import cache_root, expand_source
+from . import download
 from .cache import Cache, open_cache
 from .prepare import prepare
 from .sources import SHORTHANDS
@@ -46,7 +48,10 @@ def source_name(source: str | os.PathLike) -> str:
 
 
 def default_cache_dir(source: str | os.PathLike, size: int, name: str | None = None) -> Path:
-    """Where the source is prepared at ``size`` px: ``<cache root>/<name>-<size>``."""
+    """Where the source is prepared at ``size`` px: ``<cache root>/<name>-<size>``. An official
+    dataset given by name or alias (``imagewoof``) is named after the dataset (``imagewoof2-160``)."""
+    if name is None and download.known(str(source)):
+        name = download.resolve(str(source)).name
     return cache_root() / f"{name or source_name(source)}-{int(size)}"
 
 
@@ -71,12 +76,30 @@ def ensure_prepared(data: str | os.PathLike, size: int, *, name: str | None = No
         return out
     if not text:
         raise UserError(f"{out}: no such cache, and no source ({what}) to build it from")
+    source = text
     if text not in SHORTHANDS and not os.path.exists(text):
-        raise UserError(f"{data}: no such file or directory ({what}: neither a cache nor a dataset source)")
+        source = _downloaded_source(text, data, what)
     info(f"preparing {data} -> {out} at {size} px (once; later runs reuse it)", quiet)
     out.parent.mkdir(parents=True, exist_ok=True)
-    prepare(text, out, size=size, quiet=quiet)
+    prepare(source, out, size=size, quiet=quiet)
     return out
+
+
+def _downloaded_source(text: str, data, what: str) -> str:
+    """An official dataset named by its name (``cifar10``): its downloaded files; else a UserError
+    that says how to get them."""
+    if download.known(text):
+        dataset = download.resolve(text)
+        found = download.downloaded(dataset)
+        if found is None:
+            raise UserError(f"{data}: {dataset.title} is not downloaded yet; run 'alexnet prepare {text} --download' "
+                            f"(or give a path to its files)")
+        return str(download.fetch(dataset, quiet=True))     # verified again, never re-downloaded
+    hint = ""
+    guess = source_name(text).split("-")[0]
+    if download.known(guess):
+        hint = f"; or use the official archive: 'alexnet prepare {guess} --download', then {what} {guess}"
+    raise UserError(f"{data}: no such file or directory ({what}: neither a cache nor a dataset source{hint})")
 
 
 def resolve_cache(data: str | os.PathLike, size: int, *, name: str | None = None, quiet: bool = False) -> Cache:
