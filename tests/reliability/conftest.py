@@ -7,12 +7,37 @@ from pathlib import Path
 
 import pytest
 
+from . import helpers
 from .corpus import build_corpus
 from .helpers import run, write_ledger
 
 
 def pytest_sessionfinish(session, exitstatus):
-    write_ledger()
+    write_ledger(exitstatus)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _ledger_rows(request):
+    """Tie each ledger row to its test; a failing (or erroring) test adds a row of its own,
+    not survived, so the ledger never shows a failed run as all green."""
+    nodeid = request.node.nodeid
+    helpers.CURRENT["test"] = nodeid
+    yield
+    reports = [getattr(request.node, f"report_{w}", None) for w in ("setup", "call")]
+    failed = [r for r in reports if r is not None and r.failed]
+    if failed:
+        text = str(failed[0].longrepr).strip().splitlines()
+        helpers.LEDGER.append({**helpers._row(request.node.module.__name__.rsplit(".", 1)[-1].replace("test_", ""),
+                                              f"test failed: {request.node.name}", "pytest", "the test passes", None),
+                               "outcome": (text[-1] if text else "failed")[:300]})
+    helpers.CURRENT["test"] = None
 
 
 # ----------------------------------------------------------------------------- shared data

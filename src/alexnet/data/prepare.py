@@ -490,6 +490,18 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
         raise UserError(f"--format {storage!r}: choose raw or jpeg")
     if not 1 <= int(quality) <= 100:
         raise UserError(f"--quality {quality}: must be 1..100")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise UserError(f"{parent}: no such directory")
+    with _OutputLock(out):   # first: a second prepare of OUT refuses before it spends time listing
+        return _prepare_locked(source, out, parent, size=size, storage=storage, quality=int(quality),
+                               skip_bad=skip_bad, workers=workers, quiet=quiet, labels=labels, classes=classes,
+                               limit=limit, channels=channels, overwrite=overwrite, started=started)
+
+
+def _prepare_locked(source, out: str, parent: str, *, size, storage: str, quality: int, skip_bad: bool, workers,
+                    quiet: bool, labels, classes, limit, channels, overwrite: bool, started: float) -> PrepareSummary:
+    """The body of :func:`prepare`, run while holding ``OUT.lock``."""
     src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit)
 
     if size == "native":
@@ -513,20 +525,8 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
 
-    fingerprint = hashlib.sha256(json.dumps([src.fingerprint(), size, channels, storage, int(quality),
+    fingerprint = hashlib.sha256(json.dumps([src.fingerprint(), size, channels, storage, quality,
                                              layout.CACHE_VERSION]).encode()).hexdigest()[:32]
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise UserError(f"{parent}: no such directory")
-    with _OutputLock(out):
-        return _prepare_locked(src, out, parent, fingerprint, size, channels, storage, int(quality), skip_bad,
-                               workers, quiet, overwrite, started)
-
-
-def _prepare_locked(src: Source, out: str, parent: str, fingerprint: str, size: int, channels: int, storage: str,
-                    quality: int, skip_bad: bool, workers: int, quiet: bool, overwrite: bool,
-                    started: float) -> PrepareSummary:
-    """The body of :func:`prepare`, run while holding ``OUT.lock``."""
     counts = {k: src.count(k) for k in src.splits}
     existing = layout.read_meta(out) if os.path.isdir(out) else None
     if os.path.exists(out):
