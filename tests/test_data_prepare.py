@@ -16,9 +16,11 @@ import time
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image
 
 from alexnet import UserError, open_cache, prepare
+from alexnet.cli import main
 from alexnet.data.decode import decode_square
 
 from test_data_helpers import assert_close_to_pil, dct_factor, numpy_stats, reference_square, tar_members, write_tar
@@ -29,7 +31,6 @@ pytestmark = pytest.mark.shared
 @pytest.fixture(scope="module")
 def woof(shared_data):
     """A few real Imagewoof JPEGs per class, colour and grayscale, as (name, bytes)."""
-    import simplejpeg
     members = tar_members(shared_data / "imagewoof2-160.tar", lambda n: n.startswith("train/") and n.endswith(".JPEG"),
                           limit=400)
     color = [(n, d) for n, d in members if simplejpeg.decode_jpeg_header(d)[2] != "Gray"]
@@ -291,7 +292,6 @@ def test_cli_prepare_real_subprocess(tmp_path, woof, cli):
 
 
 def test_cache_info_command(tmp_path, shared_data, capsys):
-    from alexnet.cli import main
     prepare(shared_data / "imagewoof2-160.tar", tmp_path / "c", size=32, limit=1, workers=1, quiet=True)
     assert main(["cache-info", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
@@ -314,7 +314,6 @@ def test_class_folder_without_images_is_refused_or_listed(tmp_path, woof, contai
     ``alexnet prepare`` refuses it with one line naming the folder (exit 2), in a folder and in
     an archive alike; with --skip-bad it continues, says so on stderr and lists it in skipped.csv.
     (In-process ``alexnet.cli.main``: the real subprocess CLI is test_cli_prepare_real_subprocess.)"""
-    from alexnet.cli import main
     color, _ = woof
     files = _class_with_only_strays(color)
     if container == "folder":
@@ -347,7 +346,6 @@ def small_woof_cache(tmp_path, shared_data):
 
 
 def test_corrupt_stats_file_is_one_line_naming_it(small_woof_cache, capsys):
-    from alexnet.cli import main
     stats = small_woof_cache / "stats.npz"
     stats.write_bytes(stats.read_bytes()[: stats.stat().st_size // 2])
     with pytest.raises(UserError, match=f"^{stats}: unreadable statistics"):
@@ -376,7 +374,6 @@ def test_prepare_records_checksums_and_verify_names_the_damaged_file(small_woof_
     for name, want in meta["files"].items():        # ... and it is the file's SHA-256 (hashlib, read whole)
         data = (small_woof_cache / name).read_bytes()
         assert want == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    from alexnet.cli import main
     assert main(["cache-info", str(small_woof_cache), "--verify"]) == 0
     assert f"{len(files)} files match" in capsys.readouterr().out
     images = small_woof_cache / "train.images.u8"

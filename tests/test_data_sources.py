@@ -12,6 +12,8 @@ import tarfile
 
 import numpy as np
 import pytest
+import simplejpeg
+from PIL import Image
 
 from alexnet import UserError, open_cache, prepare
 from alexnet.data.decode import decode_square
@@ -76,7 +78,6 @@ def test_imagewoof_tar_read_in_place(tmp_path, shared_data):
 
 def test_imagewoof_grayscale_member_becomes_rgb(shared_data):
     """Imagewoof has grayscale JPEGs; in an RGB dataset they are stored with R = G = B."""
-    import simplejpeg
     gray = None
     with tarfile.open(shared_data / "imagewoof2-160.tar") as tf:
         for m in tf:
@@ -184,7 +185,6 @@ def test_generated_idx_plain_and_gz_resized(tmp_path, fashion_mnist_dir):
     prepare(folder, tmp_path / "c", size=32, workers=1, quiet=True)
     cache = open_cache(tmp_path / "c")
     assert cache.classes == [str(i) for i in range(10)]
-    from PIL import Image
     expected = np.asarray(Image.fromarray(ref[3]).resize((32, 32), Image.BILINEAR))
     assert_close_to_pil(cache.split("train").images[3, :, :, 0], expected)
     np.testing.assert_array_equal(cache.split("test").labels, labels[30:])
@@ -246,7 +246,6 @@ def test_cifar_binary_generated_from_real_pixels(tmp_path, cifar_arrays):
     prepare(tmp_path / "cifar-10-binary.tar.gz", tmp_path / "c", size=48, workers=1, quiet=True)
     cache = open_cache(tmp_path / "c")
     assert cache.classes == CIFAR_CLASSES
-    from PIL import Image
     expected = np.asarray(Image.fromarray(cifar_arrays["test"][0][5]).resize((48, 48), Image.BILINEAR))
     assert_close_to_pil(cache.split("test").images[5], expected)
     np.testing.assert_array_equal(cache.split("train").labels, cifar_arrays["train"][1])

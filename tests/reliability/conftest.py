@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from alexnet.checkpoint import load_checkpoint
+
 from . import helpers
 from .corpus import build_corpus
-from .helpers import run, write_ledger
+from .helpers import Primed, run, tiny_config, wait_for, write_ledger
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -67,10 +71,7 @@ def reference_run(small_cache, tmp_path_factory) -> dict:
     test_concurrency.py). A watcher copies ``last.safetensors`` each time it is replaced,
     so the per-epoch checkpoints of the reference are kept for comparison.
     """
-    import shutil
-    import threading
 
-    from .helpers import Primed, tiny_config, wait_for
 
     base = tmp_path_factory.mktemp("reference")
     runs = base / "runs"
@@ -114,7 +115,6 @@ def reference_run(small_cache, tmp_path_factory) -> dict:
         watcher.join()
         for p in (main, second, resumer):
             p.kill()
-    from alexnet.checkpoint import load_checkpoint
     by_epoch = {}
     for snap in sorted(snapshots.iterdir()):
         ck = load_checkpoint(snap)

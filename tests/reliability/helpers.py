@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 LEDGER: list[dict] = []
 CURRENT = {"test": None}          # the test running now (set by conftest.py)
@@ -225,7 +227,6 @@ def lock_holders(path: Path) -> list[int]:
 
 def same_tensors(a: dict, b: dict) -> list[str]:
     """Names whose tensors differ in any bit (empty list: bit-identical)."""
-    import torch
     if a.keys() != b.keys():
         return sorted(set(a) ^ set(b))
     return [k for k in a if not (a[k].dtype == b[k].dtype and a[k].shape == b[k].shape

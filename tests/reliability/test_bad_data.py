@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .corpus import CLASSES, Corpus, build_corpus, reference_square
-from .helpers import error_lines, one_line_error, pending, record, run, run_many
+from alexnet.data import open_cache
+
+from .corpus import CLASSES, Corpus, build_corpus, decode_rgb, reference_square
+from .helpers import error_lines, one_line_error, pending, record, run, run_many, tiny_config
 
 SIZE = 128
 pytestmark = pytest.mark.shared
@@ -49,7 +51,6 @@ def _find(listing: dict[str, str], relpath: str) -> str | None:
 
 def check_cache(out: Path, corpus: Corpus, *, skip_bad: bool) -> list[tuple]:
     """Compare a prepared cache with the corpus. Returns [(case, outcome, survived, lost)]."""
-    from alexnet.data import open_cache
     cache = open_cache(out)
     results = []
     assert cache.classes == sorted(CLASSES), cache.classes     # exact Unicode names, sorted order
@@ -84,7 +85,6 @@ def check_cache(out: Path, corpus: Corpus, *, skip_bad: bool) -> list[tuple]:
                 f"WRONG pixels (mean |diff| {diff:.2f} > {case.tol}) or label ({label_ok})"
             if ok and case.id.startswith("exif"):
                 # The orientation must be applied: the unrotated pixels are far from what we got.
-                from .corpus import decode_rgb
                 raw = reference_square(decode_rgb((corpus.root / case.relpath).read_bytes()), cache.size)
                 far = float(np.abs(got - raw).mean())
                 ok = far > 4 * case.tol
@@ -231,7 +231,6 @@ def test_train_eval_predict_on_the_corpus(corpus, tmp_path):
     * ``predict`` with every valid, warned and bad file: one line per bad file naming
       it, a prediction (top-k, k = 3 classes here) for every other file, exit 1 (some failed).
     """
-    from .helpers import tiny_config
     cache = tmp_path / "cache32"
     runs = tmp_path / "runs"
     config = tiny_config(tmp_path / "corpus.toml", cache, runs, epochs=1, batch=8, workers=0,

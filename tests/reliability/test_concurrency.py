@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from alexnet.data import prepare
+
 from .helpers import Primed, one_line_error, pending, record, wait_for
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -51,7 +53,6 @@ def test_second_run_on_same_folder_refuses(reference_run):
 
 
 def test_second_prepare_into_the_same_folder_refuses(shared_data, tmp_path):
-    from alexnet.data import prepare
     case, command = "second prepare into the same folder", "prepare (while another prepare writes it)"
     expected = "refused with one line (lock) while the first writes; the first finishes unharmed"
     pending("concurrency", case, command=command, expected=expected)

@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alexnet.checkpoint import load_checkpoint
+from alexnet.data import open_cache, prepare
+from alexnet.errors import UserError
+
 from .helpers import Primed, lock_holders, one_line_error, pending, record, same_tensors, wait_for
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -56,8 +60,6 @@ def _tmp_files(run_dir: Path, pattern: str) -> list[Path]:
 
 def _check_checkpoints(run_dir: Path, reference: dict) -> list[str]:
     """Every checkpoint in the folder loads and equals the reference run's of the same epoch."""
-    from alexnet.errors import UserError
-    from alexnet.checkpoint import load_checkpoint
     problems = []
     for name in ("last.safetensors", "best.safetensors"):
         path = run_dir / name
@@ -135,7 +137,6 @@ def test_kill9_and_resume_is_bit_identical(reference_run, tmp_path):
             p.kill()
 
     # The end: bit-identical to the uninterrupted run, weights and optimiser and best checkpoint.
-    from alexnet.checkpoint import load_checkpoint
     final, reference = load_checkpoint(run_dir / "last.safetensors"), load_checkpoint(ref["run_dir"] / "last.safetensors")
     diff_all = same_tensors(final.tensors, reference.tensors)
     diff_model = same_tensors(final.model_state, reference.model_state)
@@ -182,8 +183,6 @@ def test_kill9_prepare_never_leaves_a_cache_that_opens_wrong(corpus, tmp_path):
     mid-work (images done, not all, no final cache yet); the partial cache never opens; each
     next run resumes where the killed one stopped (the dead run's lock is gone with it); the
     final cache is exactly the cache of an uninterrupted ``prepare`` (run in this process)."""
-    from alexnet.data import open_cache, prepare
-    from alexnet.errors import UserError
     kills = ("once some images are done", "after the resumed run has done more")
     for where in kills:
         pending("crash", f"kill -9 prepare {where}", command="prepare",
@@ -285,7 +284,6 @@ def test_best_checkpoint_survives_a_crash_between_last_and_best(reference_run, t
     With lr = 0 the validation error never improves after epoch 1, so epoch 1 stays the
     best; after resuming to 3 epochs, best.safetensors must hold epoch 1. (It stayed
     missing: best was only copied on a later improvement. Fixed: resume repairs it.)"""
-    from alexnet.checkpoint import load_checkpoint
     runs = tmp_path / "runs"
     run_dir = runs / "b"
     first = Primed("train", reference_run["config"], "--run.name", "b", "--run.out", runs, "--train.epochs", "1",

@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alexnet.checkpoint import load_checkpoint, load_model
+from alexnet.data import open_cache, prepare
+from alexnet.errors import UserError
+
 from .helpers import Primed, error_lines, one_line_error, pending, record, run_many
 
 pytestmark = pytest.mark.shared
@@ -44,7 +48,6 @@ def _sha(path: Path) -> str:
 @pytest.mark.slow
 def test_checkpoint_write_fails_cleanly(reference_run, tmp_path):
     """Resume a finished run for one more epoch with a file-size limit below the checkpoint size."""
-    from alexnet.checkpoint import load_checkpoint
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run["run_dir"], run_dir, ignore=shutil.ignore_patterns(".lock"))
     last = run_dir / "last.safetensors"
@@ -71,8 +74,6 @@ def test_cache_write_fails_mid_write_and_resumes(corpus, tmp_path):
     is met mid-write, after some images are on disk (not by an up-front size check). One
     line, exit 2; no cache opens; the partial cache records the images written, and a
     re-run without the limit resumes after them and gives exactly an uninterrupted cache."""
-    from alexnet.data import open_cache, prepare
-    from alexnet.errors import UserError
     what = "cache write fails mid-write (RLIMIT_FSIZE)"
     pending("full disk", what, command="prepare, then prepare again",
             expected="one line; no cache opens; the re-run resumes to the same cache")
@@ -148,8 +149,6 @@ def _damaged_copies(src: Path, folder: Path) -> dict[str, Path]:
 
 @pytest.mark.slow          # it needs the reference training run (conftest.reference_run)
 def test_corrupt_checkpoints_are_refused(reference_run, tmp_path):
-    from alexnet.errors import UserError
-    from alexnet.checkpoint import load_model
     src = reference_run["run_dir"] / "last.safetensors"
     damaged = _damaged_copies(src, tmp_path)
     argvs = []

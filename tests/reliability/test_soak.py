@@ -9,9 +9,9 @@ descriptors (/proc/PID/fd).
 Bounds, after a warm-up of ``WARMUP`` epochs (allocator pools and the page cache of the
 memory-mapped cache fill during the first epochs):
 
-* resident memory: the least-squares slope of RSS against the epoch is at most
-  ``RSS_SLOPE_MB`` (1 MB) per epoch. A leak of 3 MB per epoch fails (a bound on the total
-  growth over the run let it pass);
+* resident memory: the (Theil-Sen, outlier-proof) slope of RSS against the epoch is at
+  most ``RSS_SLOPE_MB`` (1 MB) per epoch. A leak of 3 MB per epoch fails (a bound on the
+  total growth over the run let it pass);
 * open descriptors that are files, pipes or sockets: the median over the second half
   of the run is no more than over epochs 4-12 (a leak of one per epoch fails);
 * shared-memory descriptors (``/dev/shm``, ``memfd:``): batches travel from the loader
@@ -41,10 +41,10 @@ SHM_SLACK = 3
 
 
 def _slope(ys: list[float]) -> float:
-    """Least-squares slope of ys against 0, 1, 2, ... (per epoch)."""
-    n = len(ys)
-    mx, my = (n - 1) / 2, sum(ys) / n
-    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
+    """Theil-Sen slope of ys against 0, 1, 2, ... (per epoch): the median of the slopes between
+    every pair of epochs. A steady leak sets it; one odd sample (the last epoch's look can
+    catch the final evaluation allocating) does not, where a least-squares fit would follow it."""
+    return statistics.median((ys[j] - ys[i]) / (j - i) for i in range(len(ys)) for j in range(i + 1, len(ys)))
 
 
 def _tree(pid: int) -> list[int]:
