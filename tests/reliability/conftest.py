@@ -38,9 +38,10 @@ def _ledger_rows(request):
     failed = [r for r in reports if r is not None and r.failed]
     if failed:
         text = str(failed[0].longrepr).strip().splitlines()
-        helpers.LEDGER.append({**helpers._row(request.node.module.__name__.rsplit(".", 1)[-1].replace("test_", ""),
-                                              f"test failed: {request.node.name}", "pytest", "the test passes", None),
-                               "outcome": (text[-1] if text else "failed")[:300]})
+        own = [r["area"] for r in helpers.LEDGER if r["test"] == nodeid]
+        area = own[-1] if own else request.node.module.__name__.rsplit(".", 1)[-1][5:].replace("_", " ")
+        helpers.LEDGER.append({**helpers._row(area, f"test failed: {request.node.name}", "pytest", "the test passes",
+                                              None), "outcome": (text[-1] if text else "failed")[:300]})
     helpers.CURRENT["test"] = None
 
 

@@ -15,10 +15,11 @@ memory-mapped cache fill during the first epochs):
 * open descriptors that are files, pipes or sockets: the median over the second half
   of the run is no more than over epochs 4-12 (a leak of one per epoch fails);
 * shared-memory descriptors (``/dev/shm``, ``memfd:``): batches travel from the loader
-  workers through shared memory, one descriptor per tensor in flight, so their number
-  at any moment is 0 to 2 batches' worth. They are counted apart, and the *fewest* seen
-  over the last third of the run may exceed the fewest over epochs 4-10 by at most
-  ``SHM_SLACK`` (a leak of one per epoch raises that floor by ~8 and fails).
+  workers through shared memory, one descriptor per tensor in flight (7 per batch), so
+  their number at any moment is 0 to a few batches' worth. They are counted apart: the
+  fewest *and* the most seen over the last third of the run may exceed those of epochs
+  4-10 by at most ``SHM_SLACK`` (one batch's worth). A leak of one per epoch raises both
+  by ~14 over that distance and fails.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow]
 EPOCHS = 24
 WARMUP = 3
 RSS_SLOPE_MB = 1.0
-SHM_SLACK = 3
+SHM_SLACK = 7
 
 
 def _slope(ys: list[float]) -> float:
@@ -120,15 +121,18 @@ def test_memory_and_files_stay_flat(small_cache, tmp_path):
     early, late = samples[WARMUP:half], samples[half:]
     rss_slope = _slope([r for r, _, _ in samples[WARMUP:]])
     fd_early, fd_late = statistics.median(f for _, f, _ in early), statistics.median(f for _, f, _ in late)
-    shm_early, shm_late = min(s for _, _, s in samples[WARMUP:10]), min(s for _, _, s in samples[third:])
-    ok = rss_slope <= RSS_SLOPE_MB and fd_late <= fd_early and shm_late <= shm_early + SHM_SLACK
+    shm_early = [s for _, _, s in samples[WARMUP:10]]
+    shm_late = [s for _, _, s in samples[third:]]
+    shm_ok = min(shm_late) <= min(shm_early) + SHM_SLACK and max(shm_late) <= max(shm_early) + SHM_SLACK
+    ok = rss_slope <= RSS_SLOPE_MB and fd_late <= fd_early and shm_ok
     record("soak", f"{EPOCHS} epochs, 2 loader workers", command="train",
            expected=f"RSS slope <= {RSS_SLOPE_MB:.0f} MB/epoch after warm-up; files/pipes/sockets do not grow; "
                     f"shared-memory descriptors do not pile up",
            outcome=f"RSS {statistics.median(r for r, _, _ in early):.0f} -> "
                    f"{statistics.median(r for r, _, _ in late):.0f} MB (slope {rss_slope:+.2f} MB/epoch); "
-                   f"fds {fd_early:.0f} -> {fd_late:.0f}; shared-memory fds (fewest) {shm_early} -> {shm_late}",
+                   f"fds {fd_early:.0f} -> {fd_late:.0f}; shared-memory fds (fewest-most) "
+                   f"{min(shm_early)}-{max(shm_early)} -> {min(shm_late)}-{max(shm_late)}",
            survived=ok)
     assert rss_slope <= RSS_SLOPE_MB, f"RSS per epoch (MB): {[round(r) for r, _, _ in samples]}"
     assert fd_late <= fd_early, f"open fds per epoch: {[f for _, f, _ in samples]}"
-    assert shm_late <= shm_early + SHM_SLACK, f"shared-memory fds per epoch: {[s for _, _, s in samples]}"
+    assert shm_ok, f"shared-memory fds per epoch: {[s for _, _, s in samples]}"
