@@ -229,6 +229,7 @@ def test_kill9_prepare_never_leaves_a_cache_that_opens_wrong(corpus, tmp_path):
             if not landed:
                 failures.append(f"{where}: {outcomes}")
             done_at_kill = at_kill[0] if at_kill else 0
+        assert not failures, "\n".join(failures)          # both kills landed mid-write
         assert Path(str(out) + ".lock").exists()         # left by the killed run, but no longer locked
         rc = procs[2].go().wait(300)
         assert rc == 0, procs[2].stderr[-3000:]
