@@ -67,6 +67,7 @@ def tables(records: list[dict]) -> str:
         totals = [totals[0] + n, totals[1] + tries, totals[2] + ok, totals[3] + lost]
     n, tries, ok, lost = totals
     lines.append(f"| **all** | **{n}** | **{tries}** | **{ok}** | **{n - ok}** | **{lost}** |")
+    lines[:0] = [f"**{n} cases tried ({tries} tries), {ok} survived, {n - ok} not; valid inputs lost: {lost}.**", ""]
     lines += ["", "Every case:", "",
               "| area | case | command | expected | outcome | ok |", "| --- | --- | --- | --- | --- | :---: |"]
     for r in records:

@@ -180,43 +180,43 @@ EMPTY_CLASSES = {
 }
 
 
-@pytest.mark.parametrize("case_id", list(EMPTY_CLASSES))
-def test_prepare_empty_class_folder(corpus, shared_data, tmp_path, case_id):
+def test_prepare_empty_class_folder(corpus, shared_data, tmp_path):
     """A class folder with no images (nothing in it, or only stray and non-image files) is
     never dropped silently, in a folder or a .tar.gz of it: default -> one line naming it
-    (exit 2); ``--skip-bad`` -> the run continues and the folder is listed in skipped.csv."""
-    what, name, files = EMPTY_CLASSES[case_id]
-    root = tmp_path / "data"
-    build_corpus(root, shared_data, per_class_train=1, per_class_val=1, include=set())
-    (root / "train" / name).mkdir()
-    for fn, data in files.items():
-        (root / "train" / name / fn).write_bytes(data)
-    archive = tmp_path / "data.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(root, arcname="data")
-    sources = {"folder": root, "tar.gz": archive}
-    for container in sources:
-        pending("bad data", f"{case_id} ({container})", command="prepare (default / --skip-bad)",
-                expected="one line naming the folder / listed in skipped.csv", key=case_id)
-    argvs = []
-    for container, src in sources.items():
-        argvs += [["prepare", src, tmp_path / f"{container}-a", "--size", "32", "--workers", "1", "--quiet"],
-                  ["prepare", src, tmp_path / f"{container}-b", "--size", "32", "--workers", "1", "--quiet",
-                   "--skip-bad"]]
+    (exit 2); ``--skip-bad`` -> the run continues and the folder is listed in skipped.csv.
+    Every case and container in one ``run_many`` (one interpreter start)."""
+    sources, argvs = {}, []
+    for case_id, (what, name, files) in EMPTY_CLASSES.items():
+        root = tmp_path / case_id / "data"
+        build_corpus(root, shared_data, per_class_train=1, per_class_val=1, include=set())
+        (root / "train" / name).mkdir()
+        for fn, data in files.items():
+            (root / "train" / name / fn).write_bytes(data)
+        archive = tmp_path / case_id / "data.tar.gz"
+        with tarfile.open(archive, "w:gz") as tf:
+            tf.add(root, arcname="data")
+        for container, src in (("folder", root), ("tar.gz", archive)):
+            pending("bad data", f"{case_id} ({container})", command="prepare (default / --skip-bad)",
+                    expected="one line naming the folder / listed in skipped.csv", key=case_id)
+            out = tmp_path / case_id / container
+            sources[(case_id, container)] = out
+            argvs += [["prepare", src, f"{out}-a", "--size", "32", "--workers", "1", "--quiet"],
+                      ["prepare", src, f"{out}-b", "--size", "32", "--workers", "1", "--quiet", "--skip-bad"]]
     results = run_many(argvs)
     failures = []
-    for k, container in enumerate(sources):
+    for k, ((case_id, container), out) in enumerate(sources.items()):
+        what, name, _ = EMPTY_CLASSES[case_id]
         res_default, res_skip = results[2 * k], results[2 * k + 1]
         problem = one_line_error(res_default["rc"], res_default["stderr"], f"{name}: class folder holds no images",
                                  crash=res_default["crash"])
-        listed = _find(_csv_paths(tmp_path / f"{container}-b" / "skipped.csv"), name)
+        listed = _find(_csv_paths(Path(f"{out}-b") / "skipped.csv"), name)
         skip_ok = res_skip["rc"] == 0 and listed is not None and "empty class folder" in listed
         record("bad data", f"{case_id} ({container})", command="prepare (default / --skip-bad)",
                expected="one line naming the folder / listed in skipped.csv", survived=problem is None and skip_ok,
                outcome=(problem or "one line") + ("; listed with --skip-bad" if skip_ok else "; NOT listed with --skip-bad"),
                detail=what, key=case_id)
         if problem or not skip_ok:
-            failures.append(f"{container}: {problem or ''} {res_skip['stdout'] + res_skip['stderr']}")
+            failures.append(f"{case_id} in a {container}: {problem or ''} {res_skip['stdout'] + res_skip['stderr']}")
     assert not failures, "\n".join(failures)
 
 
