@@ -91,16 +91,26 @@ def test_corruption_is_detected(tmp_path):
 
 
 class _Payload:
+    """Unpickled, this creates ``marker`` (an ``open(marker, "w")`` that succeeds where it runs)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (open, ("/this/should/never/be/created", "w"))
+        return (open, (self.marker, "w"))
 
 
 def test_a_pickle_never_runs(tmp_path):
-    """torch.save-style pickles are refused as data; their code is never executed."""
+    """torch.save-style pickles are refused as data; their code is never executed: the payload
+    would create a marker file in a writable folder, and the marker must not exist."""
+    marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.safetensors"
-    path.write_bytes(pickle.dumps({"model": _Payload()}))
+    path.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "control")))       # the payload does work when unpickled
+    assert (tmp_path / "control").exists()
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(path)
+    assert not marker.exists(), "the pickled payload ran"
 
 
 CRASH_SCRIPT = textwrap.dedent("""

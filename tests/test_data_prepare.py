@@ -5,7 +5,9 @@ JPEG variant, and the real ``alexnet prepare`` command."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,12 +16,14 @@ import time
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image
 
 from alexnet import UserError, open_cache, prepare
+from alexnet.cli import main
 from alexnet.data.decode import decode_square
 
-from test_data_helpers import assert_close_to_pil, dct_factor, numpy_stats, reference_square, tar_members
+from test_data_helpers import assert_close_to_pil, dct_factor, numpy_stats, reference_square, tar_members, write_tar
 
 pytestmark = pytest.mark.shared
 
@@ -27,7 +31,6 @@ pytestmark = pytest.mark.shared
 @pytest.fixture(scope="module")
 def woof(shared_data):
     """A few real Imagewoof JPEGs per class, colour and grayscale, as (name, bytes)."""
-    import simplejpeg
     members = tar_members(shared_data / "imagewoof2-160.tar", lambda n: n.startswith("train/") and n.endswith(".JPEG"),
                           limit=400)
     color = [(n, d) for n, d in members if simplejpeg.decode_jpeg_header(d)[2] != "Gray"]
@@ -289,12 +292,96 @@ def test_cli_prepare_real_subprocess(tmp_path, woof, cli):
 
 
 def test_cache_info_command(tmp_path, shared_data, capsys):
-    from alexnet.cli import main
     prepare(shared_data / "imagewoof2-160.tar", tmp_path / "c", size=32, limit=1, workers=1, quiet=True)
     assert main(["cache-info", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "train 10, val 10; 10 classes; 32x32x3 raw" in out and "eigenvalues" in out
     assert main(["cache-info", str(tmp_path / "c"), "--json"]) == 0
-    import json
     meta = json.loads(capsys.readouterr().out)
     assert meta["complete"] is True and meta["splits"] == {"train": {"count": 10}, "val": {"count": 10}}
+
+
+# ----------------------------------------------------------------------------- empty classes
+
+def _class_with_only_strays(color) -> dict:
+    """Classes a and b with real images, class c holding only a stray file and a non-image."""
+    return {**_good_files(color), "c/.DS_Store": b"\0\0\0\1Bud1", "c/readme.txt": b"to be filled\n"}
+
+
+@pytest.mark.parametrize("container", ["folder", "tar", "tar.gz"])
+def test_class_folder_without_images_is_refused_or_listed(tmp_path, woof, container, capsys):
+    """A class folder that holds only stray / non-image files is a class the user meant to have:
+    ``alexnet prepare`` refuses it with one line naming the folder (exit 2), in a folder and in
+    an archive alike; with --skip-bad it continues, says so on stderr and lists it in skipped.csv.
+    (In-process ``alexnet.cli.main``: the real subprocess CLI is test_cli_prepare_real_subprocess.)"""
+    color, _ = woof
+    files = _class_with_only_strays(color)
+    if container == "folder":
+        _tree(tmp_path / "src", files)
+        source, shown = tmp_path / "src", str(tmp_path / "src" / "c")
+    else:
+        source = tmp_path / f"src.{container}"
+        write_tar(source, sorted(files.items()))
+        shown = f"{source}:c"
+    args = ["prepare", str(source), str(tmp_path / "out"), "--size", "32", "--workers", "1"]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"alexnet: error: {shown}: class folder holds no images"), lines
+    assert "--skip-bad" in lines[0]
+    assert not (tmp_path / "out").exists()
+    assert main(args + ["--skip-bad"]) == 0
+    assert f"skipped {shown}: empty class folder" in capsys.readouterr().err
+    cache = open_cache(tmp_path / "out")
+    assert cache.classes == ["a", "b"]
+    rows = {r["path"]: r["reason"] for r in csv.DictReader(open(tmp_path / "out" / "skipped.csv"))}
+    assert "empty class folder" in rows[shown]
+
+
+# ----------------------------------------------------------------------------- damaged caches
+
+@pytest.fixture
+def small_woof_cache(tmp_path, shared_data):
+    prepare(shared_data / "imagewoof2-160.tar", tmp_path / "c", size=32, limit=2, workers=1, quiet=True)
+    return tmp_path / "c"
+
+
+def test_corrupt_stats_file_is_one_line_naming_it(small_woof_cache, capsys):
+    stats = small_woof_cache / "stats.npz"
+    stats.write_bytes(stats.read_bytes()[: stats.stat().st_size // 2])
+    with pytest.raises(UserError, match=f"^{stats}: unreadable statistics"):
+        open_cache(small_woof_cache)
+    assert main(["cache-info", str(small_woof_cache)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"alexnet: error: {stats}: unreadable statistics"), err
+
+
+@pytest.mark.parametrize("bad_label", [10, -1])
+def test_label_outside_the_classes_is_refused_on_open(small_woof_cache, bad_label):
+    labels_path = small_woof_cache / "val.labels.npy"
+    labels = np.load(labels_path)
+    assert labels.max() == 9                      # 10 classes, labels 0..9
+    labels[3] = bad_label
+    np.save(labels_path, labels)
+    with pytest.raises(UserError, match=f"^{labels_path}: label {bad_label} is outside 0..9"):
+        open_cache(small_woof_cache)
+
+
+def test_prepare_records_checksums_and_verify_names_the_damaged_file(small_woof_cache, cli, capsys):
+    """The damaged case as a real subprocess: exit status 2 and exactly one line."""
+    meta = json.loads((small_woof_cache / "meta.json").read_text())
+    files = sorted(p.name for p in small_woof_cache.iterdir() if p.name != "meta.json")
+    assert sorted(meta["files"]) == files           # every file but meta.json has its checksum
+    for name, want in meta["files"].items():        # ... and it is the file's SHA-256 (hashlib, read whole)
+        data = (small_woof_cache / name).read_bytes()
+        assert want == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert main(["cache-info", str(small_woof_cache), "--verify"]) == 0
+    assert f"{len(files)} files match" in capsys.readouterr().out
+    images = small_woof_cache / "train.images.u8"
+    blob = bytearray(images.read_bytes())
+    blob[len(blob) // 2] ^= 0x10                     # one bit in one pixel: the cache still opens
+    images.write_bytes(bytes(blob))
+    open_cache(small_woof_cache)
+    proc = cli("cache-info", small_woof_cache, "--verify")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"alexnet: error: {images}: checksum mismatch (SHA-256 differs from the one " \
+                                  f"recorded when prepared); the cache is damaged"

@@ -3,12 +3,17 @@ the format is not in ../shared), prepared for real and compared with independent
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
+import simplejpeg
+from PIL import Image
 
 from alexnet import UserError, open_cache, prepare
 from alexnet.data.decode import decode_square
@@ -73,7 +78,6 @@ def test_imagewoof_tar_read_in_place(tmp_path, shared_data):
 
 def test_imagewoof_grayscale_member_becomes_rgb(shared_data):
     """Imagewoof has grayscale JPEGs; in an RGB dataset they are stored with R = G = B."""
-    import simplejpeg
     gray = None
     with tarfile.open(shared_data / "imagewoof2-160.tar") as tf:
         for m in tf:
@@ -181,7 +185,6 @@ def test_generated_idx_plain_and_gz_resized(tmp_path, fashion_mnist_dir):
     prepare(folder, tmp_path / "c", size=32, workers=1, quiet=True)
     cache = open_cache(tmp_path / "c")
     assert cache.classes == [str(i) for i in range(10)]
-    from PIL import Image
     expected = np.asarray(Image.fromarray(ref[3]).resize((32, 32), Image.BILINEAR))
     assert_close_to_pil(cache.split("train").images[3, :, :, 0], expected)
     np.testing.assert_array_equal(cache.split("test").labels, labels[30:])
@@ -243,7 +246,6 @@ def test_cifar_binary_generated_from_real_pixels(tmp_path, cifar_arrays):
     prepare(tmp_path / "cifar-10-binary.tar.gz", tmp_path / "c", size=48, workers=1, quiet=True)
     cache = open_cache(tmp_path / "c")
     assert cache.classes == CIFAR_CLASSES
-    from PIL import Image
     expected = np.asarray(Image.fromarray(cifar_arrays["test"][0][5]).resize((48, 48), Image.BILINEAR))
     assert_close_to_pil(cache.split("test").images[5], expected)
     np.testing.assert_array_equal(cache.split("train").labels, cifar_arrays["train"][1])
@@ -260,3 +262,74 @@ def test_missing_source_and_unknown_kind(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"PK")
     with pytest.raises(UserError, match="not a folder or a .tar"):
         open_source(str(tmp_path / "x.zip"))
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, read in blocks: an archive member that never sits in this test's memory."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.left)
+        buf[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+_PEAK_RSS = r"""
+import resource, sys
+from alexnet import open_cache, prepare
+prepare(sys.argv[1], sys.argv[2], size=32, workers=1, quiet=True)
+assert len(open_cache(sys.argv[2]).split("train")) == 30
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)   # MB (Linux reports KB)
+"""
+
+
+def test_compressed_tar_is_streamed_not_held_in_memory(tmp_path, cifar_members):
+    """An archive-level bomb: a .tar.gz whose 128 MB zero-filled member compresses to ~130 KB.
+    Listing and preparing it must not hold the archive in memory: the peak resident memory
+    of a real ``prepare`` (a fresh process each, ``getrusage``) is within 48 MB of the same
+    archive without that member."""
+    members = [(n, d) for n, d in cifar_members if n.startswith("train/")]
+    bomb_size = 128 << 20
+    peaks = {}
+    for case in ("plain", "bomb"):
+        archive = tmp_path / f"{case}.tar.gz"
+        with tarfile.open(archive, "w:gz", compresslevel=1) as tf:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            if case == "bomb":
+                info = tarfile.TarInfo("train/airplane/padding.bin")   # not an image: listed, ignored
+                info.size = bomb_size
+                tf.addfile(info, _Zeros(bomb_size))
+        proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(archive), str(tmp_path / f"{case}-cache")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[case] = int(proc.stdout.split()[-1])
+    assert (tmp_path / "bomb.tar.gz").stat().st_size < 2 << 20
+    assert peaks["bomb"] - peaks["plain"] < 48, peaks
+
+
+def test_symlink_loop_in_a_folder_is_refused(tmp_path, cifar_members):
+    """A link that leads back to a folder above it is refused with one line naming it
+    (followed, it listed every image again at each level, until the path grew too long)."""
+    root = tmp_path / "src"
+    for name, data in cifar_members[:6]:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    loop = root / "train" / "airplane" / "again"
+    os.symlink(root / "train", loop)
+    with pytest.raises(UserError) as err:
+        open_source(str(root))
+    assert str(err.value).startswith(f"{loop}: symbolic link loop")
+    assert "\n" not in str(err.value)
+    loop.unlink()
+    os.symlink(root / "train" / "airplane", root / "train" / "bird")   # a link elsewhere is followed
+    assert [it.name for it in open_source(str(root)).splits["train"]][-1].startswith("train/bird/")

@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from alexnet.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.eval import evaluate
 
 from conftest import run_cli
 from test_train_support import one_line_error, CLI_ENV, fmnist_cache, trained_run  # noqa: F401
 
 
+def _other_model(run: Path, path: Path) -> Path:
+    """A second, different model: the trained one with seeded noise added to every weight."""
+    ck = load_checkpoint(run / "last.safetensors")
+    g = torch.Generator().manual_seed(1)
+    state = {k: v + 0.5 * v.float().std().nan_to_num(0) * torch.randn(v.shape, generator=g) if v.is_floating_point()
+             else v for k, v in ck.model_state.items()}
+    return save_checkpoint(path, model=state, meta=ck.meta, extra_tensors=ck.group("extra"))
+
+
 def test_eval_ten_views_and_ensemble(trained_run, fmnist_cache, tmp_path):
+    other = _other_model(trained_run, tmp_path / "other.safetensors")
     proc = run_cli("eval", trained_run, "--data", fmnist_cache, "--views", "ten", "--ensemble",
-                   trained_run / "best.safetensors", "--json", "--quiet", "--out", tmp_path, env=CLI_ENV)
+                   other, "--json", "--quiet", "--out", tmp_path, env=CLI_ENV)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["views"] == "ten" and result["count"] == 600 and len(result["members"]) == 2
-    # last == best after one epoch: the ensemble of a model with itself is the model
-    assert result["top1_err"] == result["members"][0]["top1_err"]
+    assert result["members"][0]["top1_err"] != result["members"][1]["top1_err"]    # two different models
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # The ensemble's probabilities are the mean of its members': on one image, its loss (the
+    # negative log of its probability for the true class) is -log((p_a + p_b) / 2), where p_a
+    # and p_b come from the members' own losses, exp(-loss), evaluated alone.
+    one = {"views": "ten", "limit": 1, "workers": 0, "device": "cpu", "out": None}
+    loss_a = evaluate(trained_run / "last.safetensors", fmnist_cache, **one)["loss"]
+    loss_b = evaluate(other, fmnist_cache, **one)["loss"]
+    ensemble = evaluate([trained_run / "last.safetensors", other], fmnist_cache, **one)
+    assert ensemble["count"] == 1 and abs(loss_a - loss_b) > 0.01
+    assert ensemble["loss"] == pytest.approx(-math.log((math.exp(-loss_a) + math.exp(-loss_b)) / 2), rel=1e-5)
     text = run_cli("eval", trained_run / "last.safetensors", "--data", fmnist_cache, "--quiet", env=CLI_ENV)
     assert "top-1 error" in text.stdout and "per-class accuracy: T-shirt/top" in text.stdout
     assert (trained_run / "eval-test-center" / "metrics.json").is_file()

@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from alexnet.checkpoint import load_checkpoint
+
+from . import helpers
 from .corpus import build_corpus
-from .helpers import run, write_ledger
+from .helpers import Primed, run, tiny_config, wait_for, write_ledger
 
 
 def pytest_sessionfinish(session, exitstatus):
-    write_ledger()
+    write_ledger(exitstatus)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _ledger_rows(request):
+    """Tie each ledger row to its test; a failing (or erroring) test adds a row of its own,
+    not survived, so the ledger never shows a failed run as all green."""
+    nodeid = request.node.nodeid
+    helpers.CURRENT["test"] = nodeid
+    yield
+    reports = [getattr(request.node, f"report_{w}", None) for w in ("setup", "call")]
+    failed = [r for r in reports if r is not None and r.failed]
+    if failed:
+        text = str(failed[0].longrepr).strip().splitlines()
+        own = [r["area"] for r in helpers.LEDGER if r["test"] == nodeid]
+        area = own[-1] if own else request.node.module.__name__.rsplit(".", 1)[-1][5:].replace("_", " ")
+        helpers.LEDGER.append({**helpers._row(area, f"test failed: {request.node.name}", "pytest", "the test passes",
+                                              None), "outcome": (text[-1] if text else "failed")[:300]})
+    helpers.CURRENT["test"] = None
 
 
 # ----------------------------------------------------------------------------- shared data
@@ -42,10 +72,7 @@ def reference_run(small_cache, tmp_path_factory) -> dict:
     test_concurrency.py). A watcher copies ``last.safetensors`` each time it is replaced,
     so the per-epoch checkpoints of the reference are kept for comparison.
     """
-    import shutil
-    import threading
 
-    from .helpers import Primed, tiny_config, wait_for
 
     base = tmp_path_factory.mktemp("reference")
     runs = base / "runs"
@@ -89,7 +116,6 @@ def reference_run(small_cache, tmp_path_factory) -> dict:
         watcher.join()
         for p in (main, second, resumer):
             p.kill()
-    from alexnet.checkpoint import load_checkpoint
     by_epoch = {}
     for snap in sorted(snapshots.iterdir()):
         ck = load_checkpoint(snap)

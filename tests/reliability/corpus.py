@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from alexnet.data.decode import resize_square
 
 SAMPLE_TAR = "imagenet-sample-500.tar"
 
@@ -121,7 +124,6 @@ def reference_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """The expected S x S square of full-size pixels ``rgb``: the pipeline's own resampling
     (short side S, central square; tested by the data pipeline's tests), so that the
     comparison isolates decoding and colour handling."""
-    from alexnet.data.decode import resize_square
     return resize_square(np.ascontiguousarray(rgb), size)
 
 
@@ -384,7 +386,6 @@ def pickle_payload(marker: Path) -> bytes:
 
 def torch_zip_payload(marker: Path, path: Path) -> None:
     """A ``torch.save`` file (zip + data.pkl) whose pickle carries the payload."""
-    import torch
     torch.save({"model": {"w": torch.zeros(2)}, "payload": MkdirPayload(marker)}, path)
 
 

@@ -10,10 +10,18 @@ things keep the suite inside its budget on a 2-core machine:
 * session-scoped data: the bad-data corpus and a small real CIFAR-10 cache are built
   once and shared.
 
-The ledger: every case a test tries is recorded (:func:`record`) with its documented
-outcome and what happened; with ``ALEXNET_RELIABILITY_REPORT=FILE`` the records are
-written to FILE as JSON at the end of the session (``python -m tests.reliability.report``
-does that and prints the table of ``docs/reliability.md``).
+The ledger: every case a test tries is recorded with its documented outcome and what
+happened. A test announces its cases when it starts (:func:`pending`: "not reached",
+not survived) and fills each in when its outcome is known (:func:`record`), so a test
+that stops early leaves its unreached cases on the ledger as failures instead of
+leaving them out; a failing test also adds a row of its own (conftest.py). With
+``ALEXNET_RELIABILITY_REPORT=FILE`` the ledger is written to FILE as JSON at the end of
+the session, with pytest's exit status (``python -m tests.reliability.report`` does
+that and prints the tables of ``docs/reliability.md``).
+
+A *case* is one distinct input or fault (``key``; by default the case's name); the same
+input tried through several commands is one case with several tries, and the plain
+valid files of the corpus are one case, however many files it has.
 """
 
 from __future__ import annotations
@@ -26,21 +34,43 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 LEDGER: list[dict] = []
+CURRENT = {"test": None}          # the test running now (set by conftest.py)
+NOT_REACHED = "not reached: the test stopped before this case's outcome was known"
+
+
+def _row(area: str, case: str, command: str, expected: str, key: str | None) -> dict:
+    return {"area": area, "case": case, "key": key or case, "command": command, "expected": expected,
+            "outcome": NOT_REACHED, "survived": False, "lost": 0, "detail": "", "test": CURRENT["test"]}
+
+
+def pending(area: str, case: str, *, command: str, expected: str, key: str | None = None) -> None:
+    """Put a case on the ledger as the test starts: not survived until :func:`record` says otherwise."""
+    LEDGER.append(_row(area, case, command, expected, key))
 
 
 def record(area: str, case: str, *, command: str, expected: str, outcome: str, survived: bool,
-           lost: int = 0, detail: str = "") -> None:
-    """One case tried: what must happen, what did, and how many valid inputs were lost."""
-    LEDGER.append({"area": area, "case": case, "command": command, "expected": expected, "outcome": outcome,
-                   "survived": bool(survived), "lost": int(lost), "detail": detail[:300]})
+           lost: int = 0, detail: str = "", key: str | None = None) -> None:
+    """One case tried: what must happen, what did, and how many valid inputs were lost.
+    Fills in the row :func:`pending` made for (area, case, command), or adds one."""
+    row = next((r for r in LEDGER if r["area"] == area and r["case"] == case and r["command"] == command
+                and r["outcome"] == NOT_REACHED and r["test"] == CURRENT["test"]), None)
+    if row is None:
+        row = _row(area, case, command, expected, key)
+        LEDGER.append(row)
+    row.update(expected=expected, outcome=outcome, survived=bool(survived), lost=int(lost), detail=detail[:300])
+    if key:
+        row["key"] = key
 
 
-def write_ledger() -> None:
+def write_ledger(exitstatus: int) -> None:
     path = os.environ.get("ALEXNET_RELIABILITY_REPORT")
-    if path and LEDGER:
-        Path(path).write_text(json.dumps(LEDGER, indent=1, ensure_ascii=False))
+    if path:
+        Path(path).write_text(json.dumps({"exitstatus": int(exitstatus), "records": LEDGER}, indent=1,
+                                         ensure_ascii=False))
 
 
 # ----------------------------------------------------------------------------- running the CLI
@@ -197,7 +227,6 @@ def lock_holders(path: Path) -> list[int]:
 
 def same_tensors(a: dict, b: dict) -> list[str]:
     """Names whose tensors differ in any bit (empty list: bit-identical)."""
-    import torch
     if a.keys() != b.keys():
         return sorted(set(a) ^ set(b))
     return [k for k in a if not (a[k].dtype == b[k].dtype and a[k].shape == b[k].shape

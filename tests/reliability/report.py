@@ -9,6 +9,11 @@ outcome, what happened, whether that is the documented outcome ("survived") and 
 many valid inputs were lost. The suite writes that ledger as JSON when
 ALEXNET_RELIABILITY_REPORT names a file; this script sets it, runs pytest, and turns
 the ledger into the tables of docs/reliability.md.
+
+Counting: a *case* is one distinct input or fault (a row's ``key``); the same input
+tried through several commands is one case with several *tries*, and it survived only
+if every try did. ``--update-docs`` refuses a run in which pytest failed (or a ledger
+that says so): the figures in the docs only ever come from a green run.
 """
 
 from __future__ import annotations
@@ -39,18 +44,30 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def tables(records: list[dict]) -> str:
-    areas: OrderedDict[str, list[dict]] = OrderedDict()
+def cases(records: list[dict]) -> OrderedDict:
+    """(area, key) -> the rows (tries) of that one input or fault, in ledger order."""
+    out: OrderedDict[tuple, list[dict]] = OrderedDict()
     for r in records:
-        areas.setdefault(r["area"], []).append(r)
-    lines = ["| area | cases tried | documented outcome | not (known defects) | valid inputs lost |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for area, rs in areas.items():
-        ok = sum(r["survived"] for r in rs)
-        lines.append(f"| {area} | {len(rs)} | {ok} | {len(rs) - ok} | {sum(r['lost'] for r in rs)} |")
-    ok = sum(r["survived"] for r in records)
-    lines.append(f"| **all** | **{len(records)}** | **{ok}** | **{len(records) - ok}** | "
-                 f"**{sum(r['lost'] for r in records)}** |")
+        out.setdefault((r["area"], r.get("key") or r["case"]), []).append(r)
+    return out
+
+
+def tables(records: list[dict]) -> str:
+    areas: OrderedDict[str, list[list[dict]]] = OrderedDict()
+    for (area, _), tries in cases(records).items():
+        areas.setdefault(area, []).append(tries)
+    lines = ["| area | cases tried | tries (case x command) | survived | not (known defects) | valid inputs lost |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    totals = [0, 0, 0, 0]
+    for area, groups in areas.items():
+        n, tries = len(groups), sum(len(g) for g in groups)
+        ok = sum(all(r["survived"] for r in g) for g in groups)
+        lost = sum(r["lost"] for g in groups for r in g)
+        lines.append(f"| {area} | {n} | {tries} | {ok} | {n - ok} | {lost} |")
+        totals = [totals[0] + n, totals[1] + tries, totals[2] + ok, totals[3] + lost]
+    n, tries, ok, lost = totals
+    lines.append(f"| **all** | **{n}** | **{tries}** | **{ok}** | **{n - ok}** | **{lost}** |")
+    lines[:0] = [f"**{n} cases tried ({tries} tries), {ok} survived, {n - ok} not; valid inputs lost: {lost}.**", ""]
     lines += ["", "Every case:", "",
               "| area | case | command | expected | outcome | ok |", "| --- | --- | --- | --- | --- | :---: |"]
     for r in records:
@@ -71,6 +88,14 @@ def update_docs(text: str) -> None:
     DOC.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
 
 
+def read_ledger(path: Path) -> tuple[int | None, list[dict]]:
+    """(pytest's exit status or None for an old ledger, the records)."""
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        return None, data
+    return data.get("exitstatus"), data["records"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="source", type=Path, help="a ledger JSON written earlier (do not run the suite)")
@@ -80,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rc = 0
     if args.source:
-        records = json.loads(args.source.read_text())
+        status, records = read_ledger(args.source)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             ledger = Path(tmp) / "ledger.json"
@@ -88,12 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             if not ledger.exists():
                 print("the suite recorded nothing", file=sys.stderr)
                 return rc or 1
-            records = json.loads(ledger.read_text())
-    if args.json:
-        args.json.write_text(json.dumps(records, indent=1, ensure_ascii=False))
+            status, records = read_ledger(ledger)
+            if args.json:
+                args.json.write_text(ledger.read_text())
     text = tables(records)
     print(text)
     if args.update_docs:
+        failed_tests = sorted({r["test"] for r in records if r.get("case", "").startswith("test failed:")})
+        if rc or status or status is None or failed_tests:
+            why = f"pytest exit status {rc or status}" if (rc or status) else \
+                "the ledger has no exit status" if status is None else f"failed: {', '.join(failed_tests)}"
+            print(f"\nnot updating {DOC}: the suite did not pass ({why}); the docs take figures from a green run only",
+                  file=sys.stderr)
+            return rc or 1
         update_docs(text)
         print(f"\nwrote the figures into {DOC}")
     return rc

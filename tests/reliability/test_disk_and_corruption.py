@@ -4,7 +4,9 @@ Full disk: the write limit is the kernel's ``RLIMIT_FSIZE`` set in the child bef
 starts (``SIGXFSZ`` ignored, so an oversize write fails with EFBIG like a full disk
 fails with ENOSPC, instead of killing the process). A checkpoint write that fails must
 end the run with one line, leave the previous checkpoint byte-identical and loadable,
-and leave no temporary file; a cache write that fails must leave no cache that opens.
+and leave no temporary file. A cache write that fails (the limit placed half-way through
+the images, so it is met mid-write, after some images are written) must leave no cache
+that opens, and a partial cache that a re-run resumes.
 
 Corruption: copies of a real checkpoint truncated (to 0 and 8 bytes, half, all but the
 last byte) or with one bit flipped (in the JSON metadata, in the stored checksum, in
@@ -20,9 +22,14 @@ import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from .helpers import Primed, error_lines, one_line_error, record, run_many
+from alexnet.checkpoint import load_checkpoint, load_model
+from alexnet.data import open_cache, prepare
+from alexnet.errors import UserError
+
+from .helpers import Primed, error_lines, one_line_error, pending, record, run_many
 
 pytestmark = pytest.mark.shared
 
@@ -41,7 +48,6 @@ def _sha(path: Path) -> str:
 @pytest.mark.slow
 def test_checkpoint_write_fails_cleanly(reference_run, tmp_path):
     """Resume a finished run for one more epoch with a file-size limit below the checkpoint size."""
-    from alexnet.checkpoint import load_checkpoint
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run["run_dir"], run_dir, ignore=shutil.ignore_patterns(".lock"))
     last = run_dir / "last.safetensors"
@@ -63,28 +69,51 @@ def test_checkpoint_write_fails_cleanly(reference_run, tmp_path):
     assert not leftovers, leftovers
 
 
-def test_cache_write_fails_cleanly(corpus, tmp_path):
-    """``prepare`` with a file-size limit smaller than the cache: one line, and no cache opens."""
-    from alexnet.data import open_cache
-    from alexnet.errors import UserError
+def test_cache_write_fails_mid_write_and_resumes(corpus, tmp_path):
+    """``prepare`` with a file-size limit at about half of its train images file: the limit
+    is met mid-write, after some images are on disk (not by an up-front size check). One
+    line, exit 2; no cache opens; the partial cache records the images written, and a
+    re-run without the limit resumes after them and gives exactly an uninterrupted cache."""
+    what = "cache write fails mid-write (RLIMIT_FSIZE)"
+    pending("full disk", what, command="prepare, then prepare again",
+            expected="one line; no cache opens; the re-run resumes to the same cache")
+    reference = tmp_path / "reference"
+    prepare(corpus.root, reference, size=64, skip_bad=True, workers=1, quiet=True)
+    images = (reference / "train.images.u8").stat().st_size
+    row = 64 * 64 * 3
+    limit = (images // row // 2) * row + row // 3           # mid-way through a row, half-way through the file
+    assert limit > 150_000, "the progress file (~110 KB) must still fit under the limit"
     out = tmp_path / "cache"
+    partial = Path(str(out) + ".partial")
     proc = Primed("prepare", corpus.root, out, "--size", "64", "--skip-bad", "--workers", "1", "--quiet",
-                  folder=tmp_path, name="full", preexec_fn=_limit_file_size(64 * 1024))   # the cache is ~400 KB
+                  folder=tmp_path, name="full", preexec_fn=_limit_file_size(limit))
     rc = proc.go().wait(300)
-    problem = one_line_error(rc, proc.stderr)
+    problem = one_line_error(rc, proc.stderr, str(partial), "file too large", "resumes")
     opens = []
-    for candidate in (out, Path(str(out) + ".partial")):
+    for candidate in (out, partial):
         try:
             open_cache(candidate)
             opens.append(candidate.name)
         except UserError:
             pass
-    record("full disk", "cache write fails (RLIMIT_FSIZE)", command="prepare",
-           expected="one line; no cache that opens",
-           outcome=(problem or error_lines(proc.stderr)[0]) + (f"; OPENS: {opens}" if opens else "; no cache opens"),
-           survived=problem is None and not opens)
-    assert problem is None, problem
+    written = (partial / "train.images.u8").stat().st_size if (partial / "train.images.u8").exists() else 0
+    with np.load(partial / "progress.npz") as z:      # rows of bad files are done but hold no image
+        done, kept, rows = int(z["done.train"].sum()), int(z["valid.train"].sum()), len(z["done.train"])
+    mid_write = 0 < kept and done < rows and written <= limit
+    summary = prepare(corpus.root, out, size=64, skip_bad=True, workers=1, quiet=True)
+    same = all((out / n).read_bytes() == (reference / n).read_bytes()
+               for n in ("train.images.u8", "val.images.u8", "train.labels.npy", "stats.npz"))
+    outcome = (problem or error_lines(proc.stderr)[0]) + (f"; OPENS: {opens}" if opens else "; no cache opens") + \
+        f"; failed after {kept} of {images // row} train images ({written:,} of {limit:,} bytes allowed); " \
+        f"re-run resumed after {summary.resumed_from} images, cache {'identical' if same else 'DIFFERENT'}"
+    record("full disk", what, command="prepare, then prepare again",
+           expected="one line; no cache opens; the re-run resumes to the same cache", outcome=outcome,
+           survived=problem is None and not opens and mid_write and summary.resumed_from >= done > 0 and same)
+    assert problem is None, problem + "\n" + proc.stderr[-2000:]
     assert not opens
+    assert mid_write, (done, written, limit)
+    assert summary.resumed_from >= done > 0
+    assert same
 
 
 def _damaged_copies(src: Path, folder: Path) -> dict[str, Path]:
@@ -120,8 +149,6 @@ def _damaged_copies(src: Path, folder: Path) -> dict[str, Path]:
 
 @pytest.mark.slow          # it needs the reference training run (conftest.reference_run)
 def test_corrupt_checkpoints_are_refused(reference_run, tmp_path):
-    from alexnet.errors import UserError
-    from alexnet.checkpoint import load_model
     src = reference_run["run_dir"] / "last.safetensors"
     damaged = _damaged_copies(src, tmp_path)
     argvs = []

@@ -17,6 +17,10 @@ Layout of a cache directory (written by :func:`alexnet.data.prepare`)::
       ignored.csv             path,reason: stray and non-image files that were not images
       warnings.csv            path,warning: files kept but worth a look (a PNG named .JPEG)
 
+``meta.json`` also records the size and SHA-256 of every other file (``"files"``), written
+by ``prepare`` once the cache is complete; :func:`verify_cache` (``alexnet cache-info
+CACHE --verify``) re-reads every file and names the first one that differs.
+
 The directory only appears under its final name once everything in it is written
 (``prepare`` builds ``OUT.partial`` and renames it), and ``meta.json`` carries
 ``"complete": true``; :func:`open_cache` refuses anything else.
@@ -26,21 +30,68 @@ pixel values 0..255): ``mean_image`` (S,S,C), ``channel_mean`` (C,), ``channel_s
 (population std over all pixels), ``eigval`` (C,) descending and ``eigvec`` (C,C) whose
 *columns* are the eigenvectors of the CxC covariance of pixel values (0..255 scale, so
 eigenvalues are in 0..255^2 units).
+
+The compact storage (``--format jpeg``) is encoded and decoded here, in one place
+(:func:`encode_jpeg`, :func:`decode_jpeg`): ``prepare`` writes with the first, the
+loader reads with the second.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 
+from ..console import first_line, progress
 from ..errors import UserError
 
 CACHE_FORMAT = "alexnet-cache"
 CACHE_VERSION = 1
 STAT_KEYS = ("mean_image", "channel_mean", "channel_std", "eigval", "eigvec")
+HASH_BLOCK = 8 << 20  # bytes read at a time when checksumming
+NOT_CHECKSUMMED = ("meta.json",)  # meta.json holds the checksums (and is validated when parsed)
+
+
+def encode_jpeg(a: np.ndarray, quality: int) -> bytes:
+    """One S x S x C uint8 image -> the compact storage's JPEG bytes (4:2:0 chroma for RGB)."""
+    if a.shape[2] == 1:
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="GRAY")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="RGB", colorsubsampling="420")
+
+
+def decode_jpeg(blob: bytes, channels: int) -> np.ndarray:
+    """The compact storage's JPEG bytes -> H x W x C uint8 (what the loader sees)."""
+    a = simplejpeg.decode_jpeg(blob, "GRAY" if channels == 1 else "RGB")
+    return a.reshape(a.shape[0], a.shape[1], channels)
+
+
+def file_sha256(path: str, bar=None) -> str:
+    """SHA-256 of a file, read in blocks (``bar``: a progress bar advanced by the bytes read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    return h.hexdigest()
+
+
+def cache_files(root: str) -> list[str]:
+    """The files of a cache that carry a checksum (every file but meta.json), sorted."""
+    return sorted(n for n in os.listdir(root) if n not in NOT_CHECKSUMMED and os.path.isfile(os.path.join(root, n)))
+
+
+def checksum_files(root: str, quiet: bool = False) -> dict:
+    """{name: {"bytes", "sha256"}} for every file of the cache at ``root`` (what meta.json records)."""
+    names = cache_files(root)
+    sizes = {n: os.path.getsize(os.path.join(root, n)) for n in names}
+    with progress(sum(sizes.values()), "checksum", "B", disable=quiet) as bar:
+        return {n: {"bytes": sizes[n], "sha256": file_sha256(os.path.join(root, n), bar)} for n in names}
 
 
 def images_file(split: str) -> str:
@@ -90,13 +141,8 @@ class JpegImages:
         return self._data
 
     def decode_one(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        import simplejpeg
         offset, length = self.index[i]
-        data = self._bytes()[offset: offset + length]
-        if self.channels == 1:
-            a = simplejpeg.decode_jpeg(data.tobytes(), "GRAY")
-        else:
-            a = simplejpeg.decode_jpeg(data.tobytes(), "RGB")
+        a = decode_jpeg(self._bytes()[offset: offset + length].tobytes(), self.channels)
         a = a.reshape(self.size, self.size, self.channels)
         if out is not None:
             out[...] = a
@@ -179,6 +225,13 @@ class Cache:
         labels = np.load(os.path.join(self.path, labels_file(name)), allow_pickle=False)
         if labels.shape != (n,):
             raise UserError(f"{self.path}: {labels_file(name)} has {labels.shape} labels, meta.json says {n}")
+        if labels.dtype.kind not in "iu":
+            raise UserError(f"{os.path.join(self.path, labels_file(name))}: labels of type {labels.dtype}, "
+                            f"expected integers; the cache is damaged")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise UserError(f"{os.path.join(self.path, labels_file(name))}: label {bad} is outside "
+                            f"0..{self.num_classes - 1} ({self.num_classes} classes); the cache is damaged")
         if self.storage == "raw":
             file = os.path.join(self.path, images_file(name))
             expected = n * s * s * c
@@ -253,6 +306,44 @@ def open_cache(path) -> Cache:
     stats = {}
     stats_path = os.path.join(path, "stats.npz")
     if os.path.exists(stats_path):
-        with np.load(stats_path, allow_pickle=False) as z:
-            stats = {k: z[k] for k in z.files}
-    return Cache(path, meta, stats)
+        try:
+            with np.load(stats_path, allow_pickle=False) as z:
+                stats = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise UserError(f"{stats_path}: unreadable statistics ({first_line(exc)}); the cache is damaged "
+                            f"(re-run 'alexnet prepare' with --overwrite)") from None
+        missing = [k for k in STAT_KEYS if k not in stats]
+        if missing:
+            raise UserError(f"{stats_path}: statistics lack {', '.join(missing)}; the cache is damaged")
+    cache = Cache(path, meta, stats)
+    try:
+        for name in cache.splits:  # labels are small: range-checked here, before anything trusts them
+            cache.split(name)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: cannot read split '{name}' ({first_line(exc)}); the cache is damaged") from None
+    return cache
+
+
+def verify_cache(path, quiet: bool = False) -> int:
+    """Re-read every file of an opened cache against the SHA-256 recorded by ``prepare``.
+
+    Returns the number of files checked; UserError naming the first file that is missing,
+    of the wrong size or with the wrong checksum.
+    """
+    cache = open_cache(path)
+    recorded = cache.meta.get("files")
+    if not recorded:
+        raise UserError(f"{cache.path}: no checksums recorded (prepared by an older alexnet); "
+                        f"re-run 'alexnet prepare' with --overwrite to add them")
+    with progress(sum(int(v["bytes"]) for v in recorded.values()), "verify", "B", disable=quiet) as bar:
+        for name, want in sorted(recorded.items()):
+            file = os.path.join(cache.path, name)
+            if not os.path.isfile(file):
+                raise UserError(f"{file}: missing; the cache is damaged")
+            size = os.path.getsize(file)
+            if size != int(want["bytes"]):
+                raise UserError(f"{file}: {size:,} bytes, {int(want['bytes']):,} when prepared; the cache is damaged")
+            if file_sha256(file, bar) != want["sha256"]:
+                raise UserError(f"{file}: checksum mismatch (SHA-256 differs from the one recorded when prepared); "
+                                f"the cache is damaged")
+    return len(recorded)

@@ -8,8 +8,8 @@ import os
 from ..console import info
 from ..errors import UserError
 from . import download
+from .cache import open_cache, read_meta, verify_cache
 from .resolve import default_cache_dir
-from .cache import read_meta
 from .sources import SHORTHANDS
 
 DEFAULT_SIZE = 256  # the paper's
@@ -59,7 +59,10 @@ def _prepare(args) -> int:
 
 
 def _info(args) -> int:
-    from .cache import open_cache
+    if args.verify:
+        checked = verify_cache(args.cache)
+        print(f"{args.cache}: {checked} files match the SHA-256 checksums recorded when prepared")
+        return 0
     cache = open_cache(args.cache)
     if args.json:
         meta = dict(cache.meta)
@@ -120,8 +123,13 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("cache-info", help="describe a prepared cache (counts, classes, statistics)",
-                       description="Print a prepared cache's splits, classes, size and train statistics.")
+    p = sub.add_parser("cache-info", help="describe a prepared cache (counts, classes, statistics); --verify checks it",
+                       description="Print a prepared cache's splits, classes, size and train statistics. With "
+                                   "--verify, re-read every file of the cache and compare it with the SHA-256 "
+                                   "checksum 'alexnet prepare' recorded in meta.json (exit 2 naming the first "
+                                   "damaged file).")
     p.add_argument("cache", help="cache directory written by 'alexnet prepare'")
     p.add_argument("--json", action="store_true", help="print meta.json")
+    p.add_argument("--verify", action="store_true",
+                   help="check every file against the checksums written by 'alexnet prepare' (reads the whole cache)")
     p.set_defaults(func=_info)

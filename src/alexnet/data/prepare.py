@@ -6,17 +6,24 @@ eigen-decomposition of the RGB covariance. Both are produced here, in one pass o
 the source, so training never decodes an image again.
 
 Safety: everything is written into ``OUT.partial`` and renamed to ``OUT`` only when
-complete (``meta.json`` then says ``"complete": true``). Progress is checkpointed every
+complete (``meta.json`` then says ``"complete": true`` and records the SHA-256 of every
+file, checked by ``alexnet cache-info OUT --verify``). Progress is checkpointed every
 few seconds (which images are done, the running statistics), so an interrupted run
 continues where it stopped when re-run with the same source and options; with
-anything different it starts over. Bad files stop the run with one line naming the file
-(default) or are skipped and listed in ``skipped.csv`` (``skip_bad=True``).
+anything different it starts over. One ``prepare`` at a time writes a given ``OUT``: it
+holds a POSIX lock on ``OUT.lock`` (released by the kernel when the process ends, however
+it ends), and a second one refuses with one line. Raw images are written with ordinary
+``pwrite`` calls, never through a memory map, so a full disk is an error (``ENOSPC``) and
+not a SIGBUS, and the partial cache stays resumable. Bad files stop the run with one line
+naming the file (default) or are skipped and listed in ``skipped.csv`` (``skip_bad=True``);
+so do class folders that hold no image (only stray or non-image files, or nothing).
 """
 
 from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import multiprocessing
@@ -24,18 +31,20 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
+from ..console import progress
 from ..errors import UserError
+from ..signals import StopFlag
 from . import cache as layout
 from .decode import BadImage, decode_square, resize_square
-from .sources import ArraySplit, Source, open_source, read_payload
+from .sources import GRAY_MODES, ArraySplit, Source, open_source, read_payload
 
 CHECKPOINT_SECONDS = float(os.environ.get("ALEXNET_PREPARE_CHECKPOINT_SECONDS", "10"))  # tests shorten it
 ARRAY_CHUNK = 512          # decoded-array sources (CIFAR, IDX): images per task
@@ -102,7 +111,6 @@ def _init_worker(config: dict) -> None:
     _CONFIG.clear()
     _CONFIG.update(config)
     if config.get("pool"):
-        import torch
         torch.set_num_threads(1)  # one process per core: the resize must not spawn threads of its own
         # Ctrl-C reaches the whole process group: the parent stops between chunks and terminates
         # the pool; a worker killed mid-task by KeyboardInterrupt would leave its result pending.
@@ -126,19 +134,6 @@ def _sum_images(images: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _encode(a: np.ndarray, quality: int) -> bytes:
-    import simplejpeg
-    if a.shape[2] == 1:
-        return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="GRAY")
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(a), quality=quality, colorspace="RGB", colorsubsampling="420")
-
-
-def _decode_stored(blob: bytes, channels: int) -> np.ndarray:
-    import simplejpeg
-    a = simplejpeg.decode_jpeg(blob, "GRAY" if channels == 1 else "RGB")
-    return a.reshape(a.shape[0], a.shape[1], channels)
-
-
 def _work_encoded(task: tuple) -> dict:
     """(split, [(index, name, ref or bytes)]) -> the chunk's images, statistics, errors and warnings."""
     split, entries = task
@@ -159,8 +154,8 @@ def _work_encoded(task: tuple) -> dict:
             slot = stacked[len(indices)]
             _, warning = decode_square(data, size, channels, name, out=slot)
             if storage == "jpeg":
-                blobs.append(_encode(slot, quality))
-                slot[...] = _decode_stored(blobs[-1], channels)  # statistics of what the loader will see
+                blobs.append(layout.encode_jpeg(slot, quality))
+                slot[...] = layout.decode_jpeg(blobs[-1], channels)  # statistics of what the loader will see
             indices.append(index)
             if warning:
                 warnings.append((index, warning))
@@ -188,8 +183,8 @@ def _work_arrays(task: tuple) -> tuple:
             out[j] = resize_square(a, size)
     blobs = None
     if storage == "jpeg":
-        blobs = [_encode(a, quality) for a in out]
-        out = np.stack([_decode_stored(b, channels) for b in blobs])
+        blobs = [layout.encode_jpeg(a, quality) for a in out]
+        out = np.stack([layout.decode_jpeg(b, channels) for b in blobs])
     train = split == "train"
     return {"split": split, "indices": list(range(start, start + len(out))), "images": out, "blobs": blobs,
             "xtx": _image_stats(out) if train else None, "image_sum": _sum_images(out) if train else None,
@@ -202,8 +197,9 @@ def _work_arrays(task: tuple) -> tuple:
 class _Writer:
     """The partial cache being written, with its resumable progress."""
 
-    def __init__(self, root: str, source: Source, size: int, channels: int, storage: str):
+    def __init__(self, root: str, source: Source, size: int, channels: int, storage: str, quiet: bool = False):
         self.root, self.source, self.size, self.channels, self.storage = root, source, size, channels, storage
+        self.quiet = quiet
         self.counts = {name: source.count(name) for name in source.splits}
         self.done = {k: np.zeros(n, dtype=bool) for k, n in self.counts.items()}
         self.valid = {k: np.zeros(n, dtype=bool) for k, n in self.counts.items()}
@@ -214,19 +210,20 @@ class _Writer:
         self.stat_images = 0
         self.skipped: list[tuple[str, str]] = []
         self.warnings: list[tuple[str, str]] = []
-        self.images: dict = {}
+        self.raw_files: dict = {}    # split -> file descriptor of <split>.images.u8
         self.jpeg_files: dict = {}
+        self.row_bytes = size * size * channels
 
     # -- files -------------------------------------------------------------------------
     def open_files(self, resume: bool) -> None:
         for split, n in self.counts.items():
             if self.storage == "raw":
+                # Rows are written at their offsets with pwrite; the file grows (sparse where rows
+                # are still missing) as they arrive. Not a memory map: a write into a mapped page
+                # that the disk cannot hold is a SIGBUS, a pwrite is an ENOSPC the run can report.
                 path = os.path.join(self.root, layout.images_file(split))
-                nbytes = n * self.size * self.size * self.channels
-                with open(path, "r+b" if resume and os.path.exists(path) else "wb") as f:
-                    f.truncate(nbytes)  # sparse: no time spent writing zeros
-                self.images[split] = np.memmap(path, dtype=np.uint8, mode="r+",
-                                               shape=(n, self.size, self.size, self.channels))
+                flags = os.O_RDWR | os.O_CREAT | (0 if resume else os.O_TRUNC)
+                self.raw_files[split] = os.open(path, flags, 0o644)
             else:
                 path = os.path.join(self.root, layout.jpeg_file(split))
                 f = open(path, "r+b" if resume and os.path.exists(path) else "wb")
@@ -235,17 +232,24 @@ class _Writer:
                 self.jpeg_files[split] = f
 
     def close_files(self) -> None:
-        for mm in self.images.values():
-            mm.flush()
-        self.images.clear()
+        for fd in self.raw_files.values():
+            os.close(fd)
+        self.raw_files.clear()
         for f in self.jpeg_files.values():
             f.close()
         self.jpeg_files.clear()
 
     # -- results -----------------------------------------------------------------------
+    def _pwrite(self, split: str, row: int, data) -> None:
+        """Write ``data`` at row ``row`` of the split's raw file, all of it or an OSError."""
+        fd, view, offset = self.raw_files[split], memoryview(data).cast("B"), row * self.row_bytes
+        while view:
+            written = os.pwrite(fd, view, offset)   # a short write near a limit: the next call raises
+            view, offset = view[written:], offset + written
+
     def store(self, split: str, index: int, img: np.ndarray | None, blob: bytes | None) -> None:
         if self.storage == "raw":
-            self.images[split][index] = img
+            self._pwrite(split, index, np.ascontiguousarray(img))
         else:
             f = self.jpeg_files[split]
             self.jpeg_index[split][index] = (self.jpeg_length[split], len(blob))
@@ -258,7 +262,7 @@ class _Writer:
         if not indices:
             return
         if self.storage == "raw" and indices == list(range(indices[0], indices[0] + len(indices))):
-            self.images[split][indices[0]: indices[0] + len(indices)] = images  # one slice write
+            self._pwrite(split, indices[0], np.ascontiguousarray(images))  # one write for the run of rows
             self.done[split][indices[0]: indices[0] + len(indices)] = True
             self.valid[split][indices[0]: indices[0] + len(indices)] = True
             return
@@ -273,8 +277,8 @@ class _Writer:
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self, fingerprint: str) -> None:
-        for mm in self.images.values():
-            mm.flush()
+        for fd in self.raw_files.values():
+            os.fsync(fd)     # rows marked done are on disk before the progress file says so
         for f in self.jpeg_files.values():
             f.flush()
             os.fsync(f.fileno())
@@ -330,16 +334,12 @@ class _Writer:
             with open(os.path.join(self.root, layout.files_file(split)), "w", encoding="utf-8") as f:
                 f.write("\n".join(names[i].replace("\n", " ") for i in keep))
             if self.storage == "raw":
-                if len(keep) < n:  # compact in place: rows only move towards the start
-                    mm = self.images[split]
-                    for dst, src in enumerate(keep):
-                        if dst != src:
-                            mm[dst] = mm[src]
-                    mm.flush()
-                    del self.images[split]
-                    del mm
-                    path = os.path.join(self.root, layout.images_file(split))
-                    os.truncate(path, len(keep) * self.size * self.size * self.channels)
+                fd = self.raw_files[split]
+                for dst, src in enumerate(keep):  # compact in place: rows only move towards the start
+                    if dst != src:
+                        self._pwrite(split, dst, os.pread(fd, self.row_bytes, int(src) * self.row_bytes))
+                os.ftruncate(fd, len(keep) * self.row_bytes)   # also sizes a file whose last rows were skipped
+                os.fsync(fd)
             else:
                 np.save(os.path.join(self.root, layout.jpeg_index_file(split)), self.jpeg_index[split][keep])
         self.close_files()
@@ -358,6 +358,7 @@ class _Writer:
         for name in ("progress.npz", "progress.tmp.npz"):
             if os.path.exists(os.path.join(self.root, name)):
                 os.remove(os.path.join(self.root, name))
+        meta["files"] = layout.checksum_files(self.root, quiet=self.quiet)
         tmp = os.path.join(self.root, "meta.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
@@ -399,19 +400,15 @@ def _probe_channels(source: Source, probes: int = 64) -> int:
     """3 unless every probed image is grayscale (then the dataset stays 1-channel)."""
     if source.channels is not None:
         return source.channels
-    if source.kind == "tar-stream" and source.memory is None:
-        return 3  # probing would mean an extra pass over a large compressed archive
+    if source.kind == "tar-stream":
+        return 1 if source.all_gray else 3   # probed while the archive was listed (one streamed pass)
     items = [it for content in source.splits.values() for it in content]
     step = max(1, len(items) // probes)
     for it in items[::step][:probes]:
         try:
-            if it.ref[0] == "stream":
-                offset, size = source.memory_index[it.ref[1]]
-                data = source.memory[offset: offset + size]
-            else:
-                data = read_payload(it.ref)
+            data = read_payload(it.ref)
             with Image.open(io.BytesIO(data)) as im:
-                if im.mode not in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F"):
+                if im.mode not in GRAY_MODES:
                     return 3
         except Exception:
             continue  # a bad file: the decoder will report it properly
@@ -420,6 +417,58 @@ def _probe_channels(source: Source, probes: int = 64) -> int:
 
 # Errors of the disk we write to (full, quota, file-size limit, read-only): a user problem, one line.
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+class _OutputLock:
+    """``OUT.lock``, locked with ``lockf`` for as long as one ``prepare`` writes ``OUT``.
+
+    A second ``prepare`` of the same ``OUT`` refuses in one line instead of deleting the
+    first one's partial output. The kernel drops the lock when its process ends (even by
+    SIGKILL), so a killed run never leaves a stale lock; forked decoding processes do not
+    inherit it. The file is removed on release; a waiter that opened the removed file
+    notices (its inode is no longer the path's) and tries again.
+    """
+
+    def __init__(self, out: str):
+        self.path = out + ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_OutputLock":
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise UserError(f"{self.path}: cannot create the lock file ({exc.strerror})") from None
+            try:
+                os.lockf(fd, os.F_TLOCK, 0)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    os.close(fd)
+                    raise UserError(f"{self.path}: cannot lock ({exc.strerror})") from None
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise UserError(f"{self.path[:-5]}: another 'alexnet prepare' (process {holder}) is writing "
+                                f"this cache; wait for it to finish or choose another path") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self.fd = fd
+                return self
+            os.close(fd)   # the holder removed it as we opened it: lock the new one
+
+    def __exit__(self, *exc) -> bool:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False
 
 
 def _display(source: Source, name: str) -> str:
@@ -441,6 +490,18 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
         raise UserError(f"--format {storage!r}: choose raw or jpeg")
     if not 1 <= int(quality) <= 100:
         raise UserError(f"--quality {quality}: must be 1..100")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise UserError(f"{parent}: no such directory")
+    with _OutputLock(out):   # first: a second prepare of OUT refuses before it spends time listing
+        return _prepare_locked(source, out, parent, size=size, storage=storage, quality=int(quality),
+                               skip_bad=skip_bad, workers=workers, quiet=quiet, labels=labels, classes=classes,
+                               limit=limit, channels=channels, overwrite=overwrite, started=started)
+
+
+def _prepare_locked(source, out: str, parent: str, *, size, storage: str, quality: int, skip_bad: bool, workers,
+                    quiet: bool, labels, classes, limit, channels, overwrite: bool, started: float) -> PrepareSummary:
+    """The body of :func:`prepare`, run while holding ``OUT.lock``."""
     src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit)
 
     if size == "native":
@@ -464,8 +525,7 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
 
-    import hashlib
-    fingerprint = hashlib.sha256(json.dumps([src.fingerprint(), size, channels, storage, int(quality),
+    fingerprint = hashlib.sha256(json.dumps([src.fingerprint(), size, channels, storage, quality,
                                              layout.CACHE_VERSION]).encode()).hexdigest()[:32]
     counts = {k: src.count(k) for k in src.splits}
     existing = layout.read_meta(out) if os.path.isdir(out) else None
@@ -476,15 +536,13 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
         if not overwrite:
             what = "a cache prepared from a different source or with other options" if existing else "not a cache"
             raise UserError(f"{out}: already exists ({what}); choose another path or pass --overwrite")
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise UserError(f"{parent}: no such directory")
     partial = out + ".partial"
     if src.empty_folders and not skip_bad:
-        raise UserError(f"{_display(src, src.empty_folders[0])}: class folder holds no images "
+        more = f" (and {len(src.empty_folders) - 1} more)" if len(src.empty_folders) > 1 else ""
+        raise UserError(f"{_display(src, src.empty_folders[0])}: class folder holds no images{more} "
                         f"(use --skip-bad to continue without it and list it in skipped.csv)")
 
-    writer = _Writer(partial, src, size, channels, storage)
+    writer = _Writer(partial, src, size, channels, storage, quiet)
     resume = os.path.isdir(partial) and writer.load_checkpoint(fingerprint)
     if not resume:
         if os.path.isdir(partial):
@@ -498,10 +556,12 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
         if need > free:
             raise UserError(f"{out}: needs {_human(need)} for {total:,} images at {size}x{size}x{channels}, "
                             f"only {_human(free)} free (try --format jpeg, or a smaller --size)")
-    for folder in src.empty_folders:  # --skip-bad: listed, never silently dropped
+    for folder in src.empty_folders:  # --skip-bad: said and listed, never silently dropped
         row = (_display(src, folder), "empty class folder (no images); no class made for it")
         if row not in writer.skipped:
             writer.skipped.append(row)
+        if not quiet:
+            sys.stderr.write(f"skipped {row[0]}: {row[1]}\n")
     try:
         writer.open_files(resume)
     except OSError as exc:
@@ -509,14 +569,14 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
 
     meta = {"format": layout.CACHE_FORMAT, "version": layout.CACHE_VERSION, "complete": False,
             "fingerprint": fingerprint, "size": size, "channels": channels, "storage": storage,
-            "jpeg_quality": int(quality) if storage == "jpeg" else None,
+            "jpeg_quality": quality if storage == "jpeg" else None,
             "classes": src.classes, "class_names": src.class_names,
             "source": {"location": os.path.abspath(src.location), "kind": src.kind},
             "preprocessing": f"central square (integer offsets) rescaled to {size}x{size}, bilinear antialiased "
                              f"= short side {size} then central crop (Krizhevsky et al. 2012, Section 2); "
                              f"JPEG DCT-domain downscaling by 1/2..1/8 while the short side stays >= {size}",
             "pixel_scale": "uint8 0..255"}
-    config = {"size": size, "channels": channels, "storage": storage, "quality": int(quality)}
+    config = {"size": size, "channels": channels, "storage": storage, "quality": quality}
     decoded = 0
     try:
         decoded = _run(src, writer, config, workers, skip_bad, quiet, fingerprint, total)
@@ -600,44 +660,9 @@ def _tasks(src: Source, writer: _Writer):
             yield "encoded", (split, [(int(i), content[i].name, content[i].ref) for i in pending[start:start + step]])
 
 
-class _InterruptFlag:
-    """SIGINT/SIGTERM set a flag that the work loop checks between chunks.
-
-    Python's default SIGINT raises KeyboardInterrupt wherever the main thread happens to be; when
-    that is inside a ``__del__`` or a finaliser (file objects of the tar reader, numpy buffers)
-    the exception is printed as "ignored" and lost, and the run would finish as if never
-    interrupted. A flag checked at a known point cannot be lost. Main thread only (signal rule).
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: bool, quiet: bool,
          fingerprint: str, total: int) -> int:
-    from tqdm import tqdm
-    done_before = writer.done_count()
-    bar = tqdm(total=total, initial=done_before, unit="img", desc="prepare", dynamic_ncols=True,
-               disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+    bar = progress(total, "prepare", "img", initial=writer.done_count(), disable=quiet)
     functions = {"encoded": _work_encoded, "arrays": _work_arrays}
     pool = None
     if workers > 1:
@@ -645,7 +670,6 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
     else:
         _init_worker(config)
     decoded = 0
-    last_checkpoint = time.monotonic()
 
     def handle(result: dict) -> None:
         nonlocal decoded
@@ -673,41 +697,43 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
         decoded += n
         bar.update(n + len(result["errors"]))
 
-    stop = _InterruptFlag()
     try:
-        stop.__enter__()
-        if pool is None:
-            for kind, task in _tasks(src, writer):
-                handle(functions[kind](task))
-                stop.check()
-                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                    writer.checkpoint(fingerprint)
-                    last_checkpoint = time.monotonic()
-        else:
-            in_flight: deque = deque()
-            window = 4 * workers
-            for kind, task in _tasks(src, writer):
-                in_flight.append((kind, pool.apply_async(functions[kind], (task,))))
-                while len(in_flight) >= window:
-                    k, r = in_flight.popleft()
-                    handle(r.get())
-                    stop.check()
-                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                    writer.checkpoint(fingerprint)
-                    last_checkpoint = time.monotonic()
-            while in_flight:
-                k, r = in_flight.popleft()
-                handle(r.get())
-                stop.check()
-        stop.check()
-    except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            raise UserError(f"{writer.root}: disk full while writing the cache ({exc.strerror})") from None
-        raise
+        with StopFlag(second_interrupts=False) as stop:
+            _drive(src, writer, functions, pool, workers, handle, stop, fingerprint)
     finally:
-        stop.__exit__(None, None, None)
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
     return decoded
+
+
+def _drive(src: Source, writer: _Writer, functions: dict, pool, workers: int, handle, stop: StopFlag,
+           fingerprint: str) -> None:
+    """Feed the tasks through ``handle`` (in this process, or a pool of ``workers`` processes), checking
+    ``stop`` after each result and checkpointing every CHECKPOINT_SECONDS."""
+    last_checkpoint = time.monotonic()
+    if pool is None:
+        for kind, task in _tasks(src, writer):
+            handle(functions[kind](task))
+            stop.check()
+            if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                writer.checkpoint(fingerprint)
+                last_checkpoint = time.monotonic()
+    else:
+        in_flight: deque = deque()
+        window = 4 * workers
+        for kind, task in _tasks(src, writer):
+            in_flight.append((kind, pool.apply_async(functions[kind], (task,))))
+            while len(in_flight) >= window:
+                k, r = in_flight.popleft()
+                handle(r.get())
+                stop.check()
+            if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                writer.checkpoint(fingerprint)
+                last_checkpoint = time.monotonic()
+        while in_flight:
+            k, r = in_flight.popleft()
+            handle(r.get())
+            stop.check()
+    stop.check()

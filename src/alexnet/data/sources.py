@@ -5,7 +5,8 @@ A *source* is listed once, without decoding anything:
 * image folder trees ``ROOT/<class>/<image>``, optionally under split folders
   (``train/``, ``val/``, ``test/``), as a directory or inside a ``.tar`` (read in place,
   every worker reading its own members by offset) or a compressed tar (``.tar.gz``,
-  ``.tgz``, ``.tar.bz2``, ``.tar.xz``: streamed once, in archive order);
+  ``.tgz``, ``.tar.bz2``, ``.tar.xz``: streamed, never held in memory whole - once to
+  list it, once more to read the images, in archive order);
 * ILSVRC-2012 as distributed: ``train/<wnid>/*.JPEG`` plus a *flat* ``val/`` folder
   whose labels come from a ground-truth list (one wnid or class index per line, in
   sorted file order; or ``name label`` lines; or Kaggle's ``LOC_val_solution.csv``);
@@ -19,12 +20,16 @@ Class order is the sorted class-folder names (the ILSVRC convention: sorted wnid
 give the standard index order) unless a class list is given (``--classes``), and is
 recorded in the cache. Stray files (``.DS_Store``, ``Thumbs.db``, hidden files,
 ``__MACOSX``) and files that are not images by extension are ignored *and counted*;
-files that claim to be images but are not are left to the decoder to report.
+files that claim to be images but are not are left to the decoder to report. A class
+folder that holds no image (nothing, or only stray and non-image files) is listed in
+``Source.empty_folders`` (``prepare`` refuses it unless told to skip bad input), in a
+directory and in an archive alike. A symbolic link that leads back to a folder above it
+(a loop) is refused with one line instead of being followed round and round.
 """
 
 from __future__ import annotations
 
-import bz2
+import _codecs
 import gzip
 import hashlib
 import io
@@ -36,6 +41,8 @@ import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy._core.multiarray as np_multiarray  # numpy >= 2; numpy.core is a deprecated alias
+from PIL import Image
 
 from ..errors import UserError
 from .decode import IMAGE_EXTENSIONS
@@ -47,7 +54,10 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
 STRAY_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
-IN_MEMORY_ARCHIVE_BYTES = 2 << 30  # compressed tars up to 2 GB are decompressed into memory once
+MAX_MEMBER_BYTES = 1 << 28   # an archive member larger than this (256 MB) is not an image anyone meant
+SIDE_FILE_BYTES = 64 << 20   # label lists and CIFAR batches kept from a compressed tar's listing pass
+CHANNEL_PROBES = 32          # grayscale probes per doubling of a compressed tar's member count
+GRAY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I", "F")
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 LABEL_FILE_PATTERN = re.compile(r"(ground[_-]?truth|labels?|solution)[^/]*\.(txt|csv)$", re.IGNORECASE)
 
@@ -80,9 +90,9 @@ class Source:
     ignored: list = field(default_factory=list)   # (name, reason): stray and non-image files
     channels: int | None = None     # fixed by the format (IDX 1, CIFAR 3) or None: decide from the images
     class_names: list[str] | None = None           # readable names when the classes are ids (wnids)
-    memory: bytes | None = None                     # a small compressed tar, decompressed once
-    memory_index: dict | None = None                # member name -> (offset, size) in ``memory``
-    empty_folders: list = field(default_factory=list)  # leaf folders holding no file at all (empty classes)
+    empty_folders: list = field(default_factory=list)  # class folders holding no image (names as listed)
+    all_gray: bool | None = None    # compressed tars: every image probed while listing was grayscale
+    link_targets: frozenset = frozenset()           # compressed tars: members that a hard link points at
 
     @property
     def encoded(self) -> bool:
@@ -106,17 +116,26 @@ class Source:
         return h.hexdigest()[:32]
 
     def stream(self, wanted: set[str]):
-        """Yield (member name, bytes) for members of a compressed tar, in archive order."""
-        if self.memory is not None:
-            for name, (offset, size) in sorted(self.memory_index.items(), key=lambda kv: kv[1][0]):
-                if name in wanted:
-                    yield name, self.memory[offset: offset + size]
-            return
+        """Yield (member name, bytes) for members of a compressed tar, in archive order.
+
+        Streamed (tarfile's ``r|*``): one member's bytes in memory at a time, whatever the
+        archive's size. A hard link yields its target's bytes, remembered from earlier in
+        the stream when the target is itself wanted or small."""
+        seen: dict[str, bytes] = {}
         with tarfile.open(self.location, "r|*") as tf:
             for member in tf:
-                if member.name in wanted and (member.isfile() or member.islnk()):
-                    f = tf.extractfile(member)
-                    yield member.name, (f.read() if f is not None else b"")
+                if member.islnk():
+                    if member.name in wanted:
+                        yield member.name, seen.get(member.linkname, b"")
+                    continue
+                if not member.isfile() or member.size > MAX_MEMBER_BYTES:
+                    continue
+                if member.name in wanted or member.name in self.link_targets:
+                    data = tf.extractfile(member).read()
+                    if member.name in self.link_targets:
+                        seen[member.name] = data
+                    if member.name in wanted:
+                        yield member.name, data
 
 
 def read_payload(ref: tuple) -> bytes:
@@ -221,23 +240,33 @@ def _open_directory(path: str, labels: str | None, class_list) -> Source:
     if special is not None:
         return special
     entries = []  # (relpath, ref)
-    ignored = []
-    empty: list[str] = []
+    folders = []  # every folder's relpath: a class folder holding no image must still be seen
+    # Folder identities (device, inode) from the root down to each folder: a symbolic link to
+    # one of them is a loop, which os.walk(followlinks=True) would follow until the path is too long.
+    above: dict[str, frozenset] = {}
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        st = os.stat(dirpath)
+        chain = above.pop(dirpath, frozenset()) | {(st.st_dev, st.st_ino)}
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, path)
+        if rel_dir != ".":
+            folders.append(rel_dir.replace(os.sep, "/"))
+        for d in dirnames:
+            sub = os.path.join(dirpath, d)
+            try:
+                sub_st = os.stat(sub)
+            except OSError:
+                continue
+            if (sub_st.st_dev, sub_st.st_ino) in chain:
+                raise UserError(f"{sub}: symbolic link loop (it leads back to {os.path.realpath(sub)}, a folder "
+                                f"above it); remove the link or point it elsewhere")
+            above[sub] = chain
         for fn in sorted(filenames):
             rel = fn if rel_dir == "." else f"{rel_dir}/{fn}".replace(os.sep, "/")
             entries.append((rel, ("file", os.path.join(dirpath, fn))))
-        if not filenames and not dirnames and rel_dir != "." and not _is_stray(rel_dir.replace(os.sep, "/")):
-            # An empty class folder: a class the user meant to have. Never dropped silently:
-            # prepare stops on it, or lists it in skipped.csv with --skip-bad.
-            empty.append(rel_dir.replace(os.sep, "/"))
         # A dangling symlink named like a directory shows up in neither list; os.walk lists
         # broken symlinks under filenames, so they reach the decoder and get reported.
-    source = _build_tree("folder", path, entries, ignored, labels, class_list, read=_read_local(path))
-    source.empty_folders = empty
-    return source
+    return _build_tree("folder", path, entries, [], labels, class_list, read=_read_local(path), folders=folders)
 
 
 def _read_local(root: str):
@@ -248,33 +277,90 @@ def _read_local(root: str):
 
 
 def _open_tar(path: str, labels: str | None, class_list) -> Source:
-    compressed = path.lower().endswith(COMPRESSED_TAR)
-    memory = None
+    if path.lower().endswith(COMPRESSED_TAR):
+        return _open_compressed_tar(path, labels, class_list)
     try:
-        if compressed and os.path.getsize(path) <= IN_MEMORY_ARCHIVE_BYTES:
-            # Decompress once into memory: listing and reading then cost one pass, not two.
-            opener = {".gz": gzip.open, ".tgz": gzip.open, ".bz2": bz2.open, ".tbz2": bz2.open,
-                      ".xz": lzma.open, ".txz": lzma.open}[os.path.splitext(path.lower())[1]]
-            with opener(path, "rb") as f:
-                memory = f.read()
-            tf = tarfile.open(fileobj=io.BytesIO(memory))
-        else:
-            tf = tarfile.open(path, "r:*")
+        tf = tarfile.open(path, "r:")
         members = tf.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable tar archive ({exc})") from None
+    with tf:
+        by_name = {m.name: m for m in members}
+        special = _detect_arrays_in_tar(path, members, lambda m: tf.extractfile(m).read())
+        if special is not None:
+            return special
+        entries, folders = _tar_entries(path, members, by_name, compressed=False)
+
+        def read(rel: str) -> bytes:
+            return tf.extractfile(by_name[rel] if rel in by_name else by_name["./" + rel]).read()
+
+        return _build_tree("tar", path, entries, [], labels, class_list, read=read, folders=folders)
+
+
+def _open_compressed_tar(path: str, labels: str | None, class_list) -> Source:
+    """List a compressed tar in one streamed pass (bounded memory: an archive that decompresses
+    to terabytes is read, not held), keeping only the small side files (label lists, CIFAR
+    batches) and probing a spread of images for colour."""
+    side: dict[str, bytes] = {}
+    probes = {"seen": 0, "stride": 1, "taken": 0, "gray": True}
+    members = []
+    try:
+        with tarfile.open(path, "r|*") as tf:
+            for m in tf:
+                members.append(m)
+                if not m.isfile() or m.size > MAX_MEMBER_BYTES:
+                    continue
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                base = os.path.basename(name)
+                if (m.size <= SIDE_FILE_BYTES and LABEL_FILE_PATTERN.search(name)) or _is_cifar_file(name):
+                    side[name] = tf.extractfile(m).read()
+                elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not _is_stray(name) and base:
+                    if probes["gray"] and probes["seen"] % probes["stride"] == 0:
+                        probes["gray"] = _is_gray(tf.extractfile(m).read(), probes["gray"])
+                        probes["taken"] += 1
+                        if probes["taken"] >= CHANNEL_PROBES:   # spread the probes ever wider
+                            probes["stride"] *= 2
+                            probes["taken"] = 0
+                    probes["seen"] += 1
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as exc:
         raise UserError(f"{path}: not a readable tar archive ({exc})") from None
-    special = _detect_arrays_in_tar(path, tf, members)
-    if special is not None:
-        tf.close()
-        return special
     by_name = {m.name: m for m in members}
-    entries = []
+    special = _detect_arrays_in_tar(path, members, lambda m: side.get(m.name[2:] if m.name.startswith("./") else m.name))
+    if special is not None:
+        return special
+    entries, folders = _tar_entries(path, members, by_name, compressed=True)
+
+    def read(rel: str) -> bytes:
+        return side[rel]
+
+    source = _build_tree("tar-stream", path, entries, [], labels, class_list, read=read, folders=folders)
+    source.all_gray = probes["gray"] if probes["seen"] else None
+    source.link_targets = frozenset(m.linkname for m in members if m.islnk())
+    return source
+
+
+def _is_gray(data: bytes, default: bool) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.mode in GRAY_MODES
+    except Exception:   # noqa: BLE001 - a bad file: the decoder reports it properly later
+        return default
+
+
+def _tar_entries(path: str, members: list, by_name: dict, compressed: bool) -> tuple[list, list]:
+    """(entries, folders) of a tar's listing; refuses members that escape the archive."""
+    entries, folders = [], []
     for m in members:
         target = m
         if m.name.startswith("/") or ".." in m.name.split("/"):
             # Never benign (a "tar-slip" attempt): refuse the whole archive, even with --skip-bad.
             raise UserError(f"{path}:{m.name}: member path escapes the archive (absolute or '..'); "
                             f"refusing the archive")
+        if m.isdir():
+            name = m.name[2:] if m.name.startswith("./") else m.name
+            if name.strip("/") not in ("", "."):
+                folders.append(name.rstrip("/"))
+            continue
         if m.islnk():
             target = by_name.get(m.linkname)
             if target is None or not target.isfile():
@@ -286,28 +372,20 @@ def _open_tar(path: str, labels: str | None, class_list) -> Source:
         elif not m.isfile():
             continue
         name = m.name[2:] if m.name.startswith("./") else m.name
-        ref = ("stream", m.name) if compressed else ("tar", os.path.abspath(path), target.offset_data, target.size)
+        if target.size > MAX_MEMBER_BYTES:
+            ref = ("broken", f"member of {target.size:,} bytes, larger than any image ({MAX_MEMBER_BYTES:,})")
+        elif compressed:
+            ref = ("stream", m.name)
+        else:
+            ref = ("tar", os.path.abspath(path), target.offset_data, target.size)
         entries.append((name, ref))
-
-    def read(rel: str) -> bytes:
-        f = tf.extractfile(rel if rel in by_name else "./" + rel)
-        return f.read()
-
-    source = _build_tree("tar-stream" if compressed else "tar", path, entries, [], labels, class_list, read=read)
-    tf.close()
-    if memory is not None:
-        source.memory = memory
-        source.memory_index = {m.name: (m.offset_data, m.size) for m in members if m.isfile()}
-        for m in members:
-            if m.islnk() and by_name.get(m.linkname) is not None:
-                target = by_name[m.linkname]
-                source.memory_index[m.name] = (target.offset_data, target.size)
-    return source
+    return entries, folders
 
 
 def _build_tree(kind: str, location: str, entries: list, ignored: list, labels: str | None, class_list,
-                read) -> Source:
-    """Folder-tree logic shared by directories and archives. ``read(rel)`` reads a small side file."""
+                read, folders: list = ()) -> Source:
+    """Folder-tree logic shared by directories and archives. ``read(rel)`` reads a small side file;
+    ``folders``: every folder's relpath (an archive lists only those it has members for)."""
     images, others = [], []
     for rel, ref in entries:
         reason = _is_stray(rel)
@@ -356,6 +434,27 @@ def _build_tree(kind: str, location: str, entries: list, ignored: list, labels: 
         if (rel, _) not in label_files:
             ignored.append((rel, "not an image file (extension)"))
 
+    # Class folders without an image (empty, or only stray / non-image files) would vanish
+    # with their class: find them among every folder and every file's folder.
+    def class_folder(rel_dir: str) -> tuple[str, str, str] | None:
+        """(split, class, folder relpath) of the class folder holding ``rel_dir``, if any."""
+        if not rel_dir.startswith(prefix) or _is_stray(rel_dir):
+            return None
+        parts = rel_dir[len(prefix):].split("/")
+        if split_dirs:
+            if parts[0] not in split_dirs or len(parts) < 2:
+                return None
+            return split_dirs[parts[0]], parts[1], prefix + "/".join(parts[:2])
+        return "train", parts[0], prefix + parts[0]
+
+    has_images = {(split, rest.split("/", 1)[0]) for split, items in per_split.items() for _, rest, _ in items
+                  if "/" in rest}
+    flat_splits = {split for split, items in per_split.items() if any("/" not in rest for _, rest, _ in items)}
+    candidates = {class_folder(f) for f in folders} | {class_folder(rel.rsplit("/", 1)[0])
+                                                       for rel, _ in entries if "/" in rel}
+    empty_folders = sorted(c[2] for c in candidates
+                           if c and c[0] not in flat_splits and (c[0], c[1]) not in has_images)
+
     # classes: sorted folder names across splits, unless an official list is given
     folder_classes = sorted({rest.split("/", 1)[0] for items in per_split.values()
                              for _, rest, _ in items if "/" in rest})
@@ -391,7 +490,7 @@ def _build_tree(kind: str, location: str, entries: list, ignored: list, labels: 
                 classes = [str(i) for i in range(max(int(t) for t in label_tokens) + 1)]
         splits[split] = [Item(rel, _label_index(tok, classes, location, rel), ref)
                          for (rel, _, ref), tok in zip(flat, label_tokens)]
-    return Source(kind, location, classes, splits, ignored, None, class_names)
+    return Source(kind, location, classes, splits, ignored, None, class_names, empty_folders=empty_folders)
 
 
 def _is_int(token: str) -> bool:
@@ -480,11 +579,9 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             raise UserError(f"{self.where}: refusing to load pickled global {module}.{name} "
                             f"(only numpy arrays and plain containers are allowed)")
         if module.startswith("numpy"):
-            import numpy._core.multiarray as multiarray  # numpy >= 2; numpy.core is a deprecated alias
             if name in ("_reconstruct", "scalar"):
-                return getattr(multiarray, name)
+                return getattr(np_multiarray, name)
             return getattr(np, name)
-        import _codecs
         return _codecs.encode
 
 
@@ -610,7 +707,15 @@ def _detect_arrays_in_directory(path: str) -> Source | None:
     return None
 
 
-def _detect_arrays_in_tar(path: str, tf: tarfile.TarFile, members) -> Source | None:
+def _is_cifar_file(name: str) -> bool:
+    """A member a CIFAR distribution is made of (kept from a compressed tar's listing pass)."""
+    base, folder = os.path.basename(name), os.path.dirname(name)
+    return any(base in (*train, *test, meta) for train, test, meta, _, _ in _CIFAR_LAYOUTS.values()) and (
+        "cifar" in folder.lower() or folder == "")
+
+
+def _detect_arrays_in_tar(path: str, members, read_member) -> Source | None:
+    """A CIFAR distribution inside a tar; ``read_member(member)`` -> its bytes (or None)."""
     names = {m.name[2:] if m.name.startswith("./") else m.name for m in members if m.isfile()}
     cifar = _cifar_kind(names)
     if not cifar:
@@ -620,7 +725,7 @@ def _detect_arrays_in_tar(path: str, tf: tarfile.TarFile, members) -> Source | N
 
     def read(fn: str):
         m = by_name.get(f"{folder}/{fn}" if folder else fn)
-        return tf.extractfile(m).read() if m is not None else None
+        return read_member(m) if m is not None else None
     return _build_cifar(kind, path, read)
 
 
