@@ -151,6 +151,7 @@ def test_measure_towers_on_a_checkpoint_uses_its_input_scale(tmp_path):
     assert result["towers"][0]["mean"] == pytest.approx(expected[:4].mean())
     saved = json.loads((tmp_path / "out" / "towers.json").read_text())
     assert saved["p_tower1_more_colour"] == result["p_tower1_more_colour"]
+    assert "tower 1: mean" in towers.format_towers(result)
     for name in ("towers.png", "specificity.png"):
         Image.open(tmp_path / "out" / name).verify()
 

@@ -237,3 +237,19 @@ def measure_towers(source: str | os.PathLike, out: str | os.PathLike | None = No
         result["plot"] = plot_specificity(values, out / "specificity.png", towers, title=what, threshold=threshold)
         write_json(out / "towers.json", result)
     return result
+
+
+def format_towers(result: dict) -> str:
+    """The per-tower numbers as the ``towers`` command prints them."""
+    lines = [f"{result['what']} ({result['source']}): {result['kernels']} conv1 kernels "
+             f"{result['kernel_size']}x{result['kernel_size']}x3; colour specificity s (0 = grey, 1 = pure colour contrast)"]
+    for t, summary in enumerate(result["towers"]):
+        lines.append(f"  tower {t}: mean {summary['mean']:.3f}, median {summary['median']:.3f}, std {summary['std']:.3f}, "
+                     f"quartiles {summary['q1']:.3f}-{summary['q3']:.3f}, {100 * summary['fraction_above']:.0f}% of "
+                     f"{summary['kernels']} above {summary['threshold']}")
+    if "p_tower1_more_colour" in result:
+        lines.append(f"  P(a tower-1 kernel is more colour-specific than a tower-0 one) = {result['p_tower1_more_colour']:.3f}; "
+                     f"difference of means {result['mean_difference']:+.3f}, permutation p = {result['permutation_p']:.2g}")
+    if result.get("figure"):
+        lines.append(f"wrote {result['figure']['png']}, {result['plot']}")
+    return "\n".join(lines)
