@@ -87,6 +87,8 @@ def test_bad_kernels_are_refused():
         towers.colour_specificity(np.ones((4, 3, 5, 5)), [1.0, 2.0])
     with pytest.raises(UserError, match="cannot be split"):
         towers.split_statistics(np.zeros(5), 2)
+    with pytest.raises(UserError, match="between 0 and 1"):
+        towers.measure_towers("/nonexistent", threshold=1.5)
 
 
 def test_tower_summary_and_split_on_a_built_grey_and_colour_pair():

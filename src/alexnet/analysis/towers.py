@@ -215,6 +215,8 @@ def measure_towers(source: str | os.PathLike, out: str | os.PathLike | None = No
     """Colour specificity of conv1 per tower for a checkpoint (or, ``theano=True``, the released
     theano_alexnet weights in folder ``source``); with ``out`` (a folder) also ``towers.png``
     (the kernels in the paper's layout), ``specificity.png`` and ``towers.json``."""
+    if not 0 < threshold < 1:
+        raise UserError(f"threshold {threshold}: must lie between 0 and 1 (s is a fraction of energy)")
     if theano:
         weight, towers, channel_scale, what = theano_conv1(source), 2, None, "theano_alexnet (ImageNet), epoch 65"
     else:
