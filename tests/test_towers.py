@@ -165,3 +165,28 @@ def test_the_released_imagenet_kernels_split_into_a_grey_and_a_colour_tower(shar
     assert result["kernels"] == 96 and result["colour_tower"] == 0      # in this release tower 0 took colour
     assert colour["median"] > 0.8 and grey_tower["median"] < 0.1
     assert result["separation"] > 0.6 and result["permutation_p"] < 0.001
+
+
+def test_learned_change_is_measured_against_the_seeded_initialisation(tmp_path):
+    import torch
+
+    kwargs = {"widths": [8, 16, 24, 24, 16], "hidden": 32}
+    torch.manual_seed(3)                                  # as the training loop does right before build_model
+    model = build_model("alexnet", num_classes=10, **kwargs)
+    spec = InputSpec(size=72, crop=64, channels=3, mean="none")
+    meta = {"config": {"train": {"seed": 3}}}
+    untouched = save_model(tmp_path / "init.safetensors", model, name="alexnet", num_classes=10, in_channels=3,
+                           kwargs=kwargs, input_spec=spec, meta=meta)
+    assert towers.measure_towers(untouched)["learned_change"]["relative_change"] == 0.0
+    with torch.no_grad():                                 # "training": grey updates in tower 0, colour in tower 1
+        w = model.features.conv1.weight
+        for i in range(4):
+            w[i] += torch.from_numpy(0.1 * grey(_pattern())).float()
+            w[4 + i] += torch.from_numpy(0.1 * red_green(_pattern())).float()
+    trained = save_model(tmp_path / "trained.safetensors", model, name="alexnet", num_classes=10, in_channels=3,
+                         kwargs=kwargs, input_spec=spec, meta=meta)
+    change = towers.measure_towers(trained)["learned_change"]
+    assert change["towers"][0]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert change["towers"][1]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert change["p_tower1_more_colour"] == 1.0
+    assert "what training added" in towers.format_towers(towers.measure_towers(trained))

@@ -48,6 +48,12 @@ tower 0 (0.5 = no split, 1 or 0 = complete separation; which tower becomes the c
 one is chance, as the paper says) and a permutation test of the difference of the
 towers' means (seeded, so the p-value is reproducible).
 
+**Early in training** conv1 is still mostly its random initialisation, whose s is 2/3
+in both towers whatever training has begun to do; for a checkpoint of our training
+loop :func:`measure_towers` therefore also measures what training has added
+(trained minus the initial conv1, re-created from the run's seed with
+:func:`alexnet.analysis.filters.initial_conv1`): the split shows there first.
+
 **The figure** (:func:`draw_towers`): conv1 in the paper's layout, tower 0's kernels
 in a block above tower 1's (``alexnet.analysis.filters.filter_grid``: 3 rows of 16
 kernels per tower, each kernel min-max normalised on its own, as the paper draws
@@ -64,7 +70,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .filters import conv1_weight, filter_grid, tower_count
+from .filters import conv1_weight, filter_grid, initial_conv1, tower_count
 
 COLOUR_THRESHOLD = 0.5          # more energy in colour contrast than in brightness
 PERMUTATIONS = 20_000
@@ -155,14 +161,18 @@ def theano_conv1(folder: str | os.PathLike) -> np.ndarray:
 
 
 def checkpoint_conv1(path: str | os.PathLike) -> dict:
-    """conv1 of a checkpoint (file or run folder), its number of towers and its input's channel scale."""
-    from ..checkpoint import load_model
+    """conv1 of a checkpoint (file or run folder), its number of towers and its input's channel scale,
+    and, for a checkpoint of our training loop (its config names the seed), conv1 as it was initialised."""
+    from ..checkpoint import load_checkpoint, load_model
 
     model, info = load_model(path, "cpu")
     spec = info.get("input_spec")
     scale = getattr(spec, "scale", None)
+    seed = ((load_checkpoint(path).meta.get("config") or {}).get("train") or {}).get("seed")
+    init = None if seed is None else initial_conv1(info["name"], info["num_classes"], info["in_channels"],
+                                                   info.get("kwargs") or {}, int(seed)).numpy()
     return {"weight": conv1_weight(model).numpy(), "towers": tower_count(model), "channel_scale": scale,
-            "model": info.get("name"), "kwargs": info.get("kwargs") or {}}
+            "model": info.get("name"), "kwargs": info.get("kwargs") or {}, "initial": init, "seed": seed}
 
 
 def draw_towers(weight, out: str | os.PathLike, towers: int = 2, values=None, sort: bool = True,
@@ -229,6 +239,16 @@ def measure_towers(source: str | os.PathLike, out: str | os.PathLike | None = No
     result = {"source": str(source), "what": what, "kernels": int(len(weight)), "kernel_size": int(weight.shape[-1]),
               "channel_scale": list(channel_scale) if channel_scale is not None else None,
               "specificity": [round(float(v), 6) for v in values], **split_statistics(values, towers, threshold)}
+    initial = None if theano else got["initial"]
+    if initial is not None:
+        # Early in training conv1 is still mostly its random initialisation (s ~ 2/3 in both towers);
+        # what training has added so far shows a split long before the kernels themselves do.
+        change = weight - initial
+        norm0 = float(np.linalg.norm(initial))
+        result["learned_change"] = {
+            "seed": got["seed"], "relative_change": float(np.linalg.norm(change)) / norm0 if norm0 else None,
+            "specificity": [round(float(v), 6) for v in colour_specificity(change, channel_scale)],
+            **split_statistics(colour_specificity(change, channel_scale), towers, threshold)}
     if out is not None:
         from ..report import write_json
 
@@ -252,6 +272,16 @@ def format_towers(result: dict) -> str:
     if "p_tower1_more_colour" in result:
         lines.append(f"  P(a tower-1 kernel is more colour-specific than a tower-0 one) = {result['p_tower1_more_colour']:.3f}; "
                      f"difference of means {result['mean_difference']:+.3f}, permutation p = {result['permutation_p']:.2g}")
+    change = result.get("learned_change")
+    if change and change.get("relative_change"):
+        lines.append(f"  what training added (trained - initial conv1, seed {change['seed']}; "
+                     f"||change|| / ||initial|| = {change['relative_change']:.3f}):")
+        for t, summary in enumerate(change["towers"]):
+            lines.append(f"    tower {t}: mean {summary['mean']:.3f}, median {summary['median']:.3f}, "
+                         f"{100 * summary['fraction_above']:.0f}% above {summary['threshold']}")
+        if "p_tower1_more_colour" in change:
+            lines.append(f"    P(tower 1 more colour-specific) = {change['p_tower1_more_colour']:.3f}, "
+                         f"permutation p = {change['permutation_p']:.2g}")
     if result.get("figure"):
         lines.append(f"wrote {result['figure']['png']}, {result['plot']}")
     return "\n".join(lines)
