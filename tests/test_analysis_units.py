@@ -247,7 +247,8 @@ def test_each_ablation_arm_changes_exactly_one_thing():
     base = load_config("cifar10", ablations.arm_overrides(ablations.ARMS[0], 0, budget, FakeCache, 28)).to_dict()
     expected = {"no_lrn": {("model", "kwargs")}, "pool_2x2": {("model", "kwargs")},
                 "no_dropout": {("model", "kwargs")}, "tanh": {("model", "kwargs")}, "no_conv3": {("model", "kwargs")},
-                "no_pca": {("data", "pca_std")}, "no_crop_flip": {("data", "flip"), ("data", "crop")}}
+                "no_pca": {("data", "pca_std")}, "no_crop_flip": {("data", "flip"), ("data", "crop")},
+                "one_gpu": {("model", "kwargs")}}
     assert {a.name for a in ablations.ARMS} == {"baseline", *expected}
     for arm in ablations.ARMS[1:]:
         cfg = load_config("cifar10", ablations.arm_overrides(arm, 0, budget, FakeCache, 28)).to_dict()

@@ -20,10 +20,10 @@ FLOORS: list[set[str]] = [
     {"models"},
     {"data"},
     {"checkpoint"},
-    {"fastpath"},
+    {"fastpath", "weights"},   # weights: the importers (checkpoint, data, models below them)
     {"eval"},
     {"train"},
-    {"analysis", "perf", "weights", "export"},
+    {"analysis", "perf", "export"},
     {"entry"},      # cli.py, __main__.py and the package root's re-exports
 ]
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}

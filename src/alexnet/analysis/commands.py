@@ -157,6 +157,16 @@ def _neighbors(args) -> int:
     return 0
 
 
+def _towers(args) -> int:
+    from .towers import format_towers, measure_towers
+    if bool(args.checkpoint) == bool(args.theano):
+        raise UserError("give a CHECKPOINT or --theano DIR (the released theano_alexnet weights), not both or neither")
+    result = measure_towers(args.theano or args.checkpoint, args.out, theano=bool(args.theano),
+                            sort=not args.no_sort, threshold=args.threshold, cols=args.cols)
+    print(json.dumps(result, indent=2) if args.json else format_towers(result))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="the paper's experiments: relu-tanh (Figure 1), ablations",
                        description="Run one of the paper's experiments end to end on real data.")
@@ -194,7 +204,8 @@ def register(sub) -> None:
 
     q = exp.add_parser("ablations", help="the baseline and one trick removed at a time, >= 2 seeds each",
                        description="Train the baseline and each ablation (no LRN, 2x2 pooling, no dropout, no PCA "
-                                   "noise, no crop/flip, tanh, conv3 removed) with the same budget and seeds; "
+                                   "noise, no crop/flip, tanh, conv3 removed, one tower at half width: the paper's one-GPU net) "
+                                   "with the same budget and seeds; "
                                    "writes ablations.md/.csv/.json/.png in --out. Finished runs are re-used, "
                                    "interrupted ones resumed.")
     q.add_argument("--data", help="cache folder or data source (default: the preset's data.source)")
@@ -258,3 +269,18 @@ def register(sub) -> None:
     p.add_argument("--device", default="", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_neighbors)
+
+    p = sub.add_parser("towers", help="colour specificity of conv1 per tower (section 6.1, Figure 3)",
+                       description="s = fraction of a kernel's energy outside the grey (R=G=B) direction (0 grey, 1 pure "
+                                   "colour contrast, 2/3 untrained); per tower mean/median/spread/fraction above "
+                                   "--threshold, the split's Mann-Whitney probability and permutation p; for a run's "
+                                   "checkpoint also what training added. With --out: towers.png (paper layout, sorted "
+                                   "by s), specificity.png, towers.json.")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder")
+    p.add_argument("--theano", metavar="DIR", help="the released theano_alexnet weights (e.g. ../shared/data/theano-alexnet-conv)")
+    p.add_argument("--out", metavar="DIR", help="write towers.png, specificity.png and towers.json here")
+    p.add_argument("--no-sort", action="store_true", help="draw kernels in stored order (default: by s within each tower)")
+    p.add_argument("--threshold", type=float, default=0.5, help="(default: %(default)s)")
+    p.add_argument("--cols", type=int, default=16, help="kernels per row in a tower's block (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=_towers)

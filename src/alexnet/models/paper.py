@@ -33,8 +33,19 @@ Where this departs from the paper, and why:
   Caffe's prototxt does the same); torchvision drops the *inputs* of fc6 and fc7.
 
 Every ablation of the paper is a constructor argument (``lrn``, ``pool``,
-``dropout``, ``activation``, ``drop_conv``), so the experiments build the model
-they measure from this one file.
+``dropout``, ``activation``, ``drop_conv``, ``one_gpu``), so the experiments build
+the model they measure from this one file.
+
+``one_gpu=True`` is section 3.2's comparison net, "a net with half as many kernels in
+each convolutional layer trained on one GPU", with its footnote: it "has the same
+number of kernels as the two-GPU net in the final convolutional layer", and the fully
+connected layers are not halved either, "so to make the two nets have approximately
+the same number of parameters". Hence one tower (no groups), conv1-conv4 at half the
+given widths (48-128-192-192 for the paper), conv5 at the full width (256) and fc6-fc8
+unchanged: 59,798,312 parameters for 1000 classes against the two-tower net's
+60,965,224. Each of its layers is then one of the paper's towers, except conv3, whose
+192 kernels see the 128 maps of the single tower (the two-GPU net's conv3 sees both
+towers' 256), and conv5, whose 256 kernels see all 192 maps of conv4.
 """
 
 from __future__ import annotations
@@ -72,6 +83,8 @@ class AlexNet(nn.Module):
         activation: "relu" (paper) or "tanh" (the paper's Figure 1 comparison).
         drop_conv: None, or "conv3"/"conv4" to remove that middle layer (the paper's
             "removing any middle layer" experiment); the next layer's input adapts.
+        one_gpu: section 3.2's one-GPU net: one tower (``groups`` is ignored), conv1-conv4
+            at half of ``widths`` (rounded down), conv5 and the fully connected layers at full width.
         init: "paper" = N(0, 0.01) weights and the paper's unit biases;
             "caffe" = as "paper" but N(0, 0.005) for fc6 and fc7 (Caffe's reference
             CaffeNet prototxt);
@@ -99,6 +112,7 @@ class AlexNet(nn.Module):
         dropout: float = 0.5,
         activation: str = "relu",
         drop_conv: str | None = None,
+        one_gpu: bool = False,
         init: str = "paper",
     ):
         super().__init__()
@@ -109,9 +123,16 @@ class AlexNet(nn.Module):
         if init not in INIT_SCHEMES:
             raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
         c1, c2, c3, c4, c5 = widths
+        if one_gpu:
+            # Half the kernels in every layer but the last conv layer, on one tower (sec. 3.2, footnote 3).
+            c1, c2, c3, c4 = (c // 2 for c in (c1, c2, c3, c4))
+            groups = 1
+        if min(c1, c2, c3, c4, c5) < 1:
+            raise ValueError(f"every conv layer needs at least one kernel, got widths {(c1, c2, c3, c4, c5)}")
         act = ACTIVATIONS[activation]
         k1, s1, p1 = conv1
         self.groups = groups
+        self.one_gpu = one_gpu
         self.init_scheme = init
 
         def norm() -> nn.Module:
