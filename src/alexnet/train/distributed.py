@@ -4,7 +4,8 @@ Data parallel. ``torchrun --nproc-per-node N -m alexnet train ...`` (or across m
 with ``--nnodes``/``--rdzv-endpoint``) starts N copies; :func:`setup` joins them into
 one process group - gloo on CPU, NCCL on CUDA - with a timeout, so that a rank that
 dies makes every other rank's next collective fail with an error instead of waiting
-forever (torchrun then stops the whole job and reports the failed rank). Gradients are
+forever (torchrun then stops the whole job and reports the failed rank, or restarts it
+with ``--max-restarts``: see alexnet.train.restart). Gradients are
 averaged by ``DistributedDataParallel``; each rank sees ``batch_size / world_size``
 images of every global batch; metrics are summed across ranks; only rank 0 writes.
 
@@ -108,6 +109,34 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     if not ctx.distributed:
         return flag
     return all_reduce_sum([1.0 if flag else 0.0], ctx)[0] > 0
+
+
+def any_rank_flags(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """:func:`any_rank` for several flags in one collective (one all-reduce per step, not one per flag)."""
+    if not ctx.distributed:
+        return list(flags)
+    return [v > 0 for v in all_reduce_sum([1.0 if f else 0.0 for f in flags], ctx)]
+
+
+def on_main(fn, ctx: DistContext):
+    """``fn()`` run by rank 0 alone, its result given to every rank.
+
+    A :class:`UserError` on rank 0 is raised on every rank (the others would otherwise wait
+    in the next collective until the timeout). For decisions every rank must share, such as
+    whether to resume and from which file (the ranks of several nodes may not see the run
+    folder at the same moment)."""
+    if not ctx.distributed:
+        return fn()
+    outcome = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", fn())
+        except UserError as exc:
+            outcome = ("error", str(exc))
+    kind, value = broadcast_object(outcome, ctx)
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def all_gather_objects(obj, ctx: DistContext) -> list:
