@@ -304,8 +304,10 @@ class Trainer:
                      f"epoch continues after its first {s.samples_in_epoch} images", self.quiet)
             if s.batch_in_epoch == 0 and s.best_epoch == s.epoch and not rundir.best_holds(self.run_dir, s.epoch):
                 rundir.copy_last_to_best(self.run_dir)   # a crash came between writing last and copying it to best
+            restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)   # set by torchrun
             info(f"resuming {self.run_dir} at epoch {s.epoch + 1}, step {s.step}"
-                 + (f" (batch {s.batch_in_epoch} of the epoch)" if s.batch_in_epoch else ""), self.quiet)
+                 + (f" (batch {s.batch_in_epoch} of the epoch)" if s.batch_in_epoch else "")
+                 + (f" after torchrun restart {restarts}" if restarts else ""), self.quiet)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
