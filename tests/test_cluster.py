@@ -166,9 +166,9 @@ def test_torchrun_restart_resumes_by_itself_and_ends_as_an_uninterrupted_run(fmn
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-4000:]
     assert at < 2 * STEPS_PER_EPOCH, "the run ended before the kill landed"
-    assert "attempts left" in err and "will restart worker group" in err, err[-3000:]
+    assert "failed (exitcode: -9) local_rank: 1" in err, err[-3000:]          # torchrun saw the kill...
     resumed = [line for line in err.splitlines() if f"resuming {run_dir}" in line]
-    assert len(resumed) == 1 and "after torchrun restart 1" in resumed[0], err[-3000:]
+    assert len(resumed) == 1 and "after torchrun restart 1" in resumed[0], err[-3000:]   # ...and restarted
     assert "(batch " in resumed[0], f"expected a mid-epoch resume: {resumed[0]}"
     assert_same_weights(run_dir, references("ddp"))
     assert steps_logged(run_dir) == list(range(1, 2 * STEPS_PER_EPOCH + 1))

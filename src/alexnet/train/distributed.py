@@ -72,9 +72,26 @@ def setup(device: str = "", timeout_s: float = 300.0) -> DistContext:
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend=backend, timeout=timeout, **_restart_store(rank, world, timeout),
                                 **({"device_id": dev} if backend == "nccl" else {}))
     return DistContext(rank, world, local_rank, dev)
+
+
+def _restart_store(rank: int, world: int, timeout: datetime.timedelta) -> dict:
+    """On a torchrun restart, the process group's keys under a prefix of this attempt.
+
+    torchrun's workers meet in the agent's store, and a restarted group finds there the keys
+    the failed attempt left: gloo then read a dead worker's address and its connect failed
+    (or waited for the timeout) in about one restart in two (tests/test_cluster.py). Empty
+    (``init_method="env://"``, the default) on the first attempt and outside torchrun."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    if attempt == "0" or "MASTER_ADDR" not in os.environ:
+        return {}
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, timeout=timeout)
+    return {"store": dist.PrefixStore(f"alexnet/attempt-{attempt}/", store), "rank": rank, "world_size": world}
 
 
 def is_communication_failure(exc: BaseException) -> bool:
