@@ -88,9 +88,10 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def kill_after_first_checkpoint(proc: subprocess.Popen, run_dir: Path, victim, min_step: int = EVERY + 1) -> int:
-    """SIGKILL ``victim()`` (a pid) once step ``min_step`` is logged; returns the step logged at the kill."""
-    wait_for(lambda: last_step(run_dir) >= min_step and (run_dir / f"step-{EVERY:08d}.safetensors").is_file(),
+def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, victim, checkpoint: int = EVERY) -> int:
+    """SIGKILL ``victim()`` (a pid) once the checkpoint of step ``checkpoint`` is kept and a later step is
+    logged; returns the step logged at the kill."""
+    wait_for(lambda: last_step(run_dir) > checkpoint and (run_dir / f"step-{checkpoint:08d}.safetensors").is_file(),
              timeout=240, proc=proc, interval=0.01)
     pid = victim()
     os.kill(pid, signal.SIGKILL)
@@ -129,12 +130,13 @@ def test_corrupt_last_falls_back_to_the_newest_valid_checkpoint(fmnist_cache, tm
     run_dir = tmp_path / "cut"
     proc = subprocess.Popen(cli(*run_args(fmnist_cache, tmp_path, "cut")), env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    at = kill_after_first_checkpoint(proc, run_dir, lambda: proc.pid)
+    at = kill_after_checkpoint(proc, run_dir, lambda: proc.pid, 2 * EVERY)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill landed"
     assert at < 2 * STEPS_PER_EPOCH
-    kept = [int(p.name[5:13]) for p in run_dir.glob("step-*.safetensors")]
-    newest = max(kept)
+    kept = sorted(int(p.name[5:13]) for p in run_dir.glob("step-*.safetensors"))
+    assert len(kept) == 2, kept                   # an older one to fall back to by mistake
+    newest = kept[-1]
     last = run_dir / "last.safetensors"
     assert load_checkpoint(last).meta["step"] >= newest
     with open(last, "r+b") as f:          # a torn last: half of it
@@ -162,7 +164,7 @@ def test_torchrun_restart_resumes_by_itself_and_ends_as_an_uninterrupted_run(fmn
         victims.extend(descendants_with_rank(proc.pid, 1))
         assert len(victims) == 1, victims
         return victims[0]
-    at = kill_after_first_checkpoint(proc, run_dir, rank1)
+    at = kill_after_checkpoint(proc, run_dir, rank1)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-4000:]
     assert at < 2 * STEPS_PER_EPOCH, "the run ended before the kill landed"
@@ -205,7 +207,7 @@ def test_resume_on_another_world_size_sees_every_image_of_the_epoch_once(fmnist_
     proc = subprocess.Popen(torchrun(*args) if before == 2 else cli(*args), env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     victim = (lambda: descendants_with_rank(proc.pid, 1)[0]) if before == 2 else (lambda: proc.pid)
-    at = kill_after_first_checkpoint(proc, run_dir, victim)
+    at = kill_after_checkpoint(proc, run_dir, victim)
     proc.communicate(timeout=120)
     assert proc.returncode != 0 and at < STEPS_PER_EPOCH, "the run ended before the kill landed"
     cut = load_checkpoint(run_dir / "last.safetensors").meta
