@@ -21,7 +21,11 @@ Exactness of resume. Every random generator (torch, numpy, python; every rank's)
 saved with the step, and the run's :class:`TrainState`; the data order and augmentation
 are functions of (seed, epoch, batch) in the loader, so a resumed run replays the same
 batches. On a CPU the result is bit-identical to an uninterrupted run, in float32 and in
-bfloat16 (tests/test_checkpoint_resume.py).
+bfloat16 (tests/test_checkpoint_resume.py), also after a torchrun restart with ``--resume auto``
+(tests/test_cluster.py). A resume on another number of processes with the same global batch
+continues the epoch with exactly the images not yet seen (the position is a count of images,
+:class:`TrainState`), though not bit for bit. Periodic checkpoints, the fallback from a corrupt
+``last`` and ``run.resume = "auto"``: alexnet.train.restart.
 
 Signals. SIGINT and SIGTERM set a flag; the current step finishes, a checkpoint is
 written and the process exits with a line saying how to resume (status 130/143). A
@@ -108,7 +112,8 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
     except Exception as exc:
         if ctx.distributed and dist_utils.is_communication_failure(exc):
             raise UserError(f"rank {ctx.rank}: lost contact with the other processes of the job ({first_line(exc)}); "
-                            f"stopping. Resume from the last epoch with --resume once all nodes are up") from None
+                            f"stopping. Resume from the last checkpoint with --resume once all nodes are up "
+                            f"(torchrun --max-restarts with --resume auto does it by itself)") from None
         raise
     finally:
         dist_utils.teardown()
