@@ -126,6 +126,19 @@ def test_periodic_checkpoints_keep_the_newest_k_besides_last_and_best(references
     assert mid["status"] == "running" and mid["partial"]["seen"] == 15 * 16
 
 
+def test_checkpoints_every_m_minutes_land_mid_epoch(fmnist_cache, tmp_path):
+    # 30 ms between checkpoints, none by steps, all kept: a 20-step epoch takes 0.2 s or more here.
+    run(cli(*run_args(fmnist_cache, tmp_path, "timed", "--train.checkpoint_every_steps", "0",
+                      "--train.checkpoint_every_minutes", "0.0005", "--train.keep_checkpoints", "0", epochs=1)))
+    steps = sorted(int(p.name[5:13]) for p in (tmp_path / "timed").glob("step-*.safetensors"))
+    assert steps[-1] == STEPS_PER_EPOCH and len(steps) >= 3, steps     # the epoch end and timed ones
+    for step in steps[:-1]:
+        meta = load_checkpoint(tmp_path / "timed" / f"step-{step:08d}.safetensors").meta
+        assert (meta["epoch"], meta["batch_in_epoch"], meta["step"]) == (0, step, step)
+    times = [json.loads(x)["step"] for x in (tmp_path / "timed" / "steps.jsonl").read_text().splitlines()]
+    assert times == list(range(1, STEPS_PER_EPOCH + 1))
+
+
 def test_corrupt_last_falls_back_to_the_newest_valid_checkpoint(fmnist_cache, tmp_path, references):
     run_dir = tmp_path / "cut"
     proc = subprocess.Popen(cli(*run_args(fmnist_cache, tmp_path, "cut")), env=ENV, text=True,
