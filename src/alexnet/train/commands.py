@@ -55,7 +55,9 @@ def train_parser(prog: str = "alexnet train") -> argparse.ArgumentParser:
     presets = ", ".join(f"{n} (default)" if n == DEFAULT_PRESET else n for n in preset_files())
     p = _ArgumentParser(prog=prog, description=DESCRIPTION.format(presets=presets))
     p.add_argument("config", nargs="?", help="preset name or TOML file (default: fashion-mnist)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "
+                   "'auto' (with a fixed --run.name): continue that run if it has a checkpoint, else start it - "
+                   "the same command then survives restarts (torchrun --max-restarts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return p
 
@@ -82,7 +84,9 @@ def _train_command(args) -> int:
     settings = list(options.settings)
     if options.quiet:
         settings += ["--run.progress", "false"]
-    if options.resume:
+    if options.resume == "auto":        # = --run.resume auto: the folder is RUN.OUT/RUN.NAME of the config
+        result = train(load_config(options.config, settings + ["--run.resume", "auto"]))
+    elif options.resume:
         if options.config:
             raise UserError(f"{options.config}: give either a config or --resume RUN_DIR, not both "
                             f"(a resumed run uses the config saved in its folder)")

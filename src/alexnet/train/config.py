@@ -118,6 +118,10 @@ class TrainConfig:
     test_views: str = "center"    # final test: "center" or "ten" (the paper's 10-view test)
     val_every: int = 1            # validate every N epochs and after the last (0 = after the last only)
     dist_timeout: float = 300.0   # seconds a collective may wait for a dead rank before failing
+    checkpoint_every_steps: int = 0       # also checkpoint every N optimiser steps (0 = epoch ends only)
+    checkpoint_every_minutes: float = 0.0  # also checkpoint every M minutes of training (0 = off)
+    keep_checkpoints: int = 3     # with periodic checkpoints: keep the newest K step-*.safetensors (0 = all)
+    log_samples: bool = False     # write RUN/samples-rank<R>.jsonl: the dataset indices of every batch
 
 
 @dataclass
@@ -128,6 +132,7 @@ class RunConfig:
     name: str = ""                # "" = <preset>-<yyyymmdd-hhmmss>
     progress: bool = True         # tqdm bars (also off when stderr is not a terminal)
     plots: bool = True
+    resume: str = ""              # "auto": resume RUN.OUT/RUN.NAME when it holds a checkpoint, else start it
 
 
 @dataclass

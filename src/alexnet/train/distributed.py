@@ -4,7 +4,8 @@ Data parallel. ``torchrun --nproc-per-node N -m alexnet train ...`` (or across m
 with ``--nnodes``/``--rdzv-endpoint``) starts N copies; :func:`setup` joins them into
 one process group - gloo on CPU, NCCL on CUDA - with a timeout, so that a rank that
 dies makes every other rank's next collective fail with an error instead of waiting
-forever (torchrun then stops the whole job and reports the failed rank). Gradients are
+forever (torchrun then stops the whole job and reports the failed rank, or restarts it
+with ``--max-restarts``: see alexnet.train.restart). Gradients are
 averaged by ``DistributedDataParallel``; each rank sees ``batch_size / world_size``
 images of every global batch; metrics are summed across ranks; only rank 0 writes.
 
@@ -71,9 +72,26 @@ def setup(device: str = "", timeout_s: float = 300.0) -> DistContext:
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend=backend, timeout=timeout, **_restart_store(rank, world, timeout),
                                 **({"device_id": dev} if backend == "nccl" else {}))
     return DistContext(rank, world, local_rank, dev)
+
+
+def _restart_store(rank: int, world: int, timeout: datetime.timedelta) -> dict:
+    """On a torchrun restart, the process group's keys under a prefix of this attempt.
+
+    torchrun's workers meet in the agent's store, and a restarted group finds there the keys
+    the failed attempt left: gloo then read a dead worker's address and its connect failed
+    (or waited for the timeout) in about one restart in two (tests/test_cluster.py). Empty
+    (``init_method="env://"``, the default) on the first attempt and outside torchrun."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    if attempt == "0" or "MASTER_ADDR" not in os.environ:
+        return {}
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, timeout=timeout)
+    return {"store": dist.PrefixStore(f"alexnet/attempt-{attempt}/", store), "rank": rank, "world_size": world}
 
 
 def is_communication_failure(exc: BaseException) -> bool:
@@ -108,6 +126,34 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     if not ctx.distributed:
         return flag
     return all_reduce_sum([1.0 if flag else 0.0], ctx)[0] > 0
+
+
+def any_rank_flags(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """:func:`any_rank` for several flags in one collective (one all-reduce per step, not one per flag)."""
+    if not ctx.distributed:
+        return list(flags)
+    return [v > 0 for v in all_reduce_sum([1.0 if f else 0.0 for f in flags], ctx)]
+
+
+def on_main(fn, ctx: DistContext):
+    """``fn()`` run by rank 0 alone, its result given to every rank.
+
+    A :class:`UserError` on rank 0 is raised on every rank (the others would otherwise wait
+    in the next collective until the timeout). For decisions every rank must share, such as
+    whether to resume and from which file (the ranks of several nodes may not see the run
+    folder at the same moment)."""
+    if not ctx.distributed:
+        return fn()
+    outcome = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", fn())
+        except UserError as exc:
+            outcome = ("error", str(exc))
+    kind, value = broadcast_object(outcome, ctx)
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def all_gather_objects(obj, ctx: DistContext) -> list:

@@ -21,7 +21,11 @@ Exactness of resume. Every random generator (torch, numpy, python; every rank's)
 saved with the step, and the run's :class:`TrainState`; the data order and augmentation
 are functions of (seed, epoch, batch) in the loader, so a resumed run replays the same
 batches. On a CPU the result is bit-identical to an uninterrupted run, in float32 and in
-bfloat16 (tests/test_checkpoint_resume.py).
+bfloat16 (tests/test_checkpoint_resume.py), also after a torchrun restart with ``--resume auto``
+(tests/test_cluster.py). A resume on another number of processes with the same global batch
+continues the epoch with exactly the images not yet seen (the position is a count of images,
+:class:`TrainState`), though not bit for bit. Periodic checkpoints, the fallback from a corrupt
+``last`` and ``run.resume = "auto"``: alexnet.train.restart.
 
 Signals. SIGINT and SIGTERM set a flag; the current step finishes, a checkpoint is
 written and the process exits with a line saying how to resume (status 130/143). A
@@ -49,6 +53,7 @@ from .. import report
 from ..console import first_line, info, progress, warn
 from ..data import build_loader, open_cache
 from ..data.device_pipeline import describe_data_path
+from ..data.loader import derive_seed
 from ..data.preprocess import InputSpec
 from ..data.resolve import ensure_prepared
 from ..errors import UserError
@@ -58,7 +63,7 @@ from ..models import build_model
 from ..runtime import machine_description
 from ..signals import StopFlag
 from . import distributed as dist_utils
-from . import rundir
+from . import restart, rundir
 from .config import Config, _merge, load_config, parse_overrides, validate
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
@@ -83,6 +88,8 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
     ``config``: a :class:`Config`, a preset name or TOML path (``None`` = fashion-mnist).
     ``resume``: a run folder to continue from its ``last.safetensors`` (its saved
     ``config.toml`` is used; ``overrides`` may still change e.g. ``train.epochs``).
+    ``config.run.resume = "auto"`` (with a fixed ``run.name``): continue RUN.OUT/RUN.NAME when it
+    holds a checkpoint of this run, else start it (alexnet.train.restart).
     """
     if resume is not None:
         if not (Path(resume) / "config.toml").is_file():
@@ -94,13 +101,19 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
         config = copy.deepcopy(config)       # the caller's config stays as it was
         _merge(config, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "overrides")
         validate(config)
+    if config.run.resume not in ("", "auto"):
+        raise UserError(f"run.resume must be \"auto\" or \"\" (to resume a given folder: --resume RUN_DIR), "
+                        f"got {config.run.resume!r}")
+    if config.run.resume == "auto" and not config.run.name:
+        raise UserError("run.resume = \"auto\" needs a fixed --run.name: a restarted job must find the same run folder")
     ctx = dist_utils.setup(config.train.device, config.train.dist_timeout)
     try:
         return Trainer(config, ctx, Path(resume) if resume is not None else None).run()
     except Exception as exc:
         if ctx.distributed and dist_utils.is_communication_failure(exc):
             raise UserError(f"rank {ctx.rank}: lost contact with the other processes of the job ({first_line(exc)}); "
-                            f"stopping. Resume from the last epoch with --resume once all nodes are up") from None
+                            f"stopping. Resume from the last checkpoint with --resume once all nodes are up "
+                            f"(torchrun --max-restarts with --resume auto does it by itself)") from None
         raise
     finally:
         dist_utils.teardown()
@@ -198,7 +211,7 @@ class Trainer:
         extra = dict(flip=c.data.flip, pca_std=c.data.pca_std) if train else dict(views=views)
         return build_loader(self.data, split, batch_size=batch_size, train=train, seed=c.train.seed, rank=ctx.rank,
                             world_size=ctx.world_size, workers=self.workers, device=ctx.device,
-                            input_spec=self.input_spec, **extra)
+                            input_spec=self.input_spec, with_index=train and c.train.log_samples, **extra)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _meta(self, status: str) -> dict:
@@ -215,9 +228,16 @@ class Trainer:
             "config": c.to_dict(), "status": status,
         }
 
+    @property
+    def periodic(self) -> bool:
+        """Checkpoints also every N steps or M minutes: each one is then kept as step-<STEP> too."""
+        return bool(self.config.train.checkpoint_every_steps or self.config.train.checkpoint_every_minutes)
+
     def save(self, epoch: int, batch_in_epoch: int, status: str = "running") -> None:
-        """Write last.safetensors (rank 0), with every rank's random state gathered first."""
+        """Write last.safetensors (rank 0), with every rank's random state gathered first; with periodic
+        checkpoints, keep a copy as step-<STEP>.safetensors and prune the older ones (alexnet.train.restart)."""
         self.state.epoch, self.state.batch_in_epoch = epoch, batch_in_epoch
+        self.state.samples_in_epoch = batch_in_epoch * self.config.train.batch_size
         rng = dist_utils.all_gather_objects(ckpt_io.capture_rng(), self.ctx)
         if self.ctx.is_main:
             m = _unwrap(self.model)
@@ -225,14 +245,44 @@ class Trainer:
             stats = {f"stats.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.cache.stats.items()}
             ckpt_io.save_checkpoint(self.run_dir / LAST, model=weights, optimizer=self.optimizer,
                                     meta=self._meta(status), rng=dict(enumerate(rng)), extra_tensors=stats)
+            if self.periodic and status == "running":
+                restart.keep_copy(self.run_dir, self.state.step, self.config.train.keep_checkpoints)
+        self.last_save = time.time()
         dist_utils.barrier(self.ctx)
 
+    def _choose_checkpoint(self) -> ckpt_io.Checkpoint:
+        """``last`` or, when it is corrupt, the newest valid kept checkpoint: rank 0 chooses (and says
+        so), every rank loads the same file."""
+        chosen = {}
+
+        def choose():
+            ck, note = restart.choose_checkpoint(self.run_dir)
+            if note:
+                warn(note)
+                restart.copy_atomically(ck.path, self.run_dir / LAST)  # a later restart finds a valid last
+            chosen["ck"] = ck
+            return str(ck.path)
+
+        path = dist_utils.on_main(choose, self.ctx)
+        return chosen["ck"] if "ck" in chosen else ckpt_io.load_checkpoint(path)
+
+    def _restore_rng(self, ck: ckpt_io.Checkpoint) -> None:
+        """Every rank's random state; on another number of processes, a rank the checkpoint has no
+        state for starts streams derived from (seed, step, rank), the same on every resume."""
+        if ck.meta.get("world_size", 1) == self.ctx.world_size or str(self.ctx.rank) in ck.meta.get("rng", {}):
+            ckpt_io.restore_rng_for_rank(ck, self.ctx.rank)
+        else:
+            _seed_everything(derive_seed(self.config.train.seed, int(ck.meta["step"]), self.ctx.rank))
+
     def _restore(self) -> None:
-        ck = ckpt_io.load_checkpoint(self.run_dir / LAST)
+        ck = self._choose_checkpoint()
         ckpt_io.check_compatible(ck, self.config.model.name, self.num_classes, self.cache.channels)
-        if ck.meta.get("world_size", 1) != self.ctx.world_size:
-            raise UserError(f"{ck.path}: saved by {ck.meta.get('world_size')} processes; resume with the same number "
-                            f"(this run has {self.ctx.world_size})")
+        saved_world = int(ck.meta.get("world_size", 1))
+        saved_batch = (ck.meta.get("config") or {}).get("train", {}).get("batch_size", self.config.train.batch_size)
+        if saved_world != self.ctx.world_size and saved_batch != self.config.train.batch_size:
+            raise UserError(f"{ck.path}: saved by {saved_world} processes with global batch {saved_batch}; on "
+                            f"{self.ctx.world_size} processes resume with the same global batch "
+                            f"(--train.batch_size {saved_batch})")
         m = _unwrap(self.model)
         if isinstance(m, dist_utils.TwoTowerModel):
             raise UserError("resuming a model-parallel run is not supported; restart it without model.parallel")
@@ -241,20 +291,42 @@ class Trainer:
         self.schedule.load_state_dict(ck.meta["schedule"])
         if self.scaler is not None and ck.meta.get("scaler"):
             self.scaler.load_state_dict(ck.meta["scaler"])
-        ckpt_io.restore_rng_for_rank(ck, self.ctx.rank)
+        self._restore_rng(ck)
         s = self.state = TrainState.from_meta(ck.meta)
+        if s.samples_in_epoch < 0:           # written before the count existed: batches of the same global batch
+            s.samples_in_epoch = s.batch_in_epoch * saved_batch
+        if s.samples_in_epoch % self.config.train.batch_size:
+            raise UserError(f"{ck.path}: stopped after {s.samples_in_epoch} images of epoch {s.epoch + 1}, not a "
+                            f"multiple of train.batch_size {self.config.train.batch_size}; resume with "
+                            f"--train.batch_size {saved_batch}")
+        s.batch_in_epoch = s.samples_in_epoch // self.config.train.batch_size
         if self.ctx.is_main:
             rundir.truncate_logs(self.run_dir, s.step, s.epoch)
+            for log in self.run_dir.glob("samples-rank*.jsonl"):
+                report.truncate_jsonl(log, lambda r: r.get("step", 0) <= s.step)
+            if saved_world != self.ctx.world_size:
+                info(f"resuming a run of {saved_world} processes on {self.ctx.world_size}: same global batch, the "
+                     f"epoch continues after its first {s.samples_in_epoch} images", self.quiet)
             if s.batch_in_epoch == 0 and s.best_epoch == s.epoch and not rundir.best_holds(self.run_dir, s.epoch):
                 rundir.copy_last_to_best(self.run_dir)   # a crash came between writing last and copying it to best
+            restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)   # set by torchrun
             info(f"resuming {self.run_dir} at epoch {s.epoch + 1}, step {s.step}"
-                 + (f" (batch {s.batch_in_epoch} of the epoch)" if s.batch_in_epoch else ""), self.quiet)
+                 + (f" (batch {s.batch_in_epoch} of the epoch)" if s.batch_in_epoch else "")
+                 + (f" after torchrun restart {restarts}" if restarts else ""), self.quiet)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         t_start = time.time()
+        c = self.config
+        if self.resume_dir is None and c.run.resume == "auto":
+            run_dir = Path(c.run.out).expanduser() / c.run.name
+            if dist_utils.on_main(lambda: restart.auto_resume(run_dir, c.to_dict()), self.ctx):
+                self.resume_dir = run_dir
         self.run_dir = self.resume_dir if self.resume_dir is not None else rundir.run_folder(self.config, self.ctx)
         lock = rundir.open_run_folder(self.run_dir, self.config, self.resume_dir is not None) if self.ctx.is_main else None
+        if lock is not None and self.resume_dir is None:
+            for stale in self.run_dir.glob("samples-rank*.jsonl"):   # a fresh run starts its sample logs afresh
+                stale.unlink()
         try:
             return self._train_epochs(t_start)
         finally:
@@ -276,6 +348,9 @@ class Trainer:
         model.train()
 
         steps_log = report.JsonlWriter(self.run_dir / "steps.jsonl") if ctx.is_main else None
+        self.samples_log = (report.JsonlWriter(self.run_dir / f"samples-rank{ctx.rank}.jsonl")
+                            if c.train.log_samples else None)
+        self.last_save = time.time()
         epochs_log = report.JsonlWriter(self.run_dir / "epochs.jsonl") if ctx.is_main else None
         if ctx.is_main:
             info(f"training {c.model.name} on {self.cache.path} ({len(self.data.split(c.data.train_split)):,} images, "
@@ -304,7 +379,7 @@ class Trainer:
                     break
             else:
                 epoch = c.train.epochs
-        for log in (steps_log, epochs_log):
+        for log in (steps_log, epochs_log, self.samples_log):
             if log is not None:
                 log.close()
         if status == "interrupted":
@@ -325,14 +400,16 @@ class Trainer:
         bar = progress(total, f"epoch {epoch + 1}/{c.train.epochs}", "batch", initial=skip,
                        disable=not (ctx.is_main and c.run.progress))
         bar = None if bar.disable else bar
-        sums = EpochSums.resume(s.partial if skip else {}, ctx.device)
+        sums = EpochSums.resume(s.partial if skip else {}, ctx.device, ctx.rank)
         window_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         window_n, window_t = 0, time.time()
         t0 = time.time()
         lr = self.schedule.lr_at(s.step)
-        for batch_index, (x, y) in enumerate(loader):
+        every_steps, every_s = c.train.checkpoint_every_steps, 60 * c.train.checkpoint_every_minutes
+        for batch_index, batch in enumerate(loader):
             if batch_index < skip:
                 continue           # replay the data order up to where the checkpoint stopped
+            x, y = batch[0], batch[1]
             lr = self.schedule.apply(self.optimizer, s.step)
             x = fast.prepare_input(x)
             with fast.autocast():
@@ -347,6 +424,9 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
             s.step += 1
+            if self.samples_log is not None:
+                self.samples_log.write({"step": s.step, "epoch": epoch, "batch": batch_index,
+                                        "indices": batch[2].tolist()})
             loss_d = loss.detach()
             sums.add(loss_d, logits.detach(), y.to(logits.device))
             window_sum += loss_d.double()
@@ -370,15 +450,25 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss_d):.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{sums.seen * ctx.world_size / elapsed:.0f}", refresh=False)
                 bar.update(1)
-            stopping = dist_utils.any_rank(stop.requested, ctx)
+            # One collective for both: the ranks must agree, and their clocks do not.
+            stopping, minutes_due = dist_utils.any_rank_flags(
+                [stop.requested, bool(every_s) and time.time() - self.last_save >= every_s], ctx)
             if stopping and not last:
                 cut = time.time() - t0
                 s.train_time += cut
                 if bar is not None:
                     bar.close()
-                s.partial = sums.to_partial(cut)
+                s.partial = sums.to_partial(cut, lambda v: dist_utils.all_reduce_sum(v, ctx))
                 self.save(epoch, batch_index + 1, status="interrupted")
                 return "stopped"
+            if not last and (minutes_due or (every_steps and s.step % every_steps == 0)):
+                # A periodic checkpoint mid-epoch: the state as a stop here would save it, then back to
+                # the running epoch (its time and sums are counted at the epoch end as usual).
+                cut = time.time() - t0
+                s.train_time, train_time = s.train_time + cut, s.train_time
+                s.partial = sums.to_partial(cut, lambda v: dist_utils.all_reduce_sum(v, ctx))
+                self.save(epoch, batch_index + 1)
+                s.train_time, s.partial = train_time, {}
             if c.train.max_steps and s.step >= c.train.max_steps:
                 break
         if bar is not None:

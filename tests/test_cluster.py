@@ -1,0 +1,266 @@
+"""What clusters expect: restarts that resume by themselves, another world size, periodic checkpoints, two nodes.
+
+Real jobs only: ``torchrun`` (gloo, CPU) with real worker processes, real SIGKILLs, real files.
+The tiny model of tests/test_train_support.py on 320 Fashion-MNIST images, batch 16: 20 steps
+an epoch, a checkpoint every 5 steps (``step-*.safetensors``, the newest 2 kept). A kill waits
+for a step marker in ``steps.jsonl`` after the first periodic checkpoint and then asserts that it
+landed (the process was still running and died of the signal; the resume line names the batch).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint
+from test_train_support import checkpoint_tensors, fmnist_cache, last_step, tiny_kwargs_arg, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.slow
+STEPS_PER_EPOCH = 20         # 320 images / batch 16
+EVERY = 5
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run_args(cache: Path, out: Path, name: str, *extra: str, epochs: int = 2) -> list[str]:
+    """A small deterministic run with periodic checkpoints; no --quiet: the tests read its status lines."""
+    return ["train", "fashion-mnist", "--data.cache", str(cache), "--run.out", str(out), "--run.name", name,
+            "--model.kwargs", tiny_kwargs_arg(), "--train.epochs", str(epochs), "--train.batch_size", "16",
+            "--train.log_every", "1", "--train.threads", "1", "--optim.lr", "0.02", "--data.workers", "0",
+            "--data.train_subset", "320", "--data.val_subset", "64", "--run.plots", "false",
+            "--train.checkpoint_every_steps", str(EVERY), "--train.keep_checkpoints", "2", *extra]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "alexnet", *args]
+
+
+def torchrun(*args: str, nproc: int = 2, launcher: tuple[str, ...] = ("--standalone",)) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc-per-node={nproc}",
+            "-m", "alexnet", *args]
+
+
+def run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants_with_rank(pid: int, rank: int) -> list[int]:
+    """Processes started by ``pid`` whose environment says RANK=rank (torchrun's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and f"RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    a = checkpoint_tensors(reference / "last.safetensors")
+    b = checkpoint_tensors(run_dir / "last.safetensors")
+    assert a.keys() == b.keys() and len(a) > 20
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ from the uninterrupted run: {different[:5]}"
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, victim, checkpoint: int = EVERY) -> int:
+    """SIGKILL ``victim()`` (a pid) once the checkpoint of step ``checkpoint`` is kept and a later step is
+    logged; returns the step logged at the kill."""
+    wait_for(lambda: last_step(run_dir) > checkpoint and (run_dir / f"step-{checkpoint:08d}.safetensors").is_file(),
+             timeout=240, proc=proc, interval=0.01)
+    pid = victim()
+    os.kill(pid, signal.SIGKILL)
+    return last_step(run_dir)
+
+
+@pytest.fixture(scope="module")
+def references(fmnist_cache, tmp_path_factory):
+    """Uninterrupted runs (made once, on first use): 'single' (1 process) and 'ddp' (torchrun, 2)."""
+    out = tmp_path_factory.mktemp("cluster-ref")
+    made = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            args = run_args(fmnist_cache, out, kind)
+            run(torchrun(*args) if kind == "ddp" else cli(*args))
+            made[kind] = out / kind
+        return made[kind]
+    return get
+
+
+# ----------------------------------------------------------------------------- periodic checkpoints
+
+def test_periodic_checkpoints_keep_the_newest_k_besides_last_and_best(references):
+    run_dir = references("single")
+    kept = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    # 40 steps, a checkpoint every 5 (the epoch ends, 20 and 40, among them): the newest two stay.
+    assert kept == ["best.safetensors", "last.safetensors", "step-00000035.safetensors", "step-00000040.safetensors"]
+    assert (run_dir / "step-00000040.safetensors").read_bytes() == (run_dir / "last.safetensors").read_bytes()
+    mid = load_checkpoint(run_dir / "step-00000035.safetensors").meta
+    assert (mid["step"], mid["epoch"], mid["batch_in_epoch"], mid["samples_in_epoch"]) == (35, 1, 15, 15 * 16)
+    assert mid["status"] == "running" and mid["partial"]["seen"] == 15 * 16
+
+
+def test_checkpoints_every_m_minutes_land_mid_epoch(fmnist_cache, tmp_path):
+    # 30 ms between checkpoints, none by steps, all kept: a 20-step epoch takes 0.2 s or more here.
+    run(cli(*run_args(fmnist_cache, tmp_path, "timed", "--train.checkpoint_every_steps", "0",
+                      "--train.checkpoint_every_minutes", "0.0005", "--train.keep_checkpoints", "0", epochs=1)))
+    steps = sorted(int(p.name[5:13]) for p in (tmp_path / "timed").glob("step-*.safetensors"))
+    assert steps[-1] == STEPS_PER_EPOCH and len(steps) >= 3, steps     # the epoch end and timed ones
+    for step in steps[:-1]:
+        meta = load_checkpoint(tmp_path / "timed" / f"step-{step:08d}.safetensors").meta
+        assert (meta["epoch"], meta["batch_in_epoch"], meta["step"]) == (0, step, step)
+    times = [json.loads(x)["step"] for x in (tmp_path / "timed" / "steps.jsonl").read_text().splitlines()]
+    assert times == list(range(1, STEPS_PER_EPOCH + 1))
+
+
+def test_corrupt_last_falls_back_to_the_newest_valid_checkpoint(fmnist_cache, tmp_path, references):
+    run_dir = tmp_path / "cut"
+    proc = subprocess.Popen(cli(*run_args(fmnist_cache, tmp_path, "cut")), env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    at = kill_after_checkpoint(proc, run_dir, lambda: proc.pid, 2 * EVERY)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill landed"
+    assert at < 2 * STEPS_PER_EPOCH
+    kept = sorted(int(p.name[5:13]) for p in run_dir.glob("step-*.safetensors"))
+    assert len(kept) == 2, kept                   # an older one to fall back to by mistake
+    newest = kept[-1]
+    last = run_dir / "last.safetensors"
+    assert load_checkpoint(last).meta["step"] >= newest
+    with open(last, "r+b") as f:          # a torn last: half of it
+        f.truncate(last.stat().st_size // 2)
+    resumed = run(cli("train", "--resume", str(run_dir)))
+    notes = [line for line in resumed.stderr.splitlines() if "newest valid checkpoint" in line]
+    assert len(notes) == 1, resumed.stderr[-3000:]
+    assert notes[0].startswith(f"alexnet: warning: {last}: ")
+    assert f"step-{newest:08d}.safetensors (step {newest})" in notes[0]
+    assert f"resuming {run_dir} at epoch {newest // STEPS_PER_EPOCH + 1}, step {newest}" in resumed.stderr
+    assert_same_weights(run_dir, references("single"))
+    assert steps_logged(run_dir) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+
+
+# ----------------------------------------------------------------------------- torchrun --max-restarts
+
+def test_torchrun_restart_resumes_by_itself_and_ends_as_an_uninterrupted_run(fmnist_cache, tmp_path, references):
+    run_dir = tmp_path / "elastic"
+    command = torchrun(*run_args(fmnist_cache, tmp_path, "elastic", "--resume", "auto"),
+                       launcher=("--standalone", "--max-restarts=1"))
+    proc = subprocess.Popen(command, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victims = []
+
+    def rank1():
+        victims.extend(descendants_with_rank(proc.pid, 1))
+        assert len(victims) == 1, victims
+        return victims[0]
+    at = kill_after_checkpoint(proc, run_dir, rank1)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-4000:]
+    assert at < 2 * STEPS_PER_EPOCH, "the run ended before the kill landed"
+    assert "failed (exitcode: -9) local_rank: 1" in err, err[-3000:]          # torchrun saw the kill...
+    resumed = [line for line in err.splitlines() if f"resuming {run_dir}" in line]
+    assert len(resumed) == 1 and "after torchrun restart 1" in resumed[0], err[-3000:]   # ...and restarted
+    assert "(batch " in resumed[0], f"expected a mid-epoch resume: {resumed[0]}"
+    assert_same_weights(run_dir, references("ddp"))
+    assert steps_logged(run_dir) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+
+
+def test_resume_auto_starts_resumes_and_refuses_another_run(fmnist_cache, tmp_path):
+    base = run_args(fmnist_cache, tmp_path, "auto", "--resume", "auto", epochs=1)
+    first = run(cli(*base))
+    assert "resuming" not in first.stderr                       # nothing there: a fresh start
+    again = run(cli(*base))                                     # the same command again: it continues that run
+    assert f"resuming {tmp_path / 'auto'} at epoch 2, step {STEPS_PER_EPOCH}" in again.stderr, again.stderr[-2000:]
+    other = subprocess.run(cli(*base, "--optim.lr", "0.05"), capture_output=True, text=True, env=ENV, timeout=120)
+    assert other.returncode == 2
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another configuration (optim.lr = 0.02 there, 0.05 here)" in lines[0], other.stderr
+    no_name = list(base)
+    no_name[no_name.index("--run.name") + 1] = ""
+    unnamed = subprocess.run(cli(*no_name), capture_output=True, text=True, env=ENV, timeout=120)
+    assert unnamed.returncode == 2 and "needs a fixed --run.name" in unnamed.stderr
+
+
+# ----------------------------------------------------------------------------- another world size
+
+def sample_records(run_dir: Path) -> dict[int, list[dict]]:
+    return {int(p.stem.rsplit("rank", 1)[1]): [json.loads(x) for x in p.read_text().splitlines()]
+            for p in run_dir.glob("samples-rank*.jsonl")}
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_resume_on_another_world_size_sees_every_image_of_the_epoch_once(fmnist_cache, tmp_path, before, after):
+    run_dir = tmp_path / "resize"
+    args = run_args(fmnist_cache, tmp_path, "resize", "--train.log_samples", "true", epochs=1)
+    proc = subprocess.Popen(torchrun(*args) if before == 2 else cli(*args), env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim = (lambda: descendants_with_rank(proc.pid, 1)[0]) if before == 2 else (lambda: proc.pid)
+    at = kill_after_checkpoint(proc, run_dir, victim)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and at < STEPS_PER_EPOCH, "the run ended before the kill landed"
+    cut = load_checkpoint(run_dir / "last.safetensors").meta
+    assert cut["world_size"] == before and cut["epoch"] == 0 and 0 < cut["batch_in_epoch"] < STEPS_PER_EPOCH
+    resume = ["train", "--resume", str(run_dir)]
+    second = run(torchrun(*resume) if after == 2 else cli(*resume))
+    assert f"resuming a run of {before} processes on {after}" in second.stderr, second.stderr[-3000:]
+    records = sample_records(run_dir)
+    assert sorted(records) == [0, 1]
+    k = cut["step"]
+    first_half = [r for rank in range(before) for r in records[rank] if r["step"] <= k]
+    second_half = [r for rank in range(after) for r in records[rank] if r["step"] > k]
+    assert len(first_half) == before * k and len(second_half) == after * (STEPS_PER_EPOCH - k)
+    assert all(r["epoch"] == 0 for r in first_half + second_half)
+    seen = collections.Counter(i for r in first_half + second_half for i in r["indices"])
+    assert seen == collections.Counter(range(320)), "an image of the epoch was skipped or seen twice"
+    assert sum(len(r["indices"]) for r in first_half) == 16 * k
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == after
+
+
+# ----------------------------------------------------------------------------- two nodes
+
+def test_two_torchrun_agents_on_one_machine_equal_one_two_process_node(fmnist_cache, tmp_path, references):
+    port = free_port()
+    args = run_args(fmnist_cache, tmp_path, "nodes")
+    agents = []
+    for node in (0, 1):
+        agents.append(subprocess.Popen(
+            torchrun(*args, nproc=1, launcher=("--nnodes=2", f"--node-rank={node}", "--rdzv-backend=c10d",
+                                               f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=alexnet-nodes")),
+            env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+    try:
+        outputs = [a.communicate(timeout=300) for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
+                a.wait()
+    for a, (_, err) in zip(agents, outputs):
+        assert a.returncode == 0, err[-4000:]
+    summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2 * STEPS_PER_EPOCH
+    assert_same_weights(tmp_path / "nodes", references("ddp"))
