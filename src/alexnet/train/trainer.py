@@ -3,11 +3,12 @@
     result = train(load_config("cifar10", ["--train.epochs", "3"]))
     result.run_dir, result.summary["test"]["top1_err"]
 
-One call does everything a run needs, in this order: join the process group (when
-launched by torchrun), take the run-folder lock (alexnet.train.rundir), build the data
-cache if it does not exist yet, build the model, optimiser (parameter groups by role)
-and schedule, choose the fast path (alexnet.fastpath: precision, memory format,
-compilation), restore the last checkpoint when resuming, then per epoch: train
+One call does everything a run needs, in this order: check the configuration (the
+model's options included), join the process group (when launched by torchrun), build
+the data cache if it does not exist yet, build the model, optimiser (parameter groups by
+role) and schedule, choose the fast path (alexnet.fastpath: precision, memory format,
+compilation) - so that a start that fails leaves no run folder - then take the run-folder
+lock (alexnet.train.rundir), restore the last checkpoint when resuming, then per epoch: train
 (progress bar, per-step JSON lines, stall detection), validate, adjust the lr (the
 paper's plateau rule), write ``last.safetensors`` and, on a new best validation error,
 ``best.safetensors``. At the end: the test split (centre or ten views), plots,
@@ -26,11 +27,18 @@ bfloat16 (tests/test_checkpoint_resume.py).
 Signals. SIGINT and SIGTERM set a flag; the current step finishes, a checkpoint is
 written and the process exits with a line saying how to resume (status 130/143). A
 second Ctrl-C interrupts immediately.
+
+Divergence. Every step checks that the loss is finite, on every rank, in the same
+all-reduce as the stop flag: a loss that is not finite ends the run on all ranks at that
+step (one line naming it, exit 2) before anything of that step is logged or saved, and
+a checkpoint is never written from weights that are not finite, so ``last.safetensors``
+keeps the last good state.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import os
 import random
@@ -40,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -59,7 +68,7 @@ from ..runtime import machine_description
 from ..signals import StopFlag
 from . import distributed as dist_utils
 from . import rundir
-from .config import Config, _merge, load_config, parse_overrides, validate
+from .config import Config, _merge, check_launch, load_config, parse_overrides, resume_config, validate
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
@@ -85,9 +94,7 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
     ``config.toml`` is used; ``overrides`` may still change e.g. ``train.epochs``).
     """
     if resume is not None:
-        if not (Path(resume) / "config.toml").is_file():
-            raise UserError(f"{resume}: not a run folder (no config.toml); nothing to resume")
-        config = load_config(Path(resume) / "config.toml", overrides)
+        config = resume_config(resume, overrides)     # refuses overrides that change the replay; writes nothing
     elif not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
@@ -96,6 +103,7 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
         validate(config)
     ctx = dist_utils.setup(config.train.device, config.train.dist_timeout)
     try:
+        check_launch(config, ctx.world_size)
         return Trainer(config, ctx, Path(resume) if resume is not None else None).run()
     except Exception as exc:
         if ctx.distributed and dist_utils.is_communication_failure(exc):
@@ -108,11 +116,23 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
 
 def open_training_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool = False):
     """The config's cache, prepared from ``data.source`` first when it does not exist (rank 0 only;
-    the other ranks wait, then open it). The rule is :mod:`alexnet.data.resolve`'s."""
-    if ctx.is_main:
-        ensure_prepared(config.data.source, config.data.size, name=config.data.name or None,
-                        cache=config.data.cache or None, quiet=quiet, what="data.source")
-    dist_utils.barrier(ctx)
+    the other ranks wait, then open it). The rule is :mod:`alexnet.data.resolve`'s.
+
+    A prepare can take hours, far longer than a collective may wait for a dead rank
+    (train.dist_timeout): the other ranks wait in a barrier of a gloo group of their own,
+    whose deadline is train.prepare_timeout. A rank 0 that dies meanwhile closes its
+    connections (and torchrun stops the job), so they do not wait out that deadline."""
+    group = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=config.train.prepare_timeout))
+             if ctx.distributed else None)
+    try:
+        if ctx.is_main:
+            ensure_prepared(config.data.source, config.data.size, name=config.data.name or None,
+                            cache=config.data.cache or None, quiet=quiet, what="data.source")
+        if group is not None:
+            dist.barrier(group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
     return open_cache(config.cache_dir())
 
 
@@ -120,6 +140,20 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def _step_flags(loss: torch.Tensor, stop_requested: bool, ctx: dist_utils.DistContext) -> tuple[bool, bool]:
+    """(diverged, stopping), the same on every rank: whether any rank's loss of this step is not
+    finite, whether any rank was asked to stop. One all-reduce per step carries both, so every
+    rank stops at the same step and none waits for a rank that has stopped."""
+    bad = (~torch.isfinite(loss)).to(torch.float64)
+    if not ctx.distributed:
+        return bool(bad), stop_requested
+    device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+    flags = torch.stack([bad.to(device), torch.tensor(float(stop_requested), dtype=torch.float64, device=device)])
+    dist.all_reduce(flags)
+    diverged, stopping = flags.tolist()
+    return diverged > 0, stopping > 0
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -133,6 +167,7 @@ class Trainer:
         self.quiet = not config.run.progress or not ctx.is_main
         self.warnings: list[str] = []
         self.state = TrainState()
+        self.saved_step: int | None = None     # the step last.safetensors holds (None: no checkpoint yet)
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -216,7 +251,13 @@ class Trainer:
         }
 
     def save(self, epoch: int, batch_in_epoch: int, status: str = "running") -> None:
-        """Write last.safetensors (rank 0), with every rank's random state gathered first."""
+        """Write last.safetensors (rank 0), with every rank's random state gathered first.
+
+        Never weights that are not finite (every rank holds the same weights, so every rank
+        refuses together): last.safetensors keeps the last good state."""
+        if not all(bool(torch.isfinite(p).all()) for p in _unwrap(self.model).parameters()):
+            raise UserError(f"training diverged: the weights are not finite at step {self.state.step}, not saved; "
+                            f"{self._kept()}; lower --optim.lr or add --schedule.warmup_epochs 1")
         self.state.epoch, self.state.batch_in_epoch = epoch, batch_in_epoch
         rng = dist_utils.all_gather_objects(ckpt_io.capture_rng(), self.ctx)
         if self.ctx.is_main:
@@ -225,7 +266,12 @@ class Trainer:
             stats = {f"stats.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.cache.stats.items()}
             ckpt_io.save_checkpoint(self.run_dir / LAST, model=weights, optimizer=self.optimizer,
                                     meta=self._meta(status), rng=dict(enumerate(rng)), extra_tensors=stats)
+        self.saved_step = self.state.step
         dist_utils.barrier(self.ctx)
+
+    def _kept(self) -> str:
+        return (f"{self.run_dir / LAST} keeps step {self.saved_step}" if self.saved_step is not None
+                else "no checkpoint was written")
 
     def _restore(self) -> None:
         ck = ckpt_io.load_checkpoint(self.run_dir / LAST)
@@ -243,6 +289,7 @@ class Trainer:
             self.scaler.load_state_dict(ck.meta["scaler"])
         ckpt_io.restore_rng_for_rank(ck, self.ctx.rank)
         s = self.state = TrainState.from_meta(ck.meta)
+        self.saved_step = s.step
         if self.ctx.is_main:
             rundir.truncate_logs(self.run_dir, s.step, s.epoch)
             if s.batch_in_epoch == 0 and s.best_epoch == s.epoch and not rundir.best_holds(self.run_dir, s.epoch):
@@ -253,6 +300,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         t_start = time.time()
+        self._build()     # data, model, optimiser first: a start that fails leaves no run folder behind
         self.run_dir = self.resume_dir if self.resume_dir is not None else rundir.run_folder(self.config, self.ctx)
         lock = rundir.open_run_folder(self.run_dir, self.config, self.resume_dir is not None) if self.ctx.is_main else None
         try:
@@ -263,9 +311,10 @@ class Trainer:
 
     def _train_epochs(self, t_start: float) -> TrainResult:
         c, ctx = self.config, self.ctx
-        self._build()
         if self.resume_dir is not None:
             self._restore()
+            if ctx.is_main:
+                rundir.write_config(self.run_dir, c)    # the overrides, now that the checkpoint took them
         start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
         model = self.model
         if ctx.distributed and not isinstance(model, dist_utils.TwoTowerModel):
@@ -275,8 +324,8 @@ class Trainer:
         self.warnings += [failure] if failure else []
         model.train()
 
-        steps_log = report.JsonlWriter(self.run_dir / "steps.jsonl") if ctx.is_main else None
-        epochs_log = report.JsonlWriter(self.run_dir / "epochs.jsonl") if ctx.is_main else None
+        steps_log = rundir.RunLog(self.run_dir / "steps.jsonl") if ctx.is_main else None
+        epochs_log = rundir.RunLog(self.run_dir / "epochs.jsonl") if ctx.is_main else None
         if ctx.is_main:
             info(f"training {c.model.name} on {self.cache.path} ({len(self.data.split(c.data.train_split)):,} images, "
                  f"{self.num_classes} classes) for {c.train.epochs} epochs on {ctx.device} x{ctx.world_size} in "
@@ -348,15 +397,16 @@ class Trainer:
                 self.optimizer.step()
             s.step += 1
             loss_d = loss.detach()
+            diverged, stopping = _step_flags(loss_d, stop.requested, ctx)
+            if diverged:    # before any log or checkpoint of this step: never save the weights it made
+                raise UserError(f"training diverged: the loss is not finite at step {s.step} (lr {lr:.3g}); "
+                                f"{self._kept()}; lower --optim.lr or add --schedule.warmup_epochs 1")
             sums.add(loss_d, logits.detach(), y.to(logits.device))
             window_sum += loss_d.double()
             window_n += 1
             last = batch_index + 1 == total
             if window_n >= c.train.log_every or last:
                 window_mean = float(window_sum) / window_n     # a sync point on GPUs: once per window
-                if not math.isfinite(window_mean):
-                    raise UserError(f"training diverged: the loss is {window_mean} at step {s.step} "
-                                    f"(lr {lr:.3g}); lower --optim.lr or add --schedule.warmup_epochs 1")
                 now = time.time()
                 rate = window_n * c.train.batch_size / max(now - window_t, 1e-9)
                 if steps_log is not None:
@@ -370,7 +420,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss_d):.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{sums.seen * ctx.world_size / elapsed:.0f}", refresh=False)
                 bar.update(1)
-            stopping = dist_utils.any_rank(stop.requested, ctx)
             if stopping and not last:
                 cut = time.time() - t0
                 s.train_time += cut
