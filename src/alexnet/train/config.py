@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.resolve import cache_dir_for
+from ..console import warn
 from ..errors import UserError
 from ..locations import preset_files
 from ..models.registry import check_model_options
@@ -337,7 +338,7 @@ def check_launch(config: Config, world_size: int) -> None:
 # (the folder is the resumed one) - is refused with one line naming the keys. What is left
 # only says how long to go on, how to report it, and how fast to compute it:
 RESUME_CHANGEABLE = frozenset({
-    "train.epochs",        # go on for longer (or stop earlier); refused for cosine/onecycle below
+    "train.epochs",        # go on for longer (or stop earlier); cosine/onecycle: a warning, their curve stretches
     "train.max_steps",     # a step limit for this invocation
     "train.log_every", "train.stall_steps", "run.progress", "run.plots",   # reporting only
     "train.val_every",     # when to validate (the plateau rule requires 1 anyway: validate())
@@ -375,13 +376,13 @@ def resume_config(run_dir: str | os.PathLike, overrides: dict | list[str] | None
     before, after = _flatten(saved.to_dict()), _flatten(config.to_dict())
     changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
     refused = [k for k in changed if k not in RESUME_CHANGEABLE]
-    if not refused and "train.epochs" in changed and config.schedule.kind in ("cosine", "onecycle"):
-        refused = ["train.epochs"]
     if refused:
-        why = ("the lr curve of schedule.kind = " + repr(config.schedule.kind) + " depends on it"
-               if refused == ["train.epochs"] else "the checkpoint's position and weights hold only for the saved settings")
-        raise UserError(f"{run_dir}: cannot resume with a different {', '.join(refused)} ({why}); start a new run "
-                        f"instead (a resume may change only: {', '.join(sorted(RESUME_CHANGEABLE))})")
+        raise UserError(f"{run_dir}: cannot resume with a different {', '.join(refused)} (the checkpoint's position "
+                        f"and weights hold only for the saved settings); start a new run instead (a resume may "
+                        f"change only: {', '.join(sorted(RESUME_CHANGEABLE))})")
+    if "train.epochs" in changed and config.schedule.kind in ("cosine", "onecycle"):
+        warn(f"train.epochs {saved.train.epochs} -> {config.train.epochs}: the {config.schedule.kind} lr curve is "
+             f"stretched to the new length from the checkpoint on (the lr changes at once)")
     return config
 
 
