@@ -62,7 +62,8 @@ def test_bad_commands(tmp_path):
     one_line_error(run_cli("train", "imagenet-22k"), "imagenet-22k: no such config file or preset")
     one_line_error(run_cli("train", "--resume", tmp_path / "nothing"), "not a run folder")
     one_line_error(run_cli("train", "fashion-mnist", "--data.cache", tmp_path / "none", "--data.source",
-                           tmp_path / "missing-dataset"), "no such file or directory")
+                           tmp_path / "missing-dataset", "--run.out", tmp_path / "runs"), "no such file or directory")
+    assert not (tmp_path / "runs").exists(), "a failed start leaves no run folder"
 
 
 def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):

@@ -182,7 +182,8 @@ def _cli_limited(limit: int, *args) -> subprocess.CompletedProcess:
 def test_a_full_disk_while_logging_is_one_line_and_keeps_the_checkpoint(fmnist_cache, tmp_path):
     """Resume a 1-epoch run whose steps.jsonl is just under the file-size limit: the first new record fails."""
     run = tmp_path / "f"
-    run_cli(*train_args(fmnist_cache, tmp_path, "f", *FAST, epochs=1), env=CLI_ENV, check=True)
+    run_cli(*train_args(fmnist_cache, tmp_path, "f", *FAST, "--schedule.kind", "constant", epochs=1), env=CLI_ENV,
+            check=True)
     last = run / "last.safetensors"
     limit = last.stat().st_size + 4096      # checkpoints still fit
     steps = run / "steps.jsonl"
@@ -201,13 +202,13 @@ def test_a_full_disk_while_writing_the_outputs_is_one_line(fmnist_cache, tmp_pat
     """The outputs are written last: with the file-size limit between the checkpoint's size and the
     curves plot's, the plot fails to be written."""
     probe = tmp_path / "probe"
-    run_cli(*train_args(fmnist_cache, tmp_path, "probe", "--train.threads", "1", "--data.workers", "0",
-                        "--train.max_steps", "2", epochs=1), env=CLI_ENV, check=True)
+    small = ("--train.threads", "1", "--data.workers", "0", "--train.max_steps", "2",
+             "--model.kwargs.widths", "[4, 4, 4, 4, 4]", "--model.kwargs.hidden", "8")    # a checkpoint smaller than the plot
+    run_cli(*train_args(fmnist_cache, tmp_path, "probe", *small, epochs=1), env=CLI_ENV, check=True)
     ck, png = (probe / "last.safetensors").stat().st_size, (probe / "curves.png").stat().st_size
     assert ck + 2048 < png, (ck, png)
     run = tmp_path / "g"
-    proc = _cli_limited(ck + 1024, *train_args(fmnist_cache, tmp_path, "g", "--train.threads", "1",
-                                               "--data.workers", "0", "--train.max_steps", "2", epochs=1))
+    proc = _cli_limited(ck + 1024, *train_args(fmnist_cache, tmp_path, "g", *small, epochs=1))
     one_line_error(proc, f"{run / 'curves.png'}: cannot write", "last.safetensors is intact")
     assert load_checkpoint(run / "last.safetensors").meta["step"] == 2
 
