@@ -231,12 +231,12 @@ def _image_folder(root: Path, fashion_mnist_dir: Path, per_class: int) -> Path:
 
 
 def test_ranks_wait_for_a_prepare_longer_than_the_collective_timeout(fashion_mnist_dir, tmp_path):
-    """Rank 0 prepares the missing cache (seconds) while the collective timeout is 1 s: rank 1 waits for
-    it under train.prepare_timeout instead, and the job trains."""
-    source = _image_folder(tmp_path / "src", fashion_mnist_dir, 40)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    """Rank 0 prepares the missing cache (400 real images, made to take 4 s more) while the collective
+    timeout is 2 s: rank 1 waits for it under train.prepare_timeout instead, and the job trains."""
+    source = _image_folder(tmp_path / "src", fashion_mnist_dir, 20)
+    env = dict(os.environ, OMP_NUM_THREADS="1", ALEXNET_TEST_PREPARE_DELAY_S="4")
     args = train_args(tmp_path / "unused", tmp_path, "p", *FAST, "--train.max_steps", "2", "--train.dist_timeout",
-                      "1", "--data.size", "28", "--data.crop", "24", "--train.batch_size", "16", epochs=1)
+                      "2", "--data.size", "28", "--data.crop", "24", "--train.batch_size", "16", epochs=1)
     i = args.index("--data.cache")
     args[i:i + 2] = ["--data.source", str(source), "--data.cache", str(tmp_path / "cache")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "alexnet",

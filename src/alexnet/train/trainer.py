@@ -59,7 +59,7 @@ from ..console import first_line, info, progress, warn
 from ..data import build_loader, open_cache
 from ..data.device_pipeline import describe_data_path
 from ..data.preprocess import InputSpec
-from ..data.resolve import ensure_prepared
+from ..data.resolve import ensure_prepared, is_cache
 from ..errors import UserError
 from ..eval.metrics import evaluate_loader
 from ..fastpath import choose_fast_path
@@ -72,6 +72,11 @@ from .config import Config, _merge, check_launch, load_config, parse_overrides, 
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
+
+
+# Seconds rank 0 waits before preparing a missing cache: tests make a small prepare outlast the
+# collective timeout with it (tests/test_train_safety.py); 0 otherwise.
+PREPARE_DELAY_S = float(os.environ.get("ALEXNET_TEST_PREPARE_DELAY_S", "0"))
 
 
 @dataclass
@@ -126,6 +131,8 @@ def open_training_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool
              if ctx.distributed else None)
     try:
         if ctx.is_main:
+            if not is_cache(config.cache_dir()):
+                time.sleep(PREPARE_DELAY_S)
             ensure_prepared(config.data.source, config.data.size, name=config.data.name or None,
                             cache=config.data.cache or None, quiet=quiet, what="data.source")
         if group is not None:
