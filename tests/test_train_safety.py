@@ -32,8 +32,9 @@ from test_train_support import CLI_ENV, fmnist_cache, one_line_error, train_args
 FAST = ("--train.threads", "1", "--data.workers", "0", "--run.plots", "false")
 
 
-def _sha(path: Path) -> bytes:
-    return path.read_bytes()
+def _in_process(cli_args: list[str]) -> list[str]:
+    """``alexnet train`` arguments as ``train(overrides=...)`` takes them: no command, preset or --quiet."""
+    return [a for a in cli_args[2:] if a != "--quiet"] + ["--run.progress", "false"]
 
 
 def _finite_weights(path: Path) -> bool:
@@ -91,8 +92,9 @@ def test_towers_under_torchrun_stop_with_one_line(fmnist_cache, tmp_path):
 
 def test_a_refused_resume_leaves_the_run_as_it_was(fmnist_cache, tmp_path):
     run = tmp_path / "r"
-    run_cli(*train_args(fmnist_cache, tmp_path, "r", *FAST, "--train.max_steps", "2", epochs=1), env=CLI_ENV,
-            check=True)
+    torch.set_num_threads(1)
+    train("fashion-mnist", overrides=_in_process(train_args(fmnist_cache, tmp_path, "r", *FAST, "--train.max_steps", "2",
+                                                            epochs=1)))
     config_before, last_before = (run / "config.toml").read_bytes(), (run / "last.safetensors").read_bytes()
     proc = run_cli("train", "--resume", run, "--model.name", "alexnet", "--quiet", env=CLI_ENV)
     one_line_error(proc, f"{run}: cannot resume with a different model.name")
@@ -106,8 +108,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(fmnist_cache, tmp_path):
     assert (run / "last.safetensors").read_bytes() == last_before
     # a plain resume works; an allowed override is written back once the checkpoint is restored
     run_cli("train", "--resume", run, "--quiet", env=CLI_ENV, check=True)
-    run_cli("train", "--resume", run, "--train.epochs", "2", "--train.max_steps", "3", "--quiet", env=CLI_ENV,
-            check=True)
+    train(resume=run, overrides=["--train.epochs", "2", "--train.max_steps", "3", "--run.progress", "false"])
     assert load_config(run / "config.toml").train.epochs == 2
     assert load_checkpoint(run / "last.safetensors").meta["step"] == 3
     assert {"train.epochs", "data.workers", "run.progress"} <= RESUME_CHANGEABLE
@@ -115,12 +116,13 @@ def test_a_refused_resume_leaves_the_run_as_it_was(fmnist_cache, tmp_path):
                                     "model.name", "optim.lr", "schedule.kind", "train.precision"}
 
 
-def test_a_new_length_for_a_cosine_schedule_is_said_on_resume(fmnist_cache, tmp_path):
-    run_cli(*train_args(fmnist_cache, tmp_path, "c", *FAST, "--train.max_steps", "1", "--schedule.kind", "cosine",
-                        epochs=1), env=CLI_ENV, check=True)
-    proc = run_cli("train", "--resume", tmp_path / "c", "--train.epochs", "2", "--train.max_steps", "2", "--quiet",
-                   env=CLI_ENV, check=True)
-    assert "train.epochs 1 -> 2: the cosine lr curve is stretched" in proc.stderr
+def test_a_new_length_for_a_cosine_schedule_is_said_on_resume(fmnist_cache, tmp_path, capfd):
+    torch.set_num_threads(1)
+    train("fashion-mnist", overrides=_in_process(train_args(fmnist_cache, tmp_path, "c", *FAST, "--train.max_steps", "1",
+                                                            "--schedule.kind", "cosine", epochs=1)))
+    capfd.readouterr()
+    train(resume=tmp_path / "c", overrides=["--train.epochs", "2", "--train.max_steps", "2", "--run.progress", "false"])
+    assert "alexnet: warning: train.epochs 1 -> 2: the cosine lr curve is stretched" in capfd.readouterr().err
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -152,8 +154,8 @@ def test_a_signal_at_the_divergent_step_does_not_save_nan_weights(fmnist_cache, 
             os.kill(os.getpid(), signal.SIGTERM)
 
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
-    overrides = [a for a in train_args(fmnist_cache, tmp_path, "s", *FAST, *DIVERGE, "--train.log_every", "1000",
-                                       epochs=3)[2:] if a != "--quiet"]
+    overrides = _in_process(train_args(fmnist_cache, tmp_path, "s", *FAST, *DIVERGE, "--train.log_every", "1000",
+                                       epochs=3))
     torch.set_num_threads(1)
     try:
         with pytest.raises(UserError, match="training diverged"):

@@ -12,8 +12,11 @@ values with dotted keys::
     alexnet train --model.kwargs.lrn false          # ablation switches reach build_model
 
 Unknown keys and values of the wrong type are rejected with one line naming the key
-(``UserError``), so a typo never silently trains the default. The resolved
-configuration is written to every run folder as ``config.toml`` and ``config.json``.
+(``UserError``), so a typo never silently trains the default; ``model.kwargs`` is checked
+against the chosen builder's signature and types (``lrn = "False"``, a truthy string, is
+refused). The resolved configuration is written to every run folder as ``config.toml``
+and ``config.json``; a resumed run may change only the settings of
+:data:`RESUME_CHANGEABLE` (:func:`resume_config`).
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
 
     ``config``: a :class:`Config`, a preset name or TOML path (``None`` = fashion-mnist).
     ``resume``: a run folder to continue from its ``last.safetensors`` (its saved
-    ``config.toml`` is used; ``overrides`` may still change e.g. ``train.epochs``).
+    ``config.toml`` is used; ``overrides`` may change only what
+    :data:`alexnet.train.config.RESUME_CHANGEABLE` lists, e.g. ``train.epochs``).
     """
     if resume is not None:
         config = resume_config(resume, overrides)     # refuses overrides that change the replay; writes nothing
