@@ -26,6 +26,20 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_run_folder_in_the_checkout():
+    """Tests write only under their temporary folders: a new entry in ``runs/`` of the checkout (the
+    default run.out of a train call that forgot its own) fails the test that made it."""
+    folders = {Path.cwd() / "runs", REPO / "runs"}
+    before = {f: set(os.listdir(f)) if f.is_dir() else None for f in folders}
+    yield
+    for f in folders:
+        made = sorted(set(os.listdir(f)) - (before[f] or set())) if f.is_dir() else []
+        if made or (f.is_dir() and before[f] is None):
+            pytest.fail(f"the test left {f} ({', '.join(made) or 'empty'}) in the checkout; give it --run.out "
+                        f"under tmp_path", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     data = SHARED / "data"

@@ -62,7 +62,8 @@ def test_bad_commands(tmp_path):
     one_line_error(run_cli("train", "imagenet-22k"), "imagenet-22k: no such config file or preset")
     one_line_error(run_cli("train", "--resume", tmp_path / "nothing"), "not a run folder")
     one_line_error(run_cli("train", "fashion-mnist", "--data.cache", tmp_path / "none", "--data.source",
-                           tmp_path / "missing-dataset"), "no such file or directory")
+                           tmp_path / "missing-dataset", "--run.out", tmp_path / "runs"), "no such file or directory")
+    assert not (tmp_path / "runs").exists(), "a failed start leaves no run folder"
 
 
 def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):
@@ -76,9 +77,9 @@ def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):
         first.communicate(timeout=120)
     again = run_cli(*train_args(fmnist_cache, tmp_path, "busy"), env=CLI_ENV)
     one_line_error(again, "already holds a run; continue it with --resume")
-    # a checkpoint of another model: one line naming both
+    # another model: refused before anything is opened (tests/test_train_safety.py)
     other = run_cli("train", "--resume", tmp_path / "busy", "--model.name", "alexnet", env=CLI_ENV)
-    one_line_error(other, "holds alexnet_small with 10 classes", "but this run builds alexnet with 10 classes")
+    one_line_error(other, "cannot resume with a different model.name")
 
 
 def test_a_fresh_run_in_a_folder_with_stale_logs_starts_fresh_logs_and_names_its_fast_path(fmnist_cache, tmp_path):

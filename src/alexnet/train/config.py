@@ -12,8 +12,11 @@ values with dotted keys::
     alexnet train --model.kwargs.lrn false          # ablation switches reach build_model
 
 Unknown keys and values of the wrong type are rejected with one line naming the key
-(``UserError``), so a typo never silently trains the default. The resolved
-configuration is written to every run folder as ``config.toml`` and ``config.json``.
+(``UserError``), so a typo never silently trains the default; ``model.kwargs`` is checked
+against the chosen builder's signature and types (``lrn = "False"``, a truthy string, is
+refused). The resolved configuration is written to every run folder as ``config.toml``
+and ``config.json``; a resumed run may change only the settings of
+:data:`RESUME_CHANGEABLE` (:func:`resume_config`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.resolve import cache_dir_for
+from ..console import warn
 from ..errors import UserError
 from ..locations import preset_files
+from ..models.registry import check_model_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -122,6 +127,7 @@ class TrainConfig:
     checkpoint_every_minutes: float = 0.0  # also checkpoint every M minutes of training (0 = off)
     keep_checkpoints: int = 3     # with periodic checkpoints: keep the newest K step-*.safetensors (0 = all)
     log_samples: bool = False     # write RUN/samples-rank<R>.jsonl: the dataset indices of every batch
+    prepare_timeout: float = 86400.0  # seconds the other ranks wait while rank 0 prepares a missing cache
 
 
 @dataclass
@@ -313,6 +319,82 @@ def validate(config: Config) -> None:
                         "on every epoch's validation error)")
     if config.model.parallel == "towers" and len(config.model.devices) not in (0, 2):
         raise UserError(f"model.devices must name two devices for parallel = 'towers', got {config.model.devices}")
+    if t.dist_timeout <= 0 or t.prepare_timeout <= 0:
+        raise UserError("train.dist_timeout and train.prepare_timeout must be more than 0 seconds")
+    # Before any work (a long prepare, a run folder): an unknown model.name, an option the
+    # builder does not take, or a value of the wrong type ("False", a string, is truthy and
+    # would silently train WITH LRN).
+    check_model_options(config.model.name, config.model.kwargs)
+
+
+def check_launch(config: Config, world_size: int) -> None:
+    """Checks that need the number of processes of the job (known once torchrun has started them)."""
+    if config.model.parallel == "towers" and world_size > 1:
+        raise UserError(f"model.parallel = 'towers' cannot run under torchrun ({world_size} processes): the two-tower "
+                        f"model is not wrapped for gradient averaging; use it in one process, or data parallel alone")
+
+
+# ----------------------------------------------------------------------------- resuming
+
+# The settings a resumed run may change. A checkpoint records a position in a replay: the
+# data order and augmentation are functions of (train.seed, epoch, batch index) over the
+# subsets the run was started with, at train.batch_size images per step, through the saved
+# model and optimiser; the position "batch 37 of epoch 4" means something only for those
+# same settings, and the saved weights fit only the same model. So everything else - model.*,
+# data.* (the images and how they are fed), optim.*, schedule.*, train.batch_size,
+# train.seed, train.precision (the gradient scaler state and the numerics), run.out/run.name
+# (the folder is the resumed one) - is refused with one line naming the keys. What is left
+# only says how long to go on, how to report it, and how fast to compute it:
+RESUME_CHANGEABLE = frozenset({
+    "train.epochs",        # go on for longer (or stop earlier); cosine/onecycle: a warning, their curve stretches
+    "train.max_steps",     # a step limit for this invocation
+    "train.log_every", "train.stall_steps", "run.progress", "run.plots",   # reporting only
+    "train.val_every",     # when to validate (the plateau rule requires 1 anyway: validate())
+    "train.test_views", "data.test_split",   # the final evaluation only, after training
+    "train.threads", "data.workers", "train.compile", "train.channels_last",   # speed, not what is computed
+    "train.device",        # move the run to another device of the same kind or machine
+    "train.dist_timeout", "train.prepare_timeout",   # how long to wait for other processes
+})
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+            if not value and key == "kwargs":
+                flat[f"{prefix}{key}"] = {}
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: dict | list[str] | None = None) -> Config:
+    """The configuration of a resumed run: RUN/config.toml with ``overrides`` applied, refused (one line
+    naming the keys) when an override changes a setting the checkpoint's replay depends on
+    (:data:`RESUME_CHANGEABLE` lists the others). Reads only; the caller writes config.toml back
+    once the run has been restored."""
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a run folder (no config.toml); nothing to resume")
+    saved = load_config(path)
+    if not overrides:
+        return saved
+    config = load_config(path, overrides)
+    before, after = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
+    refused = [k for k in changed if k not in RESUME_CHANGEABLE]
+    if refused:
+        raise UserError(f"{run_dir}: cannot resume with a different {', '.join(refused)} (the checkpoint's position "
+                        f"and weights hold only for the saved settings); start a new run instead (a resume may "
+                        f"change only: {', '.join(sorted(RESUME_CHANGEABLE))})")
+    if "train.epochs" in changed and config.schedule.kind in ("cosine", "onecycle"):
+        warn(f"train.epochs {saved.train.epochs} -> {config.train.epochs}: the {config.schedule.kind} lr curve is "
+             f"stretched to the new length from the checkpoint on (the lr changes at once)")
+    return config
+
+
+_MISSING = object()
 
 
 # ----------------------------------------------------------------------------- saving

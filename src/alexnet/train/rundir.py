@@ -68,9 +68,11 @@ def run_folder(config: Config, ctx: dist_utils.DistContext) -> Path:
 
 
 def open_run_folder(run_dir: Path, config: Config, resuming: bool) -> RunLock:
-    """Create and lock ``run_dir``, check it suits a fresh or resumed run, write the config (rank 0 only).
+    """Create and lock ``run_dir``, check it suits a fresh or resumed run (rank 0 only).
 
-    A fresh run empties logs left by an attempt that never wrote a checkpoint."""
+    A fresh run empties logs left by an attempt that never wrote a checkpoint and writes its
+    config. A resumed run's config.toml is written back only once the checkpoint has been
+    restored (:func:`write_config`): a resume that fails leaves the folder as it was."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
     try:
@@ -82,18 +84,56 @@ def open_run_folder(run_dir: Path, config: Config, resuming: bool) -> RunLock:
         if not resuming:
             for name in LOGS:
                 (run_dir / name).unlink(missing_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(config))
-        report.write_json(run_dir / "config.json", config.to_dict())
+            write_config(run_dir, config)
     except BaseException:
         lock.release()
         raise
     return lock
 
 
+def write_config(run_dir: Path, config: Config) -> None:
+    """RUN/config.toml and config.json: the resolved configuration (atomically, so a failed write keeps the old one)."""
+    tmp = run_dir / "config.toml.tmp"
+    guarded(run_dir / "config.toml", lambda: (tmp.write_text(to_toml(config)), os.replace(tmp, run_dir / "config.toml")))
+    guarded(run_dir / "config.json", lambda: report.write_json(run_dir / "config.json", config.to_dict()))
+
+
+def guarded(path: Path, write):
+    """``write()``, with a failing write (full disk, quota, read-only folder) as one line naming ``path``."""
+    try:
+        return write()
+    except OSError as exc:
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        kept = f"; {LAST} is intact" if (path.parent / LAST).is_file() else ""
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc}){kept}") from None
+
+
+class RunLog:
+    """A JSONL log of the run folder (alexnet.report.JsonlWriter) whose failing write is one line naming it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writer = guarded(path, lambda: report.JsonlWriter(path))
+
+    def write(self, record: dict) -> None:
+        try:
+            guarded(self.path, lambda: self._writer.write(record))
+        except UserError:
+            self.close()           # drop what could not be written: closing again later must not raise
+            raise
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        except OSError:
+            pass                   # reported by write(); the file is closed all the same
+
+
 def truncate_logs(run_dir: Path, step: int, epoch: int) -> None:
     """Drop log records written after the checkpoint at ``step`` / ``epoch``: the resumed run writes them again."""
-    report.truncate_jsonl(run_dir / "steps.jsonl", lambda r: r.get("step", 0) <= step)
-    report.truncate_jsonl(run_dir / "epochs.jsonl", lambda r: r.get("epoch", 0) <= epoch)
+    steps, epochs = run_dir / "steps.jsonl", run_dir / "epochs.jsonl"
+    guarded(steps, lambda: report.truncate_jsonl(steps, lambda r: r.get("step", 0) <= step))
+    guarded(epochs, lambda: report.truncate_jsonl(epochs, lambda r: r.get("epoch", 0) <= epoch))
 
 
 def best_holds(run_dir: Path, epoch: int) -> bool:
@@ -114,12 +154,14 @@ def copy_last_to_best(run_dir: Path) -> None:
 
 
 def write_outputs(run_dir: Path, summary: dict, epochs: list[dict], plots: bool, title: str) -> None:
-    """The end of a run: epochs.csv, curves.png, summary.json, report.md, and where they are."""
-    report.write_csv(run_dir / "epochs.csv", epochs)
+    """The end of a run: epochs.csv, curves.png, summary.json, report.md, and where they are.
+    A write that fails is one line naming the file (the checkpoints are written by then)."""
+    guarded(run_dir / "epochs.csv", lambda: report.write_csv(run_dir / "epochs.csv", epochs))
     if plots and epochs:
-        report.plot_curves(epochs, run_dir / "curves.png", title=title, steps=report.read_jsonl(run_dir / "steps.jsonl"))
-    report.write_json(run_dir / "summary.json", summary)
-    report.write_report(run_dir, summary, epochs)
+        guarded(run_dir / "curves.png", lambda: report.plot_curves(epochs, run_dir / "curves.png", title=title,
+                                                                    steps=report.read_jsonl(run_dir / "steps.jsonl")))
+    guarded(run_dir / "summary.json", lambda: report.write_json(run_dir / "summary.json", summary))
+    guarded(run_dir / "report.md", lambda: report.write_report(run_dir, summary, epochs))
     test = summary.get("test")
     if test:
         info(f"test ({test['views']}): top-1 error {100 * test['top1_err']:.2f}% "

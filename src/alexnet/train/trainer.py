@@ -3,11 +3,12 @@
     result = train(load_config("cifar10", ["--train.epochs", "3"]))
     result.run_dir, result.summary["test"]["top1_err"]
 
-One call does everything a run needs, in this order: join the process group (when
-launched by torchrun), take the run-folder lock (alexnet.train.rundir), build the data
-cache if it does not exist yet, build the model, optimiser (parameter groups by role)
-and schedule, choose the fast path (alexnet.fastpath: precision, memory format,
-compilation), restore the last checkpoint when resuming, then per epoch: train
+One call does everything a run needs, in this order: check the configuration (the
+model's options included), join the process group (when launched by torchrun), build
+the data cache if it does not exist yet, build the model, optimiser (parameter groups by
+role) and schedule, choose the fast path (alexnet.fastpath: precision, memory format,
+compilation) - so that a start that fails leaves no run folder - then take the run-folder
+lock (alexnet.train.rundir), restore the last checkpoint when resuming, then per epoch: train
 (progress bar, per-step JSON lines, stall detection), validate, adjust the lr (the
 paper's plateau rule), write ``last.safetensors`` and, on a new best validation error,
 ``best.safetensors``. At the end: the test split (centre or ten views), plots,
@@ -30,11 +31,18 @@ continues the epoch with exactly the images not yet seen (the position is a coun
 Signals. SIGINT and SIGTERM set a flag; the current step finishes, a checkpoint is
 written and the process exits with a line saying how to resume (status 130/143). A
 second Ctrl-C interrupts immediately.
+
+Divergence. Every step checks that the loss is finite, on every rank, in the same
+all-reduce as the stop flag: a loss that is not finite ends the run on all ranks at that
+step (one line naming it, exit 2) before anything of that step is logged or saved, and
+a checkpoint is never written from weights that are not finite, so ``last.safetensors``
+keeps the last good state.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import os
 import random
@@ -44,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -55,7 +64,7 @@ from ..data import build_loader, open_cache
 from ..data.device_pipeline import describe_data_path
 from ..data.loader import derive_seed
 from ..data.preprocess import InputSpec
-from ..data.resolve import ensure_prepared
+from ..data.resolve import ensure_prepared, is_cache
 from ..errors import UserError
 from ..eval.metrics import evaluate_loader
 from ..fastpath import choose_fast_path
@@ -64,10 +73,15 @@ from ..runtime import machine_description
 from ..signals import StopFlag
 from . import distributed as dist_utils
 from . import restart, rundir
-from .config import Config, _merge, load_config, parse_overrides, validate
+from .config import Config, _merge, check_launch, load_config, parse_overrides, resume_config, validate
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
+
+
+# Seconds rank 0 waits before preparing a missing cache: tests make a small prepare outlast the
+# collective timeout with it (tests/test_train_safety.py); 0 otherwise.
+PREPARE_DELAY_S = float(os.environ.get("ALEXNET_TEST_PREPARE_DELAY_S", "0"))
 
 
 @dataclass
@@ -87,14 +101,13 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
 
     ``config``: a :class:`Config`, a preset name or TOML path (``None`` = fashion-mnist).
     ``resume``: a run folder to continue from its ``last.safetensors`` (its saved
-    ``config.toml`` is used; ``overrides`` may still change e.g. ``train.epochs``).
+    ``config.toml`` is used; ``overrides`` may change only what
+    :data:`alexnet.train.config.RESUME_CHANGEABLE` lists, e.g. ``train.epochs``).
     ``config.run.resume = "auto"`` (with a fixed ``run.name``): continue RUN.OUT/RUN.NAME when it
     holds a checkpoint of this run, else start it (alexnet.train.restart).
     """
     if resume is not None:
-        if not (Path(resume) / "config.toml").is_file():
-            raise UserError(f"{resume}: not a run folder (no config.toml); nothing to resume")
-        config = load_config(Path(resume) / "config.toml", overrides)
+        config = resume_config(resume, overrides)     # refuses overrides that change the replay; writes nothing
     elif not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
@@ -108,6 +121,7 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
         raise UserError("run.resume = \"auto\" needs a fixed --run.name: a restarted job must find the same run folder")
     ctx = dist_utils.setup(config.train.device, config.train.dist_timeout)
     try:
+        check_launch(config, ctx.world_size)
         return Trainer(config, ctx, Path(resume) if resume is not None else None).run()
     except Exception as exc:
         if ctx.distributed and dist_utils.is_communication_failure(exc):
@@ -121,11 +135,25 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
 
 def open_training_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool = False):
     """The config's cache, prepared from ``data.source`` first when it does not exist (rank 0 only;
-    the other ranks wait, then open it). The rule is :mod:`alexnet.data.resolve`'s."""
-    if ctx.is_main:
-        ensure_prepared(config.data.source, config.data.size, name=config.data.name or None,
-                        cache=config.data.cache or None, quiet=quiet, what="data.source")
-    dist_utils.barrier(ctx)
+    the other ranks wait, then open it). The rule is :mod:`alexnet.data.resolve`'s.
+
+    A prepare can take hours, far longer than a collective may wait for a dead rank
+    (train.dist_timeout): the other ranks wait in a barrier of a gloo group of their own,
+    whose deadline is train.prepare_timeout. A rank 0 that dies meanwhile closes its
+    connections (and torchrun stops the job), so they do not wait out that deadline."""
+    group = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=config.train.prepare_timeout))
+             if ctx.distributed else None)
+    try:
+        if ctx.is_main:
+            if not is_cache(config.cache_dir()):
+                time.sleep(PREPARE_DELAY_S)
+            ensure_prepared(config.data.source, config.data.size, name=config.data.name or None,
+                            cache=config.data.cache or None, quiet=quiet, what="data.source")
+        if group is not None:
+            dist.barrier(group=group)
+    finally:
+        if group is not None:
+            dist.destroy_process_group(group)
     return open_cache(config.cache_dir())
 
 
@@ -133,6 +161,20 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def _step_flags(loss: torch.Tensor, flags: list[bool], ctx: dist_utils.DistContext) -> list[bool]:
+    """[diverged, *flags], the same on every rank: whether any rank's loss of this step is not
+    finite, then whether any rank raised each flag (a stop request, a periodic checkpoint due by
+    the clock). One all-reduce per step carries them all, so every rank stops at the same step and
+    none waits for a rank that has stopped; their clocks need not agree."""
+    bad = (~torch.isfinite(loss)).to(torch.float64).reshape(1)
+    if not ctx.distributed:
+        return [bool(bad), *[bool(f) for f in flags]]
+    device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
+    values = torch.cat([bad.to(device), torch.tensor([float(f) for f in flags], dtype=torch.float64, device=device)])
+    dist.all_reduce(values)
+    return [v > 0 for v in values.tolist()]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -146,6 +188,7 @@ class Trainer:
         self.quiet = not config.run.progress or not ctx.is_main
         self.warnings: list[str] = []
         self.state = TrainState()
+        self.saved_step: int | None = None     # the step last.safetensors holds (None: no checkpoint yet)
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -235,7 +278,13 @@ class Trainer:
 
     def save(self, epoch: int, batch_in_epoch: int, status: str = "running") -> None:
         """Write last.safetensors (rank 0), with every rank's random state gathered first; with periodic
-        checkpoints, keep a copy as step-<STEP>.safetensors and prune the older ones (alexnet.train.restart)."""
+        checkpoints, keep a copy as step-<STEP>.safetensors and prune the older ones (alexnet.train.restart).
+
+        Never weights that are not finite (every rank holds the same weights, so every rank
+        refuses together): last.safetensors keeps the last good state."""
+        if not all(bool(torch.isfinite(p).all()) for p in _unwrap(self.model).parameters()):
+            raise UserError(f"training diverged: the weights are not finite at step {self.state.step}, not saved; "
+                            f"{self._kept()}; lower --optim.lr or add --schedule.warmup_epochs 1")
         self.state.epoch, self.state.batch_in_epoch = epoch, batch_in_epoch
         self.state.samples_in_epoch = batch_in_epoch * self.config.train.batch_size
         rng = dist_utils.all_gather_objects(ckpt_io.capture_rng(), self.ctx)
@@ -248,7 +297,12 @@ class Trainer:
             if self.periodic and status == "running":
                 restart.keep_copy(self.run_dir, self.state.step, self.config.train.keep_checkpoints)
         self.last_save = time.time()
+        self.saved_step = self.state.step
         dist_utils.barrier(self.ctx)
+
+    def _kept(self) -> str:
+        return (f"{self.run_dir / LAST} keeps step {self.saved_step}" if self.saved_step is not None
+                else "no checkpoint was written")
 
     def _choose_checkpoint(self) -> ckpt_io.Checkpoint:
         """``last`` or, when it is corrupt, the newest valid kept checkpoint: rank 0 chooses (and says
@@ -300,6 +354,7 @@ class Trainer:
                             f"multiple of train.batch_size {self.config.train.batch_size}; resume with "
                             f"--train.batch_size {saved_batch}")
         s.batch_in_epoch = s.samples_in_epoch // self.config.train.batch_size
+        self.saved_step = s.step
         if self.ctx.is_main:
             rundir.truncate_logs(self.run_dir, s.step, s.epoch)
             for log in self.run_dir.glob("samples-rank*.jsonl"):
@@ -318,6 +373,7 @@ class Trainer:
     def run(self) -> TrainResult:
         t_start = time.time()
         c = self.config
+        self._build()     # data, model, optimiser first: a start that fails leaves no run folder behind
         if self.resume_dir is None and c.run.resume == "auto":
             run_dir = Path(c.run.out).expanduser() / c.run.name
             if dist_utils.on_main(lambda: restart.auto_resume(run_dir, c.to_dict()), self.ctx):
@@ -335,9 +391,10 @@ class Trainer:
 
     def _train_epochs(self, t_start: float) -> TrainResult:
         c, ctx = self.config, self.ctx
-        self._build()
         if self.resume_dir is not None:
             self._restore()
+            if ctx.is_main:
+                rundir.write_config(self.run_dir, c)    # the overrides, now that the checkpoint took them
         start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
         model = self.model
         if ctx.distributed and not isinstance(model, dist_utils.TwoTowerModel):
@@ -347,11 +404,11 @@ class Trainer:
         self.warnings += [failure] if failure else []
         model.train()
 
-        steps_log = report.JsonlWriter(self.run_dir / "steps.jsonl") if ctx.is_main else None
+        steps_log = rundir.RunLog(self.run_dir / "steps.jsonl") if ctx.is_main else None
         self.samples_log = (report.JsonlWriter(self.run_dir / f"samples-rank{ctx.rank}.jsonl")
                             if c.train.log_samples else None)
         self.last_save = time.time()
-        epochs_log = report.JsonlWriter(self.run_dir / "epochs.jsonl") if ctx.is_main else None
+        epochs_log = rundir.RunLog(self.run_dir / "epochs.jsonl") if ctx.is_main else None
         if ctx.is_main:
             info(f"training {c.model.name} on {self.cache.path} ({len(self.data.split(c.data.train_split)):,} images, "
                  f"{self.num_classes} classes) for {c.train.epochs} epochs on {ctx.device} x{ctx.world_size} in "
@@ -428,15 +485,17 @@ class Trainer:
                 self.samples_log.write({"step": s.step, "epoch": epoch, "batch": batch_index,
                                         "indices": batch[2].tolist()})
             loss_d = loss.detach()
+            diverged, stopping, minutes_due = _step_flags(
+                loss_d, [stop.requested, bool(every_s) and time.time() - self.last_save >= every_s], ctx)
+            if diverged:    # before any log or checkpoint of this step: never save the weights it made
+                raise UserError(f"training diverged: the loss is not finite at step {s.step} (lr {lr:.3g}); "
+                                f"{self._kept()}; lower --optim.lr or add --schedule.warmup_epochs 1")
             sums.add(loss_d, logits.detach(), y.to(logits.device))
             window_sum += loss_d.double()
             window_n += 1
             last = batch_index + 1 == total
             if window_n >= c.train.log_every or last:
                 window_mean = float(window_sum) / window_n     # a sync point on GPUs: once per window
-                if not math.isfinite(window_mean):
-                    raise UserError(f"training diverged: the loss is {window_mean} at step {s.step} "
-                                    f"(lr {lr:.3g}); lower --optim.lr or add --schedule.warmup_epochs 1")
                 now = time.time()
                 rate = window_n * c.train.batch_size / max(now - window_t, 1e-9)
                 if steps_log is not None:
@@ -450,9 +509,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss_d):.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{sums.seen * ctx.world_size / elapsed:.0f}", refresh=False)
                 bar.update(1)
-            # One collective for both: the ranks must agree, and their clocks do not.
-            stopping, minutes_due = dist_utils.any_rank_flags(
-                [stop.requested, bool(every_s) and time.time() - self.last_save >= every_s], ctx)
             if stopping and not last:
                 cut = time.time() - t0
                 s.train_time += cut
