@@ -56,6 +56,8 @@ def train_parser(prog: str = "alexnet train") -> argparse.ArgumentParser:
     p = _ArgumentParser(prog=prog, description=DESCRIPTION.format(presets=presets))
     p.add_argument("config", nargs="?", help="preset name or TOML file (default: fashion-mnist)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the layers of CKPT that match by name "
+                   "and shape (the same as --train.init_from CKPT; see docs/finetuning.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return p
 
@@ -82,6 +84,11 @@ def _train_command(args) -> int:
     settings = list(options.settings)
     if options.quiet:
         settings += ["--run.progress", "false"]
+    if options.init_from:
+        if options.resume:
+            raise UserError(f"--init-from {options.init_from}: a resumed run continues from its own checkpoint; "
+                            f"give --init-from to a fresh run only")
+        settings += ["--train.init_from", options.init_from]
     if options.resume:
         if options.config:
             raise UserError(f"{options.config}: give either a config or --resume RUN_DIR, not both "

@@ -118,6 +118,10 @@ class TrainConfig:
     test_views: str = "center"    # final test: "center" or "ten" (the paper's 10-view test)
     val_every: int = 1            # validate every N epochs and after the last (0 = after the last only)
     dist_timeout: float = 300.0   # seconds a collective may wait for a dead rank before failing
+    # Fine-tuning (alexnet.train.init_from; a fresh run only, a resume keeps its own weights):
+    init_from: str = ""           # checkpoint whose layers matching by name and shape start this run
+    freeze_loaded: bool = False   # loaded layers: requires_grad False, no optimiser group (no lr, no decay)
+    loaded_lr_scale: float = 1.0  # loaded layers: their own parameter groups at this multiple of the lr
 
 
 @dataclass

@@ -60,6 +60,7 @@ from ..signals import StopFlag
 from . import distributed as dist_utils
 from . import rundir
 from .config import Config, _merge, load_config, parse_overrides, validate
+from .init_from import apply_init_from
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
@@ -166,13 +167,17 @@ class Trainer:
         # The model: identical initial weights on every rank (same seed), then per-rank streams.
         _seed_everything(c.train.seed)
         model = build_model(c.model.name, num_classes=self.num_classes, in_channels=cache.channels, **c.model.kwargs)
+        # Fine-tuning: layers matching train.init_from by name and shape (a fresh run; a resume rebuilds
+        # only which were loaded, for the same frozen set and parameter groups).
+        self.init_from = apply_init_from(model, c, run_dir=self.run_dir, resuming=self.resume_dir is not None,
+                                         input_spec=self.input_spec, is_main=ctx.is_main, quiet=self.quiet)
         if c.model.parallel == "towers":
             model = dist_utils.TwoTowerModel(model, tuple(c.model.devices or (str(ctx.device), str(ctx.device))))
             self.model = model.to(memory_format=torch.channels_last) if self.fast.channels_last else model
         else:
             self.model = self.fast.prepare_model(model)
         lr = c.optim.lr * (c.train.batch_size / 128 if c.optim.scale_lr else 1.0)
-        self.optimizer = build_optimizer(self.model, c.optim, lr)
+        self.optimizer = build_optimizer(self.model, c.optim, lr, self.init_from.scaled_params(), c.train.loaded_lr_scale)
         self.schedule = LRSchedule(c.schedule, lr, self.steps_per_epoch, c.train.epochs)
         self.scaler = self.fast.grad_scaler()
         _seed_everything(c.train.seed + 1_000_003 * ctx.rank)
