@@ -37,7 +37,6 @@ layers compute (conv1 stride, LRN constants, pooling order) are reported as warn
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -50,12 +49,10 @@ from .. import checkpoint as ckpt_io
 from ..console import info, warn
 from ..data.preprocess import InputSpec
 from ..errors import UserError
+from ..models import build_model
 from .config import TrainConfig
 
 RECORD = "init_from.json"
-# Model arguments that only change layers init_from would not load anyway (shapes) or
-# only the initialisation: not worth a warning when they differ.
-SHAPE_OR_INIT_ARGS = {"widths", "hidden", "init", "dropout", "pool_out"}
 
 
 @dataclass
@@ -140,36 +137,57 @@ def match_layers(model: nn.Module, ckpt: ckpt_io.Checkpoint) -> tuple[dict[str, 
     return state, loaded, left
 
 
-def _default_args(model: nn.Module) -> dict:
+def _arrangement(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, what it computes) of every leaf module, in order, apart from its tensors' shapes:
+    a convolution's stride, padding and groups; a parameter-free module's repr (LRN constants,
+    pooling, activation)."""
+    out = []
+    for name, module in model.named_modules():
+        if not name or next(module.children(), None) is not None or isinstance(module, nn.Dropout):
+            continue
+        if isinstance(module, nn.Conv2d):
+            out.append((name, f"stride {tuple(module.stride)}, padding {tuple(module.padding)}, groups {module.groups}"))
+        elif next(module.parameters(recurse=False), None) is None:
+            out.append((name, repr(module)))
+        else:
+            out.append((name, ""))
+    return out
+
+
+def arrangement_differences(ckpt: ckpt_io.Checkpoint, model: nn.Module, loaded: list[str]) -> list[str]:
+    """What differs, up to the last loaded layer, between the checkpoint's model (built on the meta
+    device: no memory) and this run's: what changes the loaded layers' computation without
+    changing a shape (conv1's stride and padding, LRN constants, the order of pooling and LRN)."""
+    m = ckpt.meta.get("model") or {}
     try:
-        return {n: p.default for n, p in inspect.signature(type(model)).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    except (TypeError, ValueError):
-        return {}
+        with torch.device("meta"):
+            theirs_model = build_model(m["name"], num_classes=int(m["num_classes"]), in_channels=int(m["in_channels"]),
+                                       **(m.get("kwargs") or {}))
+    except Exception:      # noqa: BLE001 - a model this version cannot build: nothing to compare with
+        return []
+    ours, theirs = _arrangement(model), _arrangement(theirs_model)
+    names = [n for n, _ in ours]
+    cut = max((names.index(n) for n in loaded if n in names), default=-1) + 1
+    ours = ours[:cut]
+    theirs_by_name = dict(theirs)
+    notes = [f"{n}: {theirs_by_name[n]} there, {what} here" for n, what in ours
+             if n in theirs_by_name and what and theirs_by_name[n] != what]
+    order_ours = [n for n, _ in ours]
+    order_theirs = [n for n, _ in theirs if n in set(order_ours)]
+    if not notes and order_theirs != [n for n in order_ours if n in theirs_by_name]:
+        notes.append(f"layer order {' '.join(n.rsplit('.', 1)[-1] for n in order_theirs)} there, "
+                     f"{' '.join(n.rsplit('.', 1)[-1] for n in order_ours)} here")
+    return notes
 
 
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def compatibility_warnings(ckpt: ckpt_io.Checkpoint, model_name: str, model_kwargs: dict, model: nn.Module,
+def compatibility_warnings(ckpt: ckpt_io.Checkpoint, model: nn.Module, loaded: list[str],
                            input_spec: InputSpec | None) -> list[str]:
     """Differences that keep the shapes but change what the loaded layers compute."""
     notes = []
-    m = ckpt.meta.get("model", {})
-    if m.get("name") == model_name:
-        defaults = _default_args(model)
-        theirs = m.get("kwargs") or {}
-        differ = []
-        for key in sorted(set(theirs) | set(model_kwargs)):
-            if key in SHAPE_OR_INIT_ARGS or key not in defaults:
-                continue
-            a, b = _plain(theirs.get(key, defaults[key])), _plain(model_kwargs.get(key, defaults[key]))
-            if a != b:
-                differ.append(f"{key} = {json.dumps(a)} there, {json.dumps(b)} here")
-        if differ:
-            notes.append(f"the checkpoint's model was built with other arguments ({'; '.join(differ)}): the loaded "
-                         f"layers will compute something else than they were trained for (set --model.kwargs.KEY)")
+    differ = arrangement_differences(ckpt, model, loaded)
+    if differ:
+        notes.append(f"the checkpoint's model computes differently ({'; '.join(differ)}): the loaded layers "
+                     f"will not compute what they were trained for (set the matching --model.kwargs)")
     data = ckpt.meta.get("data") or {}
     if input_spec is not None and data:
         theirs = data.get("input_scale")
@@ -249,7 +267,7 @@ def apply_init_from(model: nn.Module, config, *, run_dir: Path | None, resuming:
     _freeze_and_collect(model, result)
     if is_main:
         info(describe(result), quiet)
-        for note in compatibility_warnings(ckpt, config.model.name, config.model.kwargs, model, input_spec):
+        for note in compatibility_warnings(ckpt, model, result.loaded, input_spec):
             warn(f"init from {ckpt.path}: {note}")
         if run_dir is not None:
             (run_dir / RECORD).write_text(json.dumps(result.to_json(), indent=1) + "\n")
