@@ -169,8 +169,9 @@ class Trainer:
         model = build_model(c.model.name, num_classes=self.num_classes, in_channels=cache.channels, **c.model.kwargs)
         # Fine-tuning: layers matching train.init_from by name and shape (a fresh run; a resume rebuilds
         # only which were loaded, for the same frozen set and parameter groups).
-        self.init_from = apply_init_from(model, c, run_dir=self.run_dir, resuming=self.resume_dir is not None,
-                                         input_spec=self.input_spec, is_main=ctx.is_main, quiet=self.quiet)
+        self.init_from = apply_init_from(model, c, run_dir=getattr(self, "run_dir", None),
+                                         resuming=self.resume_dir is not None, input_spec=self.input_spec,
+                                         is_main=ctx.is_main, quiet=self.quiet)
         if c.model.parallel == "towers":
             model = dist_utils.TwoTowerModel(model, tuple(c.model.devices or (str(ctx.device), str(ctx.device))))
             self.model = model.to(memory_format=torch.channels_last) if self.fast.channels_last else model
