@@ -58,6 +58,8 @@ def train_parser(prog: str = "alexnet train") -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "
                    "'auto' (with a fixed --run.name): continue that run if it has a checkpoint, else start it - "
                    "the same command then survives restarts (torchrun --max-restarts)")
+    p.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the layers of CKPT that match by name "
+                   "and shape (the same as --train.init_from CKPT; see docs/finetuning.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return p
 
@@ -84,6 +86,11 @@ def _train_command(args) -> int:
     settings = list(options.settings)
     if options.quiet:
         settings += ["--run.progress", "false"]
+    if options.init_from:
+        if options.resume:
+            raise UserError(f"--init-from {options.init_from}: a resumed run continues from its own checkpoint; "
+                            f"give --init-from to a fresh run only")
+        settings += ["--train.init_from", options.init_from]
     if options.resume == "auto":        # = --run.resume auto: the folder is RUN.OUT/RUN.NAME of the config
         result = train(load_config(options.config, settings + ["--run.resume", "auto"]))
     elif options.resume:

@@ -14,6 +14,7 @@ served by annealing to zero than by waiting for plateaus; each preset says which
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ from .config import OptimConfig, ScheduleConfig
 WEIGHT_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
+def parameter_groups(model: nn.Module, optim: OptimConfig, scaled: Iterable[nn.Parameter] = (),
+                     scale: float = 1.0) -> list[dict]:
     """Split parameters into groups by role, each with its own weight decay and lr multiplier.
 
     * ``weights``: the ``weight`` of convolutions and linear layers - decayed (the paper
@@ -33,8 +35,18 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
       (Caffe's reference recipe: 2x lr, no decay).
     * ``other``: parameters of any other module type (normalisation scales and shifts if
       a variant adds them) - no decay, as is usual for such parameters.
+
+    Fine-tuning (``train.loaded_lr_scale``, :mod:`alexnet.train.init_from`): the parameters
+    in ``scaled`` form their own groups, ``loaded weights`` / ``loaded biases`` /
+    ``loaded other``, with the same decay as their role and ``scale`` times its lr
+    multiplier; :meth:`LRSchedule.apply` multiplies every group's ``lr_mult`` by the
+    scheduled lr, so all groups follow the schedule in proportion. Frozen parameters
+    (``requires_grad`` False) are in no group: neither the lr nor the weight decay
+    reaches them.
     """
-    groups = {"weights": [], "biases": [], "other": []}
+    roles = ("weights", "biases", "other")
+    groups: dict[str, list] = {name: [] for name in roles + tuple(f"loaded {r}" for r in roles)}
+    scaled_ids = {id(p) for p in scaled} if scale != 1.0 else set()
     seen: set[int] = set()
     for module in model.modules():
         for role, param in module.named_parameters(recurse=False):
@@ -42,9 +54,10 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
                 continue
             seen.add(id(param))
             if isinstance(module, WEIGHT_MODULES):
-                groups["weights" if role == "weight" else "biases"].append(param)
+                name = "weights" if role == "weight" else "biases"
             else:
-                groups["other"].append(param)
+                name = "other"
+            groups[f"loaded {name}" if id(param) in scaled_ids else name].append(param)
     settings = {
         "weights": (1.0, optim.weight_decay),
         "biases": (optim.bias_lr_mult, optim.weight_decay * optim.bias_decay_mult),
@@ -53,13 +66,17 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
     result = []
     for name, params in groups.items():
         if params:
-            lr_mult, decay = settings[name]
+            lr_mult, decay = settings[name.removeprefix("loaded ")]
+            if name.startswith("loaded "):
+                lr_mult *= scale
             result.append({"params": params, "name": name, "lr_mult": lr_mult, "weight_decay": decay})
     return result
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.SGD:
-    groups = parameter_groups(model, optim)
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, scaled: Iterable[nn.Parameter] = (),
+                    scale: float = 1.0) -> torch.optim.SGD:
+    """SGD over :func:`parameter_groups` (``scaled`` / ``scale``: fine-tuned layers' own groups)."""
+    groups = parameter_groups(model, optim, scaled, scale)
     for group in groups:
         group["lr"] = lr * group["lr_mult"]
     # The paper's update (section 5) is v <- 0.9 v - 0.0005 eps w - eps grad, w <- w + v:

@@ -74,6 +74,7 @@ from ..signals import StopFlag
 from . import distributed as dist_utils
 from . import restart, rundir
 from .config import Config, _merge, check_launch, load_config, parse_overrides, resume_config, validate
+from .init_from import apply_init_from
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
@@ -222,13 +223,18 @@ class Trainer:
         # The model: identical initial weights on every rank (same seed), then per-rank streams.
         _seed_everything(c.train.seed)
         model = build_model(c.model.name, num_classes=self.num_classes, in_channels=cache.channels, **c.model.kwargs)
+        # Fine-tuning: layers matching train.init_from by name and shape (a fresh run; a resume rebuilds
+        # only which were loaded, for the same frozen set and parameter groups).
+        self.init_from = apply_init_from(model, c, run_dir=getattr(self, "run_dir", None),
+                                         resuming=self.resume_dir is not None, input_spec=self.input_spec,
+                                         is_main=ctx.is_main, quiet=self.quiet)
         if c.model.parallel == "towers":
             model = dist_utils.TwoTowerModel(model, tuple(c.model.devices or (str(ctx.device), str(ctx.device))))
             self.model = model.to(memory_format=torch.channels_last) if self.fast.channels_last else model
         else:
             self.model = self.fast.prepare_model(model)
         lr = c.optim.lr * (c.train.batch_size / 128 if c.optim.scale_lr else 1.0)
-        self.optimizer = build_optimizer(self.model, c.optim, lr)
+        self.optimizer = build_optimizer(self.model, c.optim, lr, self.init_from.scaled_params(), c.train.loaded_lr_scale)
         self.schedule = LRSchedule(c.schedule, lr, self.steps_per_epoch, c.train.epochs)
         self.scaler = self.fast.grad_scaler()
         _seed_everything(c.train.seed + 1_000_003 * ctx.rank)
@@ -373,11 +379,11 @@ class Trainer:
     def run(self) -> TrainResult:
         t_start = time.time()
         c = self.config
-        self._build()     # data, model, optimiser first: a start that fails leaves no run folder behind
-        if self.resume_dir is None and c.run.resume == "auto":
+        if self.resume_dir is None and c.run.resume == "auto":     # reads the folder, writes nothing
             run_dir = Path(c.run.out).expanduser() / c.run.name
             if dist_utils.on_main(lambda: restart.auto_resume(run_dir, c.to_dict()), self.ctx):
                 self.resume_dir = run_dir
+        self._build()     # data, model, optimiser first: a start that fails leaves no run folder behind
         self.run_dir = self.resume_dir if self.resume_dir is not None else rundir.run_folder(self.config, self.ctx)
         lock = rundir.open_run_folder(self.run_dir, self.config, self.resume_dir is not None) if self.ctx.is_main else None
         if lock is not None and self.resume_dir is None:
