@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from train_support import CLI_ENV, prepared_cache, train_args
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
 FASHION_MNIST = Path(os.environ.get("ALEXNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -70,3 +72,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# ----------------------------------------------------------------------------- training fixtures
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small batches on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def fmnist_cache(tmp_path_factory, fashion_mnist_dir) -> Path:
+    """Fashion-MNIST, 28 px, 60 images per class (600 train, 600 test)."""
+    return prepared_cache(tmp_path_factory.getbasetemp(), "fmnist", fashion_mnist_dir, 28, 60)
+
+
+@pytest.fixture(scope="session")
+def trained_run(fmnist_cache, tmp_path_factory) -> Path:
+    """A real `alexnet train` run (1 epoch of the tiny model on 600 Fashion-MNIST images)."""
+    out = tmp_path_factory.mktemp("trained")
+    proc = run_cli(*train_args(fmnist_cache, out, "run", "--train.threads", "1", "--optim.lr", "0.02",
+                               "--data.crop", "24", epochs=1), env=CLI_ENV)
+    assert proc.returncode == 0, proc.stderr
+    return out / "run"

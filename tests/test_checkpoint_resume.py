@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint
-from test_train_support import (checkpoint_tensors, fmnist_cache, last_step, popen_cli, train_args,  # noqa: F401
-                                wait_for)
+from train_support import checkpoint_tensors, last_step, popen_cli, train_args, wait_for
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow

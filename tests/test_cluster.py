@@ -1,7 +1,7 @@
 """What clusters expect: restarts that resume by themselves, another world size, periodic checkpoints, two nodes.
 
 Real jobs only: ``torchrun`` (gloo, CPU) with real worker processes, real SIGKILLs, real files.
-The tiny model of tests/test_train_support.py on 320 Fashion-MNIST images, batch 16: 20 steps
+The tiny model of tests/train_support.py on 320 Fashion-MNIST images, batch 16: 20 steps
 an epoch, a checkpoint every 5 steps (``step-*.safetensors``, the newest 2 kept). A kill waits
 for a step marker in ``steps.jsonl`` after the first periodic checkpoint and then asserts that it
 landed (the process was still running and died of the signal; the resume line names the batch).
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint
-from test_train_support import checkpoint_tensors, fmnist_cache, last_step, tiny_kwargs_arg, wait_for  # noqa: F401
+from train_support import checkpoint_tensors, last_step, tiny_kwargs_arg, wait_for
 
 pytestmark = pytest.mark.slow
 STEPS_PER_EPOCH = 20         # 320 images / batch 16

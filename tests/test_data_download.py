@@ -31,7 +31,7 @@ from alexnet.cli import main as cli_main
 from alexnet.data import download
 from alexnet.train.config import load_config   # the training side's own cache naming rule, as the reference
 
-from test_data_helpers import cifar_subset, decode_rgb, read_idx_reference, write_cifar_python, write_idx
+from data_helpers import cifar_subset, decode_rgb, read_idx_reference, write_cifar_python, write_idx
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -23,7 +23,7 @@ from alexnet import UserError, open_cache, prepare
 from alexnet.cli import main
 from alexnet.data.decode import decode_square
 
-from test_data_helpers import assert_close_to_pil, dct_factor, numpy_stats, reference_square, tar_members, write_tar
+from data_helpers import assert_close_to_pil, dct_factor, numpy_stats, reference_square, tar_members, write_tar
 
 pytestmark = pytest.mark.shared
 

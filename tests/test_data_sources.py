@@ -19,7 +19,7 @@ from alexnet import UserError, open_cache, prepare
 from alexnet.data.decode import decode_square
 from alexnet.data.sources import open_source
 
-from test_data_helpers import (assert_close_to_pil, cifar_subset, dct_factor, decode_rgb, read_idx_reference, reference_square, tar_members,
+from data_helpers import (assert_close_to_pil, cifar_subset, dct_factor, decode_rgb, read_idx_reference, reference_square, tar_members,
                                write_cifar_binary, write_cifar_python, write_idx, write_tar)
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

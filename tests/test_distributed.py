@@ -15,8 +15,7 @@ import torch
 
 from alexnet.models import build_model
 from alexnet.train.distributed import TwoTowerModel
-from test_train_support import (TINY, checkpoint_tensors, fmnist_cache, last_step, tiny_kwargs_arg,  # noqa: F401
-                                train_args, wait_for)
+from train_support import TINY, checkpoint_tensors, last_step, tiny_kwargs_arg, train_args, wait_for
 from conftest import run_cli
 
 # Without augmentation and dropout, two processes with half the batch each see exactly the

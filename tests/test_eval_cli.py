@@ -15,7 +15,7 @@ from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.eval import evaluate
 
 from conftest import run_cli
-from test_train_support import one_line_error, CLI_ENV, fmnist_cache, trained_run  # noqa: F401
+from train_support import one_line_error, CLI_ENV
 
 
 def _other_model(run: Path, path: Path) -> Path:

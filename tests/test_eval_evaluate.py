@@ -17,7 +17,6 @@ from alexnet.eval.evaluate import evaluate, predict_split
 from alexnet.eval.metrics import ClassificationMeter, topk_correct
 from alexnet.models import build_model
 from alexnet.checkpoint import load_model, save_checkpoint
-from test_train_support import fmnist_cache, one_thread  # noqa: F401
 
 CROP, LIMIT = 24, 60
 KWARGS = {"widths": [8, 16, 24, 24, 16], "hidden": 64}

@@ -43,7 +43,7 @@ from alexnet.export import EXPORT_BATCH, FORMATS, export_model, load_exported  #
 from alexnet.models import build_model, get_model_info, list_models  # noqa: E402
 from alexnet.models.lrn import LocalResponseNorm, local_response_norm, local_response_norm_plain  # noqa: E402
 
-from test_lrn import formula  # noqa: E402  (tests/ is on sys.path: the float64 formula written out there)
+from lrn_reference import formula  # noqa: E402
 
 # torch marks TorchScript and the TorchScript-based ONNX exporter deprecated (both still
 # work and are what is tested here); tracing notes that the channel count is a constant.

@@ -26,11 +26,9 @@ from alexnet.train.config import load_config
 from alexnet.train.init_from import apply_init_from
 from alexnet.train.schedule import LRSchedule, build_optimizer
 from conftest import run_cli
-from test_train_support import (TINY, checkpoint_tensors, fmnist_cache, last_step, one_line_error,  # noqa: F401
-                                popen_cli, tiny_kwargs_arg, train_args, wait_for)
+from train_support import TINY, checkpoint_tensors, last_step, one_line_error, popen_cli, tiny_kwargs_arg, train_args, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-from test_train_support import one_thread  # noqa: E402,F401
 
 ENV = {"OMP_NUM_THREADS": "1"}
 FAST = ("--train.threads", "1", "--data.train_subset", "320", "--data.val_subset", "100", "--train.precision", "fp32")

@@ -12,8 +12,7 @@ from alexnet.errors import UserError
 from alexnet.train import train
 from alexnet.train.commands import parse_train_args
 from conftest import run_cli
-from test_train_support import (one_line_error, CLI_ENV, fmnist_cache, last_step, popen_cli, train_args, trained_run,  # noqa: F401
-                                wait_for)
+from train_support import one_line_error, CLI_ENV, last_step, popen_cli, train_args, wait_for
 
 
 def test_a_run_leaves_everything_a_user_needs(trained_run):

@@ -6,7 +6,8 @@ import pytest
 
 from alexnet.errors import UserError
 from alexnet.locations import preset_files
-from alexnet.train.config import Config, load_config, parse_overrides, to_toml
+from alexnet.train.config import Config, load_config, parse_override_value, parse_overrides, to_toml
+from train_support import TINY, tiny_kwargs_arg
 
 PRESETS = ("fashion-mnist", "cifar10", "cifar10-ablations", "imagewoof", "paper-imagenet")
 
@@ -106,3 +107,7 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
     assert load_config("fashion-mnist").cache_dir() == tmp_path / "fashion-mnist-28"
     assert load_config("fashion-mnist", ["--data.cache", "/x/y"]).cache_dir().as_posix() == "/x/y"
+
+
+def test_tiny_kwargs_is_valid_toml():
+    assert parse_override_value(tiny_kwargs_arg()) == TINY

@@ -15,7 +15,7 @@ from alexnet.data import prepare
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
 from alexnet.train.trainer import Trainer
-from test_train_support import TINY, fmnist_cache, one_thread, prepared_cache, tiny_kwargs_arg  # noqa: F401
+from train_support import TINY, prepared_cache, tiny_kwargs_arg
 
 
 SMALL = {"widths": [16, 32, 48, 48, 32], "hidden": 128}

@@ -27,7 +27,7 @@ from alexnet.errors import UserError
 from alexnet.train import train
 from alexnet.train.config import RESUME_CHANGEABLE, check_launch, load_config
 from conftest import run_cli
-from test_train_support import CLI_ENV, fmnist_cache, one_line_error, train_args  # noqa: F401
+from train_support import CLI_ENV, one_line_error, train_args
 
 FAST = ("--train.threads", "1", "--data.workers", "0", "--run.plots", "false")
 

@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from alexnet.data import prepare
 from alexnet.train.config import parse_override_value
-from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,16 +37,6 @@ def one_line_error(proc, *fragments):
         assert f in lines[0], lines[0]
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Small batches on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls.
-    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_kwargs_arg(kwargs: dict = TINY) -> str:
     inner = ", ".join(f"{k} = {list(v) if isinstance(v, (list, tuple)) else v!r}".replace("'", '"')
                       for k, v in kwargs.items())
@@ -60,12 +49,6 @@ def prepared_cache(base: Path, name: str, source: str | Path, size: int, limit: 
     if not (out / "meta.json").is_file():
         prepare(str(source), out, size=size, limit=limit, quiet=True, workers=2)
     return out
-
-
-@pytest.fixture(scope="session")
-def fmnist_cache(tmp_path_factory, fashion_mnist_dir) -> Path:
-    """Fashion-MNIST, 28 px, 60 images per class (600 train, 600 test)."""
-    return prepared_cache(tmp_path_factory.getbasetemp(), "fmnist", fashion_mnist_dir, 28, 60)
 
 
 def train_args(cache: Path, out: Path, name: str, *extra: str, epochs: int = 2, batch: int = 32) -> list[str]:
@@ -113,18 +96,4 @@ def checkpoint_tensors(path: Path, prefixes=("model.", "optim.")) -> dict[str, t
     return {k: v for k, v in load_file(str(path)).items() if k.startswith(prefixes)}
 
 
-def test_tiny_kwargs_is_valid_toml():
-    assert parse_override_value(tiny_kwargs_arg()) == TINY
-
-
 CLI_ENV = {"OMP_NUM_THREADS": "1"}      # small CLI runs on a shared 2-core machine: no oversubscription
-
-
-@pytest.fixture(scope="session")
-def trained_run(fmnist_cache, tmp_path_factory) -> Path:
-    """A real `alexnet train` run (1 epoch of the tiny model on 600 Fashion-MNIST images)."""
-    out = tmp_path_factory.mktemp("trained")
-    proc = run_cli(*train_args(fmnist_cache, out, "run", "--train.threads", "1", "--optim.lr", "0.02",
-                               "--data.crop", "24", epochs=1), env=CLI_ENV)
-    assert proc.returncode == 0, proc.stderr
-    return out / "run"
