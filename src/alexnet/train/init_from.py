@@ -50,6 +50,7 @@ from ..console import info, warn
 from ..data.preprocess import InputSpec
 from ..errors import UserError
 from ..models import build_model
+from . import rundir
 from .config import TrainConfig
 
 RECORD = "init_from.json"
@@ -269,6 +270,13 @@ def apply_init_from(model: nn.Module, config, *, run_dir: Path | None, resuming:
         info(describe(result), quiet)
         for note in compatibility_warnings(ckpt, model, result.loaded, input_spec):
             warn(f"init from {ckpt.path}: {note}")
-        if run_dir is not None:
-            (run_dir / RECORD).write_text(json.dumps(result.to_json(), indent=1) + "\n")
     return result
+
+
+def save_record(result: InitFrom, run_dir: Path) -> None:
+    """RUN/init_from.json: which layers a fresh run loaded, so that a resume rebuilds the same
+    frozen set and parameter groups without the source checkpoint. Written once the run folder
+    exists (the model is built before it: a failed start leaves no folder)."""
+    if result.active:
+        path = run_dir / RECORD
+        rundir.guarded(path, lambda: path.write_text(json.dumps(result.to_json(), indent=1) + "\n"))

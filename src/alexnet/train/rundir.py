@@ -67,6 +67,35 @@ def run_folder(config: Config, ctx: dist_utils.DistContext) -> Path:
     return Path(config.run.out).expanduser() / name
 
 
+def check_available(run_dir: Path, resuming: bool) -> None:
+    """Refuse at once, creating nothing, a folder another process holds, or one whose state does
+    not suit the run (a fresh run over a finished one, a resume without a checkpoint). The same
+    checks run again, under the lock, in :func:`open_run_folder`."""
+    lock_path = run_dir / ".lock"
+    try:
+        f = open(lock_path, "r+") if lock_path.is_file() else None
+    except OSError:
+        f = None          # unreadable here: open_run_folder says so in one line
+    if f is not None:
+        with f:
+            try:
+                fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = f.read().strip() or "another process"
+                raise UserError(f"{run_dir}: run folder is in use by {holder}; wait for it or choose another "
+                                f"--run.name") from None
+            fcntl.lockf(f.fileno(), fcntl.LOCK_UN)
+    _check_state(run_dir, resuming)
+
+
+def _check_state(run_dir: Path, resuming: bool) -> None:
+    if not resuming and (run_dir / LAST).exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                        f"or choose another --run.name")
+    if resuming and not (run_dir / LAST).exists():
+        raise UserError(f"{run_dir}: no checkpoint to resume from (last.safetensors missing)")
+
+
 def open_run_folder(run_dir: Path, config: Config, resuming: bool) -> RunLock:
     """Create and lock ``run_dir``, check it suits a fresh or resumed run (rank 0 only).
 
@@ -76,11 +105,7 @@ def open_run_folder(run_dir: Path, config: Config, resuming: bool) -> RunLock:
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
     try:
-        if not resuming and (run_dir / LAST).exists():
-            raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
-                            f"or choose another --run.name")
-        if resuming and not (run_dir / LAST).exists():
-            raise UserError(f"{run_dir}: no checkpoint to resume from (last.safetensors missing)")
+        _check_state(run_dir, resuming)
         if not resuming:
             for name in LOGS:
                 (run_dir / name).unlink(missing_ok=True)

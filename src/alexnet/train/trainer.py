@@ -74,7 +74,7 @@ from ..signals import StopFlag
 from . import distributed as dist_utils
 from . import restart, rundir
 from .config import Config, _merge, check_launch, load_config, parse_overrides, resume_config, validate
-from .init_from import apply_init_from
+from .init_from import apply_init_from, save_record as save_init_record
 from .rundir import LAST
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
@@ -225,7 +225,7 @@ class Trainer:
         model = build_model(c.model.name, num_classes=self.num_classes, in_channels=cache.channels, **c.model.kwargs)
         # Fine-tuning: layers matching train.init_from by name and shape (a fresh run; a resume rebuilds
         # only which were loaded, for the same frozen set and parameter groups).
-        self.init_from = apply_init_from(model, c, run_dir=getattr(self, "run_dir", None),
+        self.init_from = apply_init_from(model, c, run_dir=self.resume_dir,
                                          resuming=self.resume_dir is not None, input_spec=self.input_spec,
                                          is_main=ctx.is_main, quiet=self.quiet)
         if c.model.parallel == "towers":
@@ -383,12 +383,15 @@ class Trainer:
             run_dir = Path(c.run.out).expanduser() / c.run.name
             if dist_utils.on_main(lambda: restart.auto_resume(run_dir, c.to_dict()), self.ctx):
                 self.resume_dir = run_dir
-        self._build()     # data, model, optimiser first: a start that fails leaves no run folder behind
         self.run_dir = self.resume_dir if self.resume_dir is not None else rundir.run_folder(self.config, self.ctx)
+        if self.ctx.is_main:      # a folder in use or already holding a run: refused before any work
+            rundir.check_available(self.run_dir, self.resume_dir is not None)
+        self._build()     # data, model, optimiser first: a start that fails leaves no run folder behind
         lock = rundir.open_run_folder(self.run_dir, self.config, self.resume_dir is not None) if self.ctx.is_main else None
         if lock is not None and self.resume_dir is None:
             for stale in self.run_dir.glob("samples-rank*.jsonl"):   # a fresh run starts its sample logs afresh
                 stale.unlink()
+            save_init_record(self.init_from, self.run_dir)
         try:
             return self._train_epochs(t_start)
         finally:
