@@ -100,3 +100,29 @@ def test_load_pretrained_three_lines_and_preprocess_inputs(tmp_path, shared_data
     assert preprocess(square).shape == (1, 3, 32, 32)
     with pytest.raises(UserError, match="no such file"):
         preprocess([tmp_path / "missing.jpg"])
+
+
+def test_build_model_with_weights_is_the_checkpoints_model(tmp_path):
+    """`build_model(name, weights=CKPT)`: the same logits as the saved model; a wrong name, class
+    count or options beside the weights are one-line errors, never ignored."""
+    from alexnet import build_model
+    from alexnet.checkpoint import save_model
+
+    torch.manual_seed(3)
+    source = build_model("alexnet_small", num_classes=7, widths=[8, 16, 24, 24, 16], hidden=32).eval()
+    spec = InputSpec(size=32, crop=28, channels=3, mean="none")
+    ckpt = save_model(tmp_path / "m.safetensors", source, name="alexnet_small", num_classes=7, in_channels=3,
+                      kwargs={"widths": [8, 16, 24, 24, 16], "hidden": 32}, classes=list("abcdefg"), input_spec=spec)
+    model = build_model("alexnet_small", weights=ckpt)
+    x = to_network_input(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), spec)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+    assert model.classes == list("abcdefg") and model.preprocess.spec.crop == 28
+    with pytest.raises(UserError, match="holds a alexnet_small model, not alexnet_owt"):
+        build_model("alexnet_owt", weights=ckpt)
+    with pytest.raises(UserError, match="num_classes is 7 in the checkpoint, not 10"):
+        build_model("alexnet_small", num_classes=10, weights=ckpt)
+    with pytest.raises(UserError, match="drop lrn"):
+        build_model("alexnet_small", weights=ckpt, lrn=False)
+    untrained = build_model("alexnet_small", num_classes=7)      # without weights: the registry's builder
+    assert not hasattr(untrained, "checkpoint_info")

@@ -1,7 +1,8 @@
 """alexnet: the complete AlexNet system (Krizhevsky, Sutskever & Hinton, NIPS 2012) on PyTorch.
 
     >>> from alexnet import build_model, layer_table
-    >>> model = build_model("alexnet", num_classes=1000)
+    >>> model = build_model("alexnet", num_classes=1000)                  # untrained, the paper's init
+    >>> model = build_model("alexnet_owt", weights="tv.safetensors")      # a checkpoint's trained model
 
     >>> from alexnet import load_pretrained          # a checkpoint with its preprocessing
     >>> model, preprocess = load_pretrained("alexnet-tv.safetensors")
@@ -11,13 +12,13 @@
 from .errors import UserError
 from .locations import version as _version
 from .data import build_loader, open_cache, prepare
-from .models import AlexNet, LocalResponseNorm, build_model, get_model_info, list_models, local_response_norm
+from .models import AlexNet, LocalResponseNorm, get_model_info, list_models, local_response_norm
 from .models.summary import format_table, layer_table
 from .train import Config, TrainResult, load_config, load_model, train
 from .eval import evaluate, predict
 from .perf import optimize, plain_reference_alexnet
 from .export import export_model
-from .weights import import_caffe, import_theano_alexnet, import_torchvision, load_pretrained, readable_names
+from .weights import build_model, import_caffe, import_theano_alexnet, import_torchvision, load_pretrained, readable_names
 
 __version__ = _version()
 

@@ -9,9 +9,9 @@ and eval print them; this package stands above eval.
 
 from ..data.classnames import ilsvrc_classes, readable_names
 from .caffe import import_caffe
-from .pretrained import Preprocess, load_pretrained
+from .pretrained import Preprocess, build_model, load_pretrained
 from .theano import import_theano_alexnet
 from .torchvision import import_torchvision
 
 __all__ = ["import_torchvision", "import_caffe", "import_theano_alexnet", "ilsvrc_classes", "readable_names",
-           "load_pretrained", "Preprocess"]
+           "load_pretrained", "Preprocess", "build_model"]

@@ -18,6 +18,7 @@ from ..checkpoint import load_model
 from ..data.preprocess import InputSpec, input_spec_of, read_square, to_network_input
 from ..data.classnames import readable_names
 from ..errors import UserError
+from ..models import build_model as _build_untrained
 
 
 class Preprocess:
@@ -62,3 +63,29 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.class_names = list(readable_names(info.get("class_names") or classes))
     model.checkpoint_info = info
     return model, Preprocess(spec, device, views)
+
+
+def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, *, weights: str | os.PathLike | None = None,
+                device: str | torch.device = "cpu", **kwargs) -> nn.Module:
+    """:func:`alexnet.models.build_model`, or with ``weights=CKPT`` that checkpoint's trained model.
+
+    ``build_model("alexnet_owt", weights="tv.safetensors")`` is the checkpoint's model in eval
+    mode, carrying ``classes``, ``class_names``, ``checkpoint_info`` and ``preprocess`` (its
+    :class:`Preprocess`). The checkpoint says the class count, channels and options: a different
+    model name, or options given beside ``weights``, is a UserError, never silently ignored.
+    """
+    if weights is None:
+        return _build_untrained(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if kwargs:
+        raise UserError(f"build_model({name!r}, weights=...): the checkpoint fixes the model's options; "
+                        f"drop {', '.join(sorted(kwargs))}")
+    model, preprocess = load_pretrained(weights, device=device)
+    info = model.checkpoint_info
+    if info["name"] != name:
+        raise UserError(f"{weights}: holds a {info['name']} model, not {name}")
+    for what, asked, held, default in (("num_classes", num_classes, info["num_classes"], 1000),
+                                       ("in_channels", in_channels, info["in_channels"], 3)):
+        if asked != default and asked != held:
+            raise UserError(f"{weights}: {what} is {held} in the checkpoint, not {asked}")
+    model.preprocess = preprocess
+    return model
