@@ -168,3 +168,23 @@ def test_compile_failure_falls_back_to_eager(fmnist_cache, tmp_path, monkeypatch
         "--run.out", str(tmp_path), "--run.name", "c", "--run.progress", "false", "--train.threads", "1"])
     assert "torch.compile failed (no C++ compiler found (simulated)); training eagerly instead" in capfd.readouterr().err
     assert result.summary["status"] == "finished" and result.summary["steps"] == 1
+
+
+def test_deterministic_kernels_on_request_and_the_process_restored(fmnist_cache, tmp_path):
+    """``train.deterministic``: deterministic kernels while the run trains (on a CPU the same
+    numbers as without), and the process's setting as it was afterwards."""
+    common = ["--data.cache", str(fmnist_cache), "--data.train_subset", "64", "--data.val_subset", "32",
+              "--model.kwargs", tiny_kwargs_arg(SMALL), "--train.epochs", "1", "--train.batch_size", "32",
+              "--run.out", str(tmp_path), "--run.progress", "false", "--run.plots", "false", "--train.threads", "1"]
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+    try:
+        on = train("fashion-mnist", overrides=common + ["--run.name", "on", "--train.deterministic", "true"])
+    finally:
+        hook.remove()
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()
+    off = train("fashion-mnist", overrides=common + ["--run.name", "off"])
+    assert on.summary["test"]["top1_err"] == off.summary["test"]["top1_err"]
+    assert on.summary["test"]["loss"] == off.summary["test"]["loss"]

@@ -128,6 +128,7 @@ class TrainConfig:
     keep_checkpoints: int = 3     # with periodic checkpoints: keep the newest K step-*.safetensors (0 = all)
     log_samples: bool = False     # write RUN/samples-rank<R>.jsonl: the dataset indices of every batch
     prepare_timeout: float = 86400.0  # seconds the other ranks wait while rank 0 prepares a missing cache
+    deterministic: bool = False   # deterministic kernels only (torch.use_deterministic_algorithms): a resumed GPU run repeats bit for bit
     # Fine-tuning (alexnet.train.init_from; a fresh run only, a resume keeps its own weights):
     init_from: str = ""           # checkpoint whose layers matching by name and shape start this run
     freeze_loaded: bool = False   # loaded layers: requires_grad False, no optimiser group (no lr, no decay)

@@ -120,6 +120,12 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
                         f"got {config.run.resume!r}")
     if config.run.resume == "auto" and not config.run.name:
         raise UserError("run.resume = \"auto\" needs a fixed --run.name: a restarted job must find the same run folder")
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if config.train.deterministic:
+        # cuBLAS reads this when it starts: set before any CUDA work of this process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     ctx = dist_utils.setup(config.train.device, config.train.dist_timeout)
     try:
         check_launch(config, ctx.world_size)
@@ -132,6 +138,7 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
         raise
     finally:
         dist_utils.teardown()
+        torch.use_deterministic_algorithms(deterministic_before)   # the process as it was (the Python API)
 
 
 def open_training_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool = False):
