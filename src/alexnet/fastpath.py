@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .console import first_line, warn
@@ -120,6 +121,26 @@ class FastPath:
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """float16 needs loss scaling (its range is narrow); bfloat16 and float32 do not."""
         return torch.amp.GradScaler(self.device.type) if self.precision == "float16" else None
+
+    def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on a prepared batch: (loss, logits), both still attached to the graph's outputs.
+
+        The one training step the trainer and the benchmark both run: forward under this path's
+        autocast, the loss in float32, then backward and the optimiser step (through the gradient
+        scaler in float16)."""
+        with self.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y.to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss, logits
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """``model`` on the device in this path's memory format (parameters stay float32)."""

@@ -124,12 +124,7 @@ class Case:
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
                 def work():
-                    with fast.autocast():
-                        logits = model(x)
-                        loss = F.cross_entropy(logits.float(), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    fast.train_step(model, optimizer, x, y)     # exactly the trainer's step
             else:
                 def work():
                     with torch.inference_mode(), fast.autocast():

@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -485,17 +484,7 @@ class Trainer:
             x, y = batch[0], batch[1]
             lr = self.schedule.apply(self.optimizer, s.step)
             x = fast.prepare_input(x)
-            with fast.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y.to(logits.device))
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            loss, logits = fast.train_step(model, self.optimizer, x, y, self.scaler)
             s.step += 1
             if self.samples_log is not None:
                 self.samples_log.write({"step": s.step, "epoch": epoch, "batch": batch_index,
