@@ -67,8 +67,8 @@ def small_cache(shared_data, tmp_path_factory) -> Path:
 def reference_run(small_cache, tmp_path_factory) -> dict:
     """An uninterrupted tiny training run (3 epochs), the reference for every crash test.
 
-    While it runs, two more commands are pointed at its run folder the moment it holds
-    its lock: a fresh run with the same name and a ``--resume`` of it (both must refuse,
+    While it runs (paused, holding its lock), two more commands are pointed at its run
+    folder: a fresh run with the same name and a ``--resume`` of it (both must refuse,
     test_concurrency.py). A watcher copies ``last.safetensors`` each time it is replaced,
     so the per-epoch checkpoints of the reference are kept for comparison.
     """
@@ -106,10 +106,15 @@ def reference_run(small_cache, tmp_path_factory) -> dict:
     main.go()
     try:
         locked = wait_for(lambda: (run_dir / ".lock").exists() and (run_dir / "config.toml").exists(), 120)
+        # Paused, the first run keeps its lock but cannot finish, however fast this machine
+        # is: the overlap is certain, not a race. It carries on once both have answered.
+        if locked:
+            main.pause()
         second.go()
         resumer.go()
         rc_second, rc_resumer = second.wait(120), resumer.wait(120)
         still_running_after = main.proc.poll() is None
+        main.carry_on()
         rc_main = main.wait(300)
     finally:
         stop.set()

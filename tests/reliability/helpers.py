@@ -195,6 +195,15 @@ class Primed:
             self._out.close()
             self._err.close()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps everything it holds (its locks, its open files) but does
+        no work until :meth:`carry_on`, so a test can act "while it runs" without a race."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def carry_on(self) -> None:
+        """SIGCONT: undo :meth:`pause`."""
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL (no handler runs) unless it has already exited; then reap it."""
         if self.proc.poll() is None:

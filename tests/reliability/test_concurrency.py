@@ -1,14 +1,15 @@
 """Two runs on one folder: the second refuses with one line (the lock); the first is unharmed.
 
-Training: the reference run of conftest.py is the first run. The instant it holds the folder's
-lock, two already-imported commands are started on the same folder: a fresh
+Training: the reference run of conftest.py is the first run. Once it holds the folder's lock it
+is paused (SIGSTOP: it keeps the lock but cannot finish, so the overlap is certain on any
+machine), and two already-imported commands are started on the same folder: a fresh
 ``alexnet train`` with the same ``--run.name`` and an ``alexnet train --resume``.
 "Unharmed" is checked three ways: the first run finishes (exit 0), its log has each
 step exactly once, and its final weights are bit-identical to the crash test's
 killed-and-resumed lineage (test_crash.py), which shares nothing with it but the config.
 
 Preparing: two ``alexnet prepare`` processes into the same cache folder. The second is
-started the moment the first has its partial cache; it must refuse with one line (the
+started once the first has its partial cache (the first paused, as above); it must refuse with one line (the
 lock on ``OUT.lock``) while the first is still writing, and the first must finish with a
 complete cache whose every file matches the checksum it recorded.
 """
@@ -66,8 +67,10 @@ def test_second_prepare_into_the_same_folder_refuses(shared_data, tmp_path):
     try:
         first.go()
         assert wait_for(lambda: partial.exists() or first.proc.poll() is not None, 120)
+        first.pause()          # holds its lock and its partial cache; cannot finish before the second answers
         rc_second = second.go().wait(120)
         overlapped = first.proc.poll() is None        # the first was still writing when the second gave up
+        first.carry_on()
         rc_first = first.wait(300)
     finally:
         first.kill()
