@@ -107,6 +107,39 @@ def test_four_layer_net_paper_init_is_gaussian_0_01_with_zero_biases():
         relu_tanh.FourLayerNet("relu", init="xavier")
 
 
+
+def test_an_interrupted_figure1_run_carries_on_to_the_uninterrupted_result(tmp_path):
+    """Killed after epoch 2 of 4, the run resumes from its partial file at epoch 3 and ends
+    bit-identical to a run never interrupted; a partial file of another run is ignored."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(192, 3, 16, 16, generator=gen), torch.randint(0, 10, (192,), generator=gen)
+    settings = relu_tanh.Settings(batch_size=32, max_epochs=4, target=0.0)
+    whole = relu_tanh.train_run(x, y, "tanh", 0.01, 3, settings, 4, stop_at_target=False)
+
+    partial = tmp_path / "run.partial.pt"
+    seen = []
+
+    def killed_in_epoch_3(activation, lr, seed, epoch, error):
+        seen.append(epoch)
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        relu_tanh.train_run(x, y, "tanh", 0.01, 3, settings, 4, stop_at_target=False, partial=partial,
+                            progress=killed_in_epoch_3)
+    assert seen == [1, 2, 3] and partial.is_file()
+    resumed_epochs = []
+    resumed = relu_tanh.train_run(x, y, "tanh", 0.01, 3, settings, 4, stop_at_target=False, partial=partial,
+                                  progress=lambda *a: resumed_epochs.append(a[3]))
+    assert resumed_epochs == [3, 4]                  # epochs 1-2 came from the file, not trained again
+    assert resumed["errors"] == whole["errors"] and resumed["losses"] == whole["losses"]
+    assert resumed["steps"] == whole["steps"] == 4 * 6
+    # Another lr finds the file but not its own run in it: it trains from epoch 1.
+    other_epochs = []
+    relu_tanh.train_run(x, y, "tanh", 0.02, 3, settings, 4, stop_at_target=False, partial=partial,
+                        progress=lambda *a: other_epochs.append(a[3]))
+    assert other_epochs == [1, 2, 3, 4]
+
 # ----------------------------------------------------------------------------- exact k-NN
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

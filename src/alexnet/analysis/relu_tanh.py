@@ -42,7 +42,8 @@ What we run, and where it departs from the paper:
   reported as a lower bound on its epochs (and on the ratio).
 
 Runs are resumable: each finished run is a JSON file in ``OUT/runs/`` and is
-re-used when the settings match.
+re-used when the settings match; the run in progress keeps its state after every epoch
+(``OUT/runs/*.partial.pt``), so an interrupted experiment loses at most one epoch.
 """
 
 from __future__ import annotations
@@ -236,8 +237,15 @@ def load_training_tensors(cache, split: str, subset: int, subset_seed: int,
 
 def train_run(x: torch.Tensor, y: torch.Tensor, activation: str, lr: float, seed: int, settings: Settings,
               epochs: int, *, device: str | torch.device = "cpu", stop_at_target: bool = True,
-              progress=None) -> dict:
-    """Train one FourLayerNet; return its per-epoch training error curve."""
+              progress=None, partial: Path | None = None) -> dict:
+    """Train one FourLayerNet; return its per-epoch training error curve.
+
+    ``partial``: a file that holds the run in progress after every epoch (weights,
+    momentum, the shuffling generator, the curve so far). A run that finds it, made with
+    the same settings, carries on from there and ends exactly as an uninterrupted run
+    would (tests/test_analysis_units.py), so an interrupted experiment loses at most the
+    epoch in progress. It is deleted by the caller once the finished run is stored.
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
     num_classes = int(y.max()) + 1
@@ -247,8 +255,19 @@ def train_run(x: torch.Tensor, y: torch.Tensor, activation: str, lr: float, seed
     n = len(x)
     errors, losses = [], []
     steps, reached_at, diverged = 0, None, False
-    start = time.time()
-    for epoch in range(1, epochs + 1):
+    key = {"settings": asdict(settings), "activation": activation, "lr": lr, "seed": seed, "epochs": epochs,
+           "stop_at_target": stop_at_target, "train_images": n}
+    spent = 0.0
+    if partial is not None and partial.is_file():
+        state = _read_partial(partial, key)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            errors, losses, steps, reached_at = state["errors"], state["losses"], state["steps"], state["reached_at"]
+            spent = state["time_s"]
+    start = time.time() - spent
+    for epoch in range(len(errors) + 1, epochs + 1):
         model.train()
         order = torch.randperm(n, generator=gen)
         wrong, seen, loss_sum = 0, 0, 0.0
@@ -283,9 +302,28 @@ def train_run(x: torch.Tensor, y: torch.Tensor, activation: str, lr: float, seed
             break
         if stop_at_target and reached_at is not None and epoch >= reached_at + settings.extra_epochs:
             break
+        if partial is not None and epoch < epochs:
+            _write_partial(partial, {**key, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "generator": gen.get_state(), "errors": errors, "losses": losses,
+                                     "steps": steps, "reached_at": reached_at, "time_s": time.time() - start})
     return {"activation": activation, "lr": lr, "seed": seed, "errors": errors, "losses": losses,
             "start_error": 1 - 1 / max(num_classes, 2), "diverged": diverged, "steps": steps,
             "train_images": n, "time_s": time.time() - start}
+
+
+def _write_partial(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)         # a kill while saving leaves the previous epoch's file whole
+
+
+def _read_partial(path: Path, key: dict) -> dict | None:
+    """The saved run in progress, or None when it was made by another run or cannot be read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:             # a file of another format or version: start the run afresh
+        return None
+    return state if all(state.get(k) == v for k, v in key.items()) else None
 
 
 class RunStore:
@@ -297,6 +335,11 @@ class RunStore:
 
     def path(self, kind: str, activation: str, lr: float, seed: int, epochs: int) -> Path:
         return self.folder / f"{kind}-{activation}-lr{lr:g}-s{seed}-e{epochs}.json"
+
+    @staticmethod
+    def partial(path: Path) -> Path:
+        """Where the run that will be stored at ``path`` keeps its progress while it trains."""
+        return path.with_name(path.stem + ".partial.pt")
 
     @staticmethod
     def key(path: Path, settings: Settings) -> dict:
@@ -321,6 +364,7 @@ class RunStore:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)
+        self.partial(path).unlink(missing_ok=True)
 
 
 def grid_search(grid, error_of, max_extensions: int = 3) -> tuple[float, dict[float, float]]:
@@ -356,7 +400,8 @@ def search_lr(x, y, activation: str, grid, search_epochs: int, settings: Setting
         path = store.path("search", activation, lr, 0, search_epochs)
         run = store.get(path, settings)
         if run is None:
-            run = train_run(x, y, activation, lr, 0, settings, search_epochs, device=device, stop_at_target=False)
+            run = train_run(x, y, activation, lr, 0, settings, search_epochs, device=device, stop_at_target=False,
+                            partial=store.partial(path))
             store.put(path, run, settings)
         final = 1.0 if run["diverged"] or not run["errors"] else run["errors"][-1]
         rows[lr] = {"activation": activation, "lr": lr, "epochs": search_epochs, "final_train_error": final,
@@ -414,7 +459,7 @@ def run_experiment(cache_path: str | os.PathLike, out: str | os.PathLike, *, see
             if run is None:
                 t = time.time()
                 run = train_run(x, y, act, chosen[act], seed, settings, settings.max_epochs, device=device,
-                                progress=None if quiet else _epoch_line)
+                                progress=None if quiet else _epoch_line, partial=store.partial(path))
                 store.put(path, run, settings)
                 log(f"{act} seed {seed}: {len(run['errors'])} epochs in {time.time() - t:.0f} s, "
                     f"final training error {run['errors'][-1]:.3f}")
