@@ -51,6 +51,59 @@ def test_round_trip_restores_model_optimizer_and_every_rng(tmp_path):
     assert "alexnet" in ck.meta["code_version"]
 
 
+def test_a_resumed_optimizer_keeps_its_own_kernel_choice(tmp_path):
+    """A checkpoint saved by the per-tensor SGD (an older version, or a device without the fused
+    kernel) resumes into this machine's fused SGD, and the other way round: the kernel is the
+    running process's choice; the momentum and the hyper-parameters are the checkpoint's."""
+    model = small_model()
+    loop = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=False)
+    model(torch.randn(4, 1, 28, 28)).sum().backward()
+    loop.step()
+    path = save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=loop, meta=META)
+    clone = small_model()
+    fused = torch.optim.SGD(clone.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4, fused=True)
+    restore_optimizer(load_checkpoint(path), fused)
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["lr"] == 0.01
+    assert torch.equal(fused.state[next(clone.parameters())]["momentum_buffer"],
+                       loop.state[next(model.parameters())]["momentum_buffer"])
+    path = save_checkpoint(tmp_path / "d.safetensors", model=clone, optimizer=fused, meta=META)
+    again = torch.optim.SGD(small_model().parameters(), lr=0.5, momentum=0.9, foreach=False)
+    restore_optimizer(load_checkpoint(path), again)
+    assert not again.param_groups[0]["fused"] and again.param_groups[0]["foreach"] is False
+
+
+def test_a_channels_last_run_resumes_bit_identically_through_the_fused_optimizer(tmp_path):
+    """Saved buffers are contiguous, channels-last parameters are not; the fused SGD kernel walks
+    both memories in step. Three steps, save, rebuild, restore, three more: equal to six steps
+    without the break, every parameter bit for bit (without the layout fix they differ)."""
+    def six_steps(cut: int | None) -> list[torch.Tensor]:
+        def fresh():
+            return small_model().to(memory_format=torch.channels_last)
+        model = fresh()
+        opt = build_optimizer(model, OptimConfig(), lr=0.02)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(6):
+            if step == cut:
+                path = save_checkpoint(tmp_path / "cut.safetensors", model=model, optimizer=opt, meta=META)
+                ck = load_checkpoint(path)
+                model = fresh()
+                model.load_state_dict(ck.model_state)
+                opt = build_optimizer(model, OptimConfig(), lr=0.02)
+                restore_optimizer(ck, opt)
+            x = torch.randn(8, 1, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (8,), generator=gen)
+            torch.manual_seed(100 + step)         # the same dropout masks in both runs
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert build_optimizer(small_model(), OptimConfig(), lr=0.02).param_groups[0].get("fused"), \
+        "no fused SGD on this machine: the case this guards does not arise"
+    whole, resumed = six_steps(None), six_steps(3)
+    assert all(torch.equal(a, b) for a, b in zip(whole, resumed))
+
+
 def test_load_model_rebuilds_and_checks(tmp_path):
     model = small_model()
     path = save_checkpoint(tmp_path / "c.safetensors", model=model, meta=META)

@@ -229,8 +229,24 @@ def check_compatible(ckpt: Checkpoint, name: str, num_classes: int, in_channels:
                         f"with {num_classes} classes and {in_channels} input channels")
 
 
+# How the update is computed (PyTorch's fused or per-tensor kernels) is chosen for the device a
+# run is on now (alexnet.fastpath.fused_sgd), not inherited from the machine that saved it.
+_IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
 def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
+    own = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(_unflatten_optimizer(ckpt.meta["optimizer"], ckpt.group("optim")))
+    for group, keep in zip(optimizer.param_groups, own):
+        group.update(keep)
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                # A saved buffer is contiguous; its parameter may be channels-last. The fused kernels
+                # walk parameter, gradient and buffer memory in step, so the buffer takes the
+                # parameter's layout (same values; without it a resumed fused step mixes up elements).
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def restore_rng_for_rank(ckpt: Checkpoint, rank: int) -> None:

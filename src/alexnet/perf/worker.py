@@ -15,8 +15,9 @@ per line on stdout:
 Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb"), impl ("plain" | "ours"),
 model, batch, size, precision, channels_last, compile, shape (for LRN), device. A model
 case of ours runs :func:`alexnet.fastpath.choose_fast_path` with its precision,
-channels_last and compile (``"auto"`` for both = the path training takes by default) and
-the training step of :mod:`alexnet.train.trainer`.
+channels_last and compile (``"auto"`` for both = the path training takes by default),
+the trainer's optimiser (:func:`alexnet.train.schedule.build_optimizer`) and the one
+training step (:meth:`alexnet.fastpath.FastPath.train_step`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from ..fastpath import choose_fast_path
 from ..models import build_model
 from ..models.lrn import LocalResponseNorm
 from ..runtime import configure_process, describe
+from ..train.config import OptimConfig
+from ..train.schedule import build_optimizer
 from .limits import matmul_gflops, model_macs
 from .reference import plain_reference_alexnet
 
@@ -121,7 +124,8 @@ class Case:
             y = y.to(self.device)
             model.train(training)
             if training:
-                optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+                # The trainer's optimiser (the paper's SGD, fused where the device has it).
+                optimizer = build_optimizer(model, OptimConfig(), lr=0.01)
 
                 def work():
                     fast.train_step(model, optimizer, x, y)     # exactly the trainer's step

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..fastpath import fused_sgd
 from .config import OptimConfig, ScheduleConfig
 
 # Parameter roles, chosen by the module that owns the parameter (never by its name).
@@ -83,7 +84,11 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float, scaled: Ite
     # the lr multiplies the gradient *inside* the velocity. PyTorch's SGD keeps
     # v <- 0.9 v + grad and steps w <- w - lr v; with a constant lr the two are the
     # same trajectory; they differ only transiently right after an lr drop.
-    return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    # Fused where the device has it (alexnet.fastpath.fused_sgd): the same update to float32 rounding, one pass.
+    devices = {p.device for group in groups for p in group["params"]}
+    fused = bool(devices) and all(fused_sgd(device) for device in devices)
+    return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                           **({"fused": True} if fused else {}))
 
 
 class LRSchedule:
