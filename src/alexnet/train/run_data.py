@@ -58,6 +58,8 @@ def open_training_cache(config: Config, ctx: dist_utils.DistContext, quiet: bool
 
 @dataclass
 class RunData:
+    """What one run reads, decided once at its start; :meth:`loader` gives each split's loader."""
+
     config: Config
     ctx: dist_utils.DistContext
     cache: Cache              # the whole cache: its path, classes and statistics go into checkpoints

@@ -77,6 +77,8 @@ from .state import TrainState
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run folder, its summary (summary.json) and the trained model."""
+
     run_dir: Path
     summary: dict
     model: nn.Module | None = field(default=None, repr=False)
