@@ -6,8 +6,8 @@ global batch: the position is :attr:`TrainState.samples_in_epoch`, a count of im
 ranks, and the epoch's running sums are saved summed over the ranks (:class:`EpochSums`).
 
 Besides this state a resume needs the model and optimiser tensors, the schedule, the
-gradient scaler and every rank's random generators; those are saved beside it by the
-trainer (alexnet.train.trainer) through alexnet.checkpoint.
+gradient scaler and every rank's random generators; those are saved beside it by
+alexnet.train.checkpoints, in alexnet.checkpoint's format.
 """
 
 from __future__ import annotations
