@@ -211,6 +211,12 @@ def test_relu_tanh_end_to_end(tiny_cifar, tmp_path):
     run_cli(*args, check=True)
     assert json.loads((out / "figure1.json").read_text())["activations"] == summary["activations"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
+    # Other settings in the same folder: refused with one line naming the difference, nothing replaced
+    # (the same rule as the ablations').
+    proc = run_cli(*args, "--extra-epochs", "3")
+    assert proc.returncode == 2 and "other settings (extra_epochs: 2 there, 3 here)" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
 
 
 def test_relu_tanh_paper_inputs_are_the_pixels_minus_the_training_mean_image(tiny_cifar):
@@ -266,3 +272,4 @@ def test_ablations_end_to_end_and_resumable(tiny_cifar, tmp_path):
     proc = run_cli("experiment", "ablations", "--data", cache_dir, "--out", out, "--quick", "--epochs", "2",
                    "--arms", "no_pca", "--quiet")
     assert proc.returncode == 2 and "other settings" in proc.stderr
+    assert "train.epochs" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1   # names the difference

@@ -292,3 +292,19 @@ def test_each_ablation_arm_changes_exactly_one_thing():
     paper = {a.name: (a.paper_top1, a.paper_top5) for a in ablations.ARMS}
     assert paper["no_lrn"] == (1.4, 1.2) and paper["pool_2x2"] == (0.4, 0.3)
     assert paper["no_pca"][0] == 1.0 and paper["no_conv3"][0] == 2.0
+
+
+def test_one_reuse_rule_names_the_first_difference(tmp_path):
+    from alexnet.analysis.common import differences, read_settings, reusable
+
+    have = {"train": {"epochs": 2, "seed": 0}, "model": {"name": "alexnet"}}
+    assert differences(have, have) == []
+    assert differences(have, {"train": {"epochs": 3, "seed": 0}, "model": {"name": "alexnet"}, "x": 1}) == \
+        ["train.epochs: 2 there, 3 here", "x: None there, 1 here"]
+    assert reusable(None, have, tmp_path) is False            # nothing stored: train it
+    assert reusable(have, have, tmp_path) is True
+    with pytest.raises(UserError, match=r"other settings \(train.seed: 0 there, 1 here\); use another --out"):
+        reusable(have, {"train": {"epochs": 2, "seed": 1}, "model": {"name": "alexnet"}}, tmp_path)
+    (tmp_path / "cut.json").write_text('{"settings": {"a": 1')      # cut off while written
+    assert read_settings(tmp_path / "cut.json", "settings") is None
+    assert read_settings(tmp_path / "absent.json") is None

@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..report import write_csv, write_json
 from ..train import train
 from ..train.config import load_config
-from .common import mean_std
+from .common import mean_std, read_settings, reusable
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: st
     run_dir = out / "runs" / f"{arm.name}-s{seed}"
     stamp = run_dir / "ablation.json"
     want = _fingerprint(config)
-    if stamp.is_file():
-        have = json.loads(stamp.read_text())
-        if have != want:
-            raise UserError(f"{run_dir}: made with other settings (budget, preset or model differ); "
-                            f"use another --out or delete the folder")
+    if reusable(read_settings(stamp), want, run_dir):
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())

@@ -42,7 +42,7 @@ What we run, and where it departs from the paper:
   reported as a lower bound on its epochs (and on the ratio).
 
 Runs are resumable: each finished run is a JSON file in ``OUT/runs/`` and is
-re-used when the settings match; the run in progress keeps its state after every epoch
+re-used when the settings match (other settings in the same ``OUT`` are refused); the run in progress keeps its state after every epoch
 (``OUT/runs/*.partial.pt``), so an interrupted experiment loses at most one epoch.
 """
 
@@ -65,7 +65,7 @@ from ..data.preprocess import InputSpec, to_network_input
 from ..data import open_cache
 from ..report import write_csv, write_json
 from ..errors import UserError
-from .common import mean_std
+from .common import mean_std, read_settings, reusable
 
 TARGET_ERROR = 0.25
 PAPER_RATIO = 6.0
@@ -327,7 +327,8 @@ def _read_partial(path: Path, key: dict) -> dict | None:
 
 
 class RunStore:
-    """One JSON file per finished run; a run is re-used when its settings are identical."""
+    """One JSON file per finished run, with the settings that made it (the re-use rule of
+    :mod:`alexnet.analysis.common`)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -351,13 +352,11 @@ class RunStore:
         return key
 
     def get(self, path: Path, settings: Settings) -> dict | None:
-        if not path.is_file():
+        """The finished run at ``path``; None when there is none (train it); refused when it was
+        made with other settings (:func:`alexnet.analysis.common.reusable`)."""
+        if not reusable(read_settings(path, "settings"), self.key(path, settings), path):
             return None
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return record if record.get("settings") == self.key(path, settings) else None
+        return json.loads(path.read_text())
 
     def put(self, path: Path, record: dict, settings: Settings) -> None:
         record = {**record, "settings": self.key(path, settings)}
