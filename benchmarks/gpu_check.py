@@ -11,7 +11,9 @@ a part that does not fit is skipped and the table says so):
    as a raw and as a compact JPEG cache at 256 px;
 2. *limit*: the GPU's bfloat16 matrix-multiply rate (a large square product; the best of
    several), the yardstick for "% of limit" below;
-3. *step*: the training step alone (forward, backward, SGD with momentum; random input
+3. *step*: the training step alone - the fast path's step, the one training runs
+   (:meth:`alexnet.fastpath.FastPath.train_step`: forward under its autocast, the loss in
+   float32, backward, SGD with momentum, through the gradient scaler in float16; random input
    already on the device) for ``alexnet`` (the paper's two towers) and ``alexnet_owt``, in
    float32 (TF32 off), TF32, bfloat16 and float16 autocast, NCHW and channels-last, batch
    128 to 512: images/s, TFLOP/s (from the models' multiply-adds, a step = 3x the forward),
@@ -22,10 +24,11 @@ a part that does not fit is skipped and the table says so):
 5. *reference*: ``benchmarks/reference_torchvision_pipeline.py`` on the same images;
 6. *tests*: ``pytest -m cuda`` (tests/test_cuda.py, tests/test_device_pipeline.py), one
    line per test;
-7. *compiled*: the step under ``torch.compile``. Compilation is CPU work of tens of seconds,
-   so the paper's network is compiled in a background process from the start (half the
-   cores) and timed between two parts, when the GPU is free; the other model is compiled
-   at the end if time is left.
+7. *compiled*: the step under ``torch.compile``, called as training calls it
+   (``FastPath.compile_model``; a failure is the row's error). Compilation is CPU work of
+   tens of seconds, so the paper's network is compiled in a background process from the
+   start (half the cores) and timed between two parts, when the GPU is free; the other
+   model is compiled at the end if time is left.
 
 With ``--cpu`` every part runs on the CPU with tiny sizes (float16 and TF32 are recorded
 as not applicable, compilation uses the "eager" backend): a check of the script itself.
@@ -50,13 +53,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from alexnet.data import open_cache, prepare
 from alexnet.data.device_pipeline import DeviceLoader, choose_data_path, torchvision_available
 from alexnet.data.loader import Loader
+from alexnet.fastpath import choose_fast_path
 from alexnet.models import build_model
-from alexnet.perf import optimize
 from alexnet.perf.limits import matmul_gflops, model_macs, step_flops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,37 +182,34 @@ def part_limit(s: Settings) -> dict:
 # ----------------------------------------------------------------------------- 3. step
 
 class Step:
-    """One model's training step on ``device`` in one precision/layout/compilation."""
+    """One model's training step on ``device`` in one precision/layout/compilation: the fast path's
+    (:meth:`alexnet.fastpath.FastPath.train_step`, the step the trainer runs), so the check times what
+    training runs. The variants are fast paths: ``fp32``/``tf32``/``bf16``/``fp16`` are its float32,
+    bfloat16 and float16 precisions (``tf32`` is float32 with CUDA's TF32 switches on, a global
+    setting that training leaves at PyTorch's default), ``channels_last`` its memory format."""
 
     def __init__(self, name: str, s: Settings, precision: str, channels_last: bool, compiled: bool):
-        self.device, self.precision = s.device, precision
         if s.device.type == "cuda":
             set_tf32(precision != "fp32")
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(0)
-        model = build_model(name, num_classes=1000, **s.models[name])
-        self.model, self.autocast = optimize(model, s.device, precision=AUTOCAST[precision],
-                                             channels_last=channels_last, compile=False)
-        if compiled:
-            # On a CPU the check only exercises the path: dynamo's tracing without code generation.
-            self.model = torch.compile(self.model, backend="eager") if s.cpu else torch.compile(self.model)
-        self.channels_last = channels_last
+        self.fast = choose_fast_path(s.device, AUTOCAST[precision], channels_last, compile=compiled and not s.cpu)
+        model = self.fast.prepare_model(build_model(name, num_classes=1000, **s.models[name]))
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.scaler = self.fast.grad_scaler()
+        if compiled and s.cpu:
+            # On a CPU the check only exercises the path: dynamo's tracing without code generation
+            # (inductor takes minutes on a small CPU; the fast path has no backend setting).
+            model = torch.compile(model, backend="eager")
+        elif compiled:
+            # The fast path's torch.compile call, without its trial run in eval mode: that would compile a
+            # second graph (tens of seconds of the budget), and a failure belongs in the row as an error
+            # here, not eager figures under a "compiled" label.
+            model, _ = self.fast.compile_model(model, example=None, doing="timing")
+        self.model = model
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
-            loss = F.cross_entropy(self.model(x).float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        loss, _ = self.fast.train_step(self.model, self.optimizer, self.fast.prepare_input(x), y, self.scaler)
         return loss.detach()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,11 @@ import pytest
 import torch
 
 from alexnet.checkpoint import load_checkpoint
-from train_support import checkpoint_tensors, last_step, tiny_kwargs_arg, wait_for
+from alexnet.errors import UserError
+from alexnet.train import config as config_module
+from alexnet.train.config import ALLOWED, RESUME_CHANGEABLE, load_config, resume_config
+from alexnet.train.restart import auto_resume
+from train_support import checkpoint_tensors, last_step, one_line_error, tiny_kwargs_arg, wait_for
 
 pytestmark = pytest.mark.slow
 STEPS_PER_EPOCH = 20         # 320 images / batch 16
@@ -139,9 +144,15 @@ def test_checkpoints_every_m_minutes_land_mid_epoch(fmnist_cache, tmp_path):
     assert times == list(range(1, STEPS_PER_EPOCH + 1))
 
 
-def test_corrupt_last_falls_back_to_the_newest_valid_checkpoint(fmnist_cache, tmp_path, references):
-    run_dir = tmp_path / "cut"
-    proc = subprocess.Popen(cli(*run_args(fmnist_cache, tmp_path, "cut")), env=ENV, text=True,
+def folder_bytes(run_dir: Path) -> dict[str, bytes]:
+    """Every file of ``run_dir`` by name: a refusal must leave this unchanged."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+def killed_after_two_checkpoints(cache: Path, out: Path, name: str, *extra: str) -> tuple[Path, int]:
+    """A run SIGKILLed after its checkpoint of step 10 (steps 5 and 10 kept): (folder, newest kept step)."""
+    run_dir = out / name
+    proc = subprocess.Popen(cli(*run_args(cache, out, name, *extra)), env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     at = kill_after_checkpoint(proc, run_dir, lambda: proc.pid, 2 * EVERY)
     proc.communicate(timeout=60)
@@ -149,15 +160,46 @@ def test_corrupt_last_falls_back_to_the_newest_valid_checkpoint(fmnist_cache, tm
     assert at < 2 * STEPS_PER_EPOCH
     kept = sorted(int(p.name[5:13]) for p in run_dir.glob("step-*.safetensors"))
     assert len(kept) == 2, kept                   # an older one to fall back to by mistake
-    newest = kept[-1]
+    assert load_checkpoint(run_dir / "last.safetensors").meta["step"] >= kept[-1]
+    return run_dir, kept[-1]
+
+
+@pytest.mark.parametrize("damage, resume", [("torn", "dir"), ("missing", "auto")])
+def test_a_corrupt_or_missing_last_falls_back_to_the_newest_valid_checkpoint(fmnist_cache, tmp_path, references,
+                                                                             damage, resume):
+    """``last`` cut in half (``--resume RUN``), or gone (deleted, lost with a disk: ``--resume auto``, the
+    restarted job): the resume takes the newest valid step file, says so, and ends as an uninterrupted run.
+    A folder with step files but no ``last`` is never taken for a fresh one: a plain start there is
+    refused, and so is ``--resume auto`` when none of its checkpoints is valid; both write nothing."""
+    extra = ("--resume", "auto") if resume == "auto" else ()
+    run_dir, newest = killed_after_two_checkpoints(fmnist_cache, tmp_path, "cut", *extra)
     last = run_dir / "last.safetensors"
-    assert load_checkpoint(last).meta["step"] >= newest
-    with open(last, "r+b") as f:          # a torn last: half of it
-        f.truncate(last.stat().st_size // 2)
-    resumed = run(cli("train", "--resume", str(run_dir)))
+    if damage == "torn":
+        with open(last, "r+b") as f:
+            f.truncate(last.stat().st_size // 2)
+        problem = f"alexnet: warning: {last}: "
+    else:
+        last.unlink()
+        problem = f"alexnet: warning: {last}: no such checkpoint file; "
+        before = folder_bytes(run_dir)
+        fresh = subprocess.run(cli(*run_args(fmnist_cache, tmp_path, "cut")), capture_output=True, text=True,
+                               env=ENV, timeout=120)
+        one_line_error(fresh, f"{run_dir}: already holds a run; continue it with --resume")
+        broken = tmp_path / "broken"                 # the same folder with every checkpoint torn
+        shutil.copytree(run_dir, broken)
+        for step_file in broken.glob("step-*.safetensors"):
+            with open(step_file, "r+b") as f:
+                f.truncate(100)
+        broken_before = folder_bytes(broken)
+        refused = subprocess.run(cli(*run_args(fmnist_cache, tmp_path, "broken", *extra)), capture_output=True,
+                                 text=True, env=ENV, timeout=120)
+        one_line_error(refused, f"{broken}: holds checkpoints but none is valid", "will not start the run over")
+        assert folder_bytes(broken) == broken_before and folder_bytes(run_dir) == before
+    same_command = run_args(fmnist_cache, tmp_path, "cut", *extra)
+    resumed = run(cli(*(same_command if resume == "auto" else ["train", "--resume", str(run_dir)])))
     notes = [line for line in resumed.stderr.splitlines() if "newest valid checkpoint" in line]
     assert len(notes) == 1, resumed.stderr[-3000:]
-    assert notes[0].startswith(f"alexnet: warning: {last}: ")
+    assert notes[0].startswith(problem), notes[0]
     assert f"step-{newest:08d}.safetensors (step {newest})" in notes[0]
     assert f"resuming {run_dir} at epoch {newest // STEPS_PER_EPOCH + 1}, step {newest}" in resumed.stderr
     assert_same_weights(run_dir, references("single"))
@@ -190,20 +232,91 @@ def test_torchrun_restart_resumes_by_itself_and_ends_as_an_uninterrupted_run(fmn
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
 
 
-def test_resume_auto_starts_resumes_and_refuses_another_run(fmnist_cache, tmp_path):
-    base = run_args(fmnist_cache, tmp_path, "auto", "--resume", "auto", epochs=1)
-    first = run(cli(*base))
-    assert "resuming" not in first.stderr                       # nothing there: a fresh start
-    again = run(cli(*base))                                     # the same command again: it continues that run
-    assert f"resuming {tmp_path / 'auto'} at epoch 2, step {STEPS_PER_EPOCH}" in again.stderr, again.stderr[-2000:]
-    other = subprocess.run(cli(*base, "--optim.lr", "0.05"), capture_output=True, text=True, env=ENV, timeout=120)
-    assert other.returncode == 2
-    lines = other.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another configuration (optim.lr = 0.02 there, 0.05 here)" in lines[0], other.stderr
+def test_resume_auto_and_resume_dir_continue_and_refuse_by_one_rule(fmnist_cache, tmp_path, references):
+    """``--resume auto`` (the job restarted) and ``--resume RUN``: both continue the run with a changed
+    setting that a resume may change (reporting, workers, length) and both refuse, in one line naming
+    the key and writing nothing, one that it may not (the learning rate)."""
+    base = run_args(fmnist_cache, tmp_path, "auto", "--resume", "auto")
+    run_dir, newest = killed_after_two_checkpoints(fmnist_cache, tmp_path, "auto", "--resume", "auto")
+    before = folder_bytes(run_dir)
+    for command in (base, ["train", "--resume", str(run_dir)]):
+        other = subprocess.run(cli(*command, "--optim.lr", "0.05"), capture_output=True, text=True, env=ENV,
+                               timeout=120)
+        one_line_error(other, f"{run_dir}: cannot resume with a different optim.lr (0.02 in the run, 0.05 here)",
+                       *(["--resume auto continues only the same run"] if "auto" in command else []))
+        assert folder_bytes(run_dir) == before
+    restarted = run(cli(*base, "--train.log_every", "2", "--data.workers", "1"))
+    assert f"resuming {run_dir} at epoch 1, step {newest} (batch {newest} of the epoch)" in restarted.stderr, \
+        restarted.stderr[-2000:]
+    assert_same_weights(run_dir, references("single"))          # continued, not started over
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["train"]["log_every"], saved["data"]["workers"]) == (2, 1)
+    by_dir = run(cli("train", "--resume", str(run_dir), "--train.epochs", "3", "--data.workers", "0"))
+    assert f"resuming {run_dir} at epoch 3, step {2 * STEPS_PER_EPOCH}" in by_dir.stderr, by_dir.stderr[-2000:]
+    assert load_checkpoint(run_dir / "last.safetensors").meta["step"] == 3 * STEPS_PER_EPOCH
+
     no_name = list(base)
     no_name[no_name.index("--run.name") + 1] = ""
     unnamed = subprocess.run(cli(*no_name), capture_output=True, text=True, env=ENV, timeout=120)
     assert unnamed.returncode == 2 and "needs a fixed --run.name" in unnamed.stderr
+
+
+def changed_value(key: str, value):
+    """Another valid value for the setting ``key`` (None when no other value passes load_config)."""
+    allowed = ALLOWED.get(tuple(key.split(".")))
+    if allowed:
+        return next(a for a in allowed if not (a == value and type(a) is type(value)))
+    if key == "train.val_every":
+        return None               # 1 is the only value the plateau schedule takes
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value - 1 if key == "data.crop" else value + 1      # crop <= size
+    if isinstance(value, float):
+        return value + 0.5
+    if isinstance(value, str):
+        return {"run.resume": "auto", "model.name": "alexnet"}.get(key, value + "-other")
+    if isinstance(value, list):
+        return [v + 1 for v in value] if value and isinstance(value[0], int) else (value or ["cpu", "cpu"])[:1] * 2
+    raise AssertionError(f"{key}: no other value for {value!r}")
+
+
+def nested(key: str, value) -> dict:
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def test_resume_auto_and_resume_dir_agree_on_every_setting(references):
+    """For every setting of the configuration, changed alone on a real run folder: ``--resume auto``'s
+    check (auto_resume) and ``--resume RUN``'s (resume_config) give the same verdict, and it is the
+    allow-list's - continue for the keys of RESUME_CHANGEABLE, refuse naming the key for all others."""
+    run_dir = references("single")
+    toml = run_dir / "config.toml"
+    assert auto_resume(run_dir, load_config(toml).to_dict()) is True       # unchanged: the same run
+    flat = config_module._flatten(load_config(toml).to_dict())
+    flat.pop("preset")
+    checked, verdicts = set(), {}
+    for key, value in flat.items():
+        new = changed_value(key, value)
+        if new is None:
+            continue
+        overrides = nested(key, new)
+        wanted = load_config(toml, overrides)
+        outcomes = []
+        for check in (lambda: auto_resume(run_dir, wanted.to_dict()), lambda: resume_config(run_dir, overrides)):
+            try:
+                check()
+                outcomes.append("continue")
+            except UserError as exc:
+                assert f"cannot resume with a different {key} (" in str(exc), (key, str(exc))
+                outcomes.append("refuse")
+        verdicts[key] = outcomes
+        checked.add(key)
+    expected = {k: ["continue"] * 2 if k in RESUME_CHANGEABLE else ["refuse"] * 2 for k in checked}
+    assert verdicts == expected
+    assert RESUME_CHANGEABLE - {"train.val_every"} <= checked and len(checked) > 50, sorted(checked)
 
 
 # ----------------------------------------------------------------------------- another world size

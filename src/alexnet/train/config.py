@@ -16,7 +16,8 @@ Unknown keys and values of the wrong type are rejected with one line naming the 
 against the chosen builder's signature and types (``lrn = "False"``, a truthy string, is
 refused). The resolved configuration is written to every run folder as ``config.toml``
 and ``config.json``; a resumed run may change only the settings of
-:data:`RESUME_CHANGEABLE` (:func:`resume_config`).
+:data:`RESUME_CHANGEABLE`, by one rule for ``--resume RUN`` and ``--resume auto`` alike
+(:func:`check_resumable`).
 """
 
 from __future__ import annotations
@@ -341,15 +342,18 @@ def check_launch(config: Config, world_size: int) -> None:
 
 # ----------------------------------------------------------------------------- resuming
 
-# The settings a resumed run may change. A checkpoint records a position in a replay: the
-# data order and augmentation are functions of (train.seed, epoch, batch index) over the
-# subsets the run was started with, at train.batch_size images per step, through the saved
-# model and optimiser; the position "batch 37 of epoch 4" means something only for those
-# same settings, and the saved weights fit only the same model. So everything else - model.*,
-# data.* (the images and how they are fed), optim.*, schedule.*, train.batch_size,
-# train.seed, train.precision (the gradient scaler state and the numerics), run.out/run.name
-# (the folder is the resumed one) - is refused with one line naming the keys. What is left
-# only says how long to go on, how to report it, and how fast to compute it:
+# The one rule for "the same run, which may continue": both ways of resuming - ``--resume RUN``
+# (resume_config) and ``run.resume = "auto"`` (alexnet.train.restart.auto_resume, the cluster
+# restart) - call check_resumable with this list.
+#
+# A checkpoint records a position in a replay: the data order and augmentation are functions of
+# (train.seed, epoch, batch index) over the subsets the run was started with, at train.batch_size
+# images per step, through the saved model and optimiser; the position "batch 37 of epoch 4"
+# means something only for those same settings, and the saved weights fit only the same model.
+# So everything else - model.*, data.* (the images and how they are fed), optim.*, schedule.*,
+# train.batch_size, train.seed, train.precision (the gradient scaler state and the numerics),
+# run.name (the run's identity) - is refused with one line naming the keys. What is left only
+# says how long to go on, how to report it, how fast to compute it, and how the folder was found:
 RESUME_CHANGEABLE = frozenset({
     "train.epochs",        # go on for longer (or stop earlier); cosine/onecycle: a warning, their curve stretches
     "train.max_steps",     # a step limit for this invocation
@@ -359,7 +363,11 @@ RESUME_CHANGEABLE = frozenset({
     "train.threads", "data.workers", "train.compile", "train.channels_last",   # speed, not what is computed
     "train.device",        # move the run to another device of the same kind or machine
     "train.dist_timeout", "train.prepare_timeout",   # how long to wait for other processes
+    # How this start found the folder: a plain start later restarted with --resume auto, or the same
+    # folder reached under another parent (a requeued job on a node that mounts it elsewhere).
+    "run.resume", "run.out",
 })
+_MISSING = object()      # a key one side of a comparison lacks (an option a newer version added)
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -374,11 +382,40 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def check_resumable(saved: Config | dict, wanted: Config | dict, run_dir: str | os.PathLike,
+                    remedy: str = "start a new run instead") -> list[str]:
+    """The one rule for continuing a run: the dotted keys in which ``wanted`` differs from the
+    ``saved`` configuration of the run in ``run_dir`` (a :class:`Config` or its ``to_dict()``),
+    or UserError, one line naming each key outside :data:`RESUME_CHANGEABLE` with both values and
+    ending in ``remedy``. ``preset`` is not compared: it is a label, and the values it set are
+    compared one by one. Warns when a new ``train.epochs`` stretches a cosine/onecycle curve."""
+    before, after = (_flatten({k: v for k, v in (c.to_dict() if isinstance(c, Config) else c).items()
+                               if k != "preset"}) for c in (saved, wanted))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
+    refused = [k for k in changed if k not in RESUME_CHANGEABLE]
+    if refused:
+        shown = ", ".join(f"{k} ({_shown(before.get(k, _MISSING))} in the run, {_shown(after.get(k, _MISSING))} here)"
+                          for k in refused[:3])
+        more = f" and {len(refused) - 3} more ({', '.join(refused[3:])})" if len(refused) > 3 else ""
+        raise UserError(f"{run_dir}: cannot resume with a different {shown}{more}: the checkpoint's position and "
+                        f"weights hold only for the saved settings; {remedy} (a resume may change only: "
+                        f"{', '.join(sorted(RESUME_CHANGEABLE))})")
+    kind = after.get("schedule.kind")
+    if "train.epochs" in changed and kind in ("cosine", "onecycle"):
+        warn(f"train.epochs {before['train.epochs']} -> {after['train.epochs']}: the {kind} lr curve is "
+             f"stretched to the new length from the checkpoint on (the lr changes at once)")
+    return changed
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _MISSING else repr(value)
+
+
 def resume_config(run_dir: str | os.PathLike, overrides: dict | list[str] | None = None) -> Config:
-    """The configuration of a resumed run: RUN/config.toml with ``overrides`` applied, refused (one line
-    naming the keys) when an override changes a setting the checkpoint's replay depends on
-    (:data:`RESUME_CHANGEABLE` lists the others). Reads only; the caller writes config.toml back
-    once the run has been restored."""
+    """The configuration of a resumed run: RUN/config.toml with ``overrides`` applied, refused by
+    :func:`check_resumable` (one line naming the keys) when an override changes a setting the
+    checkpoint's replay depends on. Reads only; the caller writes config.toml back once the run
+    has been restored."""
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.toml); nothing to resume")
@@ -386,20 +423,8 @@ def resume_config(run_dir: str | os.PathLike, overrides: dict | list[str] | None
     if not overrides:
         return saved
     config = load_config(path, overrides)
-    before, after = _flatten(saved.to_dict()), _flatten(config.to_dict())
-    changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
-    refused = [k for k in changed if k not in RESUME_CHANGEABLE]
-    if refused:
-        raise UserError(f"{run_dir}: cannot resume with a different {', '.join(refused)} (the checkpoint's position "
-                        f"and weights hold only for the saved settings); start a new run instead (a resume may "
-                        f"change only: {', '.join(sorted(RESUME_CHANGEABLE))})")
-    if "train.epochs" in changed and config.schedule.kind in ("cosine", "onecycle"):
-        warn(f"train.epochs {saved.train.epochs} -> {config.train.epochs}: the {config.schedule.kind} lr curve is "
-             f"stretched to the new length from the checkpoint on (the lr changes at once)")
+    check_resumable(saved, config, run_dir)
     return config
-
-
-_MISSING = object()
 
 
 # ----------------------------------------------------------------------------- saving

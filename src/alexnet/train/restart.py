@@ -2,9 +2,11 @@
 
 Cluster schedulers and ``torchrun --max-restarts N`` restart a failed job with the same
 command. With a fixed ``run.name`` and ``run.resume = "auto"`` (``--resume auto``) that
-command continues the run: it resumes when RUN holds ``last.safetensors``, starts the
-run when it holds none, and refuses (one line) when the checkpoint was written by a
-run with another configuration. This follows Caffe's snapshots (``snapshot`` every N
+command continues the run: it resumes when RUN holds a checkpoint (``last``, or when that
+is missing or corrupt the newest valid step file or ``best``), starts the run when it holds
+none, and refuses (one line naming the key) when the checkpoint was written by a run with
+settings that a resume may not change - the same rule as ``--resume RUN``
+(:func:`alexnet.train.config.check_resumable`). This follows Caffe's snapshots (``snapshot`` every N
 iterations, ``--snapshot`` to continue) and Lightning's periodic checkpoints with
 ``save_top_k`` pruning; the paper itself says nothing about checkpointing.
 
@@ -13,8 +15,8 @@ Periodic checkpoints. With ``train.checkpoint_every_steps`` N or
 optimiser steps / M minutes mid-epoch, and every checkpoint (periodic or at an epoch
 end) is kept as ``step-<STEP>.safetensors`` beside it, the newest ``train.keep_checkpoints``
 of them (older ones are deleted; ``last`` and ``best`` always stay). When ``last`` is
-unreadable (truncated, checksum mismatch), a resume falls back to the newest valid one
-of those and ``best``, and says so in one line.
+missing or unreadable (truncated, checksum mismatch), a resume falls back to the newest
+valid one of those and ``best``, and says so in one line.
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt_io
 from ..errors import UserError
+from . import rundir
+from .config import check_resumable
 from .rundir import BEST, LAST
 
-STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
-# Settings that change how a run is watched or where it runs, never what it computes: a restart
-# may differ in these from the run it continues.
-HARMLESS = {("run", "progress"), ("run", "plots"), ("run", "resume"), ("run", "out"), ("train", "threads"),
-            ("train", "dist_timeout"), ("data", "workers"), ("train", "device")}
+STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")     # rundir.STEP_GLOB, with the step read out
 
 
 def step_path(run_dir: Path, step: int) -> Path:
@@ -43,7 +43,7 @@ def step_path(run_dir: Path, step: int) -> Path:
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """The kept ``step-*.safetensors`` of ``run_dir``, newest (highest step) first."""
     found = []
-    for entry in run_dir.iterdir() if run_dir.is_dir() else ():
+    for entry in run_dir.glob(rundir.STEP_GLOB):
         match = STEP_FILE.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry))
@@ -100,39 +100,30 @@ def choose_checkpoint(run_dir: Path) -> tuple[ckpt_io.Checkpoint, str | None]:
     return best, note
 
 
-def _differences(saved: dict, current: dict, prefix: tuple = ()) -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        where = (*prefix, key)
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and not (len(where) == 2 and where[-1] == "kwargs"):
-            out += _differences(a, b, where)
-        elif a != b and where not in HARMLESS:
-            out.append(f"{'.'.join(where)} = {a!r} there, {b!r} here")
-    return out
-
-
 def auto_resume(run_dir: Path, config: dict) -> bool:
     """For ``run.resume = "auto"``: True when ``run_dir`` holds a checkpoint of this run (resume it),
-    False when it holds none (start it); UserError when it holds another run's."""
-    if not (run_dir / LAST).exists():
+    False when it holds none (start it); UserError (one line) when it holds another run's, or
+    checkpoints none of which is valid. Reads only.
+
+    Any checkpoint counts - ``last``, ``best`` or a step file - so a folder whose ``last`` is
+    missing (deleted, lost with a node's disk) resumes from the newest valid one that is left
+    (:func:`choose_checkpoint`, which says so) and is never started over: a fresh start would
+    empty its logs and mix its step files with the old run's. The same run means the rule of
+    ``--resume RUN`` (:func:`alexnet.train.config.check_resumable`): the configuration saved in
+    that checkpoint, changed only in :data:`~alexnet.train.config.RESUME_CHANGEABLE`."""
+    if not rundir.holds_checkpoint(run_dir):
         return False
-    config_file = run_dir / "config.json"
     try:
-        saved = ckpt_io.load_checkpoint(run_dir / LAST).meta.get("config")
-    except UserError:
-        saved = None          # a corrupt last: compare with the config the run folder was started with
-    if saved is None and config_file.is_file():
+        saved = choose_checkpoint(run_dir)[0].meta.get("config")
+    except UserError as exc:
+        raise UserError(f"{run_dir}: holds checkpoints but none is valid ({exc}); --resume auto will not start "
+                        f"the run over them: move the folder aside or choose another --run.name") from None
+    if saved is None and (run_dir / "config.json").is_file():   # written by an older version: the folder's config
         try:
-            saved = json.loads(config_file.read_text())
+            saved = json.loads((run_dir / "config.json").read_text())
         except ValueError:
             saved = None
-    if saved is None:
-        return True
-    differences = _differences({k: v for k, v in saved.items() if k != "preset"},
-                               {k: v for k, v in config.items() if k != "preset"})
-    if differences:
-        raise UserError(f"{run_dir}: holds a run with another configuration ({differences[0]}"
-                        f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}); "
-                        f"--resume auto continues only the same run: choose another --run.name")
+    if saved is not None:
+        check_resumable(saved, config, run_dir,
+                        remedy="--resume auto continues only the same run: choose another --run.name for a new one")
     return True

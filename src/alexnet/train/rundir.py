@@ -7,7 +7,8 @@
     RUN/steps.jsonl, RUN/epochs.jsonl   the logs (alexnet.report)
     RUN/epochs.csv, curves.png, summary.json, report.md   written when the run ends
 
-A fresh run needs a folder without ``last.safetensors`` (else: resume it); it starts
+A fresh run needs a folder without a checkpoint (``last``, ``best`` or a periodic
+``step-*.safetensors``; else: resume it, from the newest valid one); it starts
 the logs afresh even when an earlier, checkpoint-less attempt left some behind. A
 resumed run keeps only the log records up to its checkpoint and writes the rest again.
 """
@@ -28,6 +29,7 @@ from . import distributed as dist_utils
 from .config import Config, to_toml
 
 LAST, BEST = "last.safetensors", "best.safetensors"
+STEP_GLOB = "step-*.safetensors"      # the periodic checkpoints kept beside last (alexnet.train.restart)
 LOGS = ("steps.jsonl", "epochs.jsonl")
 
 
@@ -88,12 +90,18 @@ def check_available(run_dir: Path, resuming: bool) -> None:
     _check_state(run_dir, resuming)
 
 
+def holds_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint of a run: ``last``, ``best`` or a step file. Any of them
+    makes it a run to resume (from the newest valid one), never a folder to start afresh in."""
+    return (run_dir / LAST).exists() or (run_dir / BEST).exists() or any(run_dir.glob(STEP_GLOB))
+
+
 def _check_state(run_dir: Path, resuming: bool) -> None:
-    if not resuming and (run_dir / LAST).exists():
+    if not resuming and holds_checkpoint(run_dir):
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         f"or choose another --run.name")
-    if resuming and not (run_dir / LAST).exists():
-        raise UserError(f"{run_dir}: no checkpoint to resume from (last.safetensors missing)")
+    if resuming and not holds_checkpoint(run_dir):
+        raise UserError(f"{run_dir}: no checkpoint to resume from (no {LAST}, {BEST} or {STEP_GLOB})")
 
 
 def open_run_folder(run_dir: Path, config: Config, resuming: bool) -> RunLock:
