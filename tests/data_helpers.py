@@ -142,3 +142,17 @@ def numpy_stats(images: np.ndarray) -> dict:
     eigval, eigvec = np.linalg.eigh(cov)
     return {"mean_image": x.mean(axis=0), "channel_mean": pixels.mean(axis=0), "channel_std": pixels.std(axis=0),
             "eigval": eigval[::-1], "eigvec": eigvec[:, ::-1], "covariance": cov}
+
+
+# torchvision.models.alexnet().state_dict(): every key and shape, in order (1000 classes), written
+# out (torchvision itself is not a dependency): the layout alexnet_owt and the importer must match.
+TORCHVISION_LAYOUT = [
+    ("features.0.weight", (64, 3, 11, 11)), ("features.0.bias", (64,)),
+    ("features.3.weight", (192, 64, 5, 5)), ("features.3.bias", (192,)),
+    ("features.6.weight", (384, 192, 3, 3)), ("features.6.bias", (384,)),
+    ("features.8.weight", (256, 384, 3, 3)), ("features.8.bias", (256,)),
+    ("features.10.weight", (256, 256, 3, 3)), ("features.10.bias", (256,)),
+    ("classifier.1.weight", (4096, 9216)), ("classifier.1.bias", (4096,)),
+    ("classifier.4.weight", (4096, 4096)), ("classifier.4.bias", (4096,)),
+    ("classifier.6.weight", (1000, 4096)), ("classifier.6.bias", (1000,)),
+]

@@ -11,6 +11,7 @@ from torch import nn
 from alexnet.errors import UserError
 from alexnet.models import AlexNet, build_model, get_model_info, list_models
 from alexnet.models.summary import layer_table, totals
+from data_helpers import TORCHVISION_LAYOUT
 
 # --- the paper's figures (section 3, Figure 2) ------------------------------------------
 
@@ -70,24 +71,13 @@ def test_caffenet_at_227_has_the_paper_shapes_and_pool_before_norm():
     assert [n for n, _ in paper.features.named_children()][:4] == ["conv1", "relu1", "norm1", "pool1"]
 
 
-# torchvision.models.alexnet's state_dict, written out (torchvision itself is not a dependency).
-TORCHVISION_ALEXNET = [
-    ("features.0.weight", (64, 3, 11, 11)), ("features.0.bias", (64,)),
-    ("features.3.weight", (192, 64, 5, 5)), ("features.3.bias", (192,)),
-    ("features.6.weight", (384, 192, 3, 3)), ("features.6.bias", (384,)),
-    ("features.8.weight", (256, 384, 3, 3)), ("features.8.bias", (256,)),
-    ("features.10.weight", (256, 256, 3, 3)), ("features.10.bias", (256,)),
-    ("classifier.1.weight", (4096, 9216)), ("classifier.1.bias", (4096,)),
-    ("classifier.4.weight", (4096, 4096)), ("classifier.4.bias", (4096,)),
-    ("classifier.6.weight", (1000, 4096)), ("classifier.6.bias", (1000,)),
-]
 
 
 def test_owt_state_dict_is_torchvision_layout():
     model = build_model("alexnet_owt")
     got = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    assert got == TORCHVISION_ALEXNET
-    assert sum(math.prod(s) for _, s in TORCHVISION_ALEXNET) == 61_100_840
+    assert got == TORCHVISION_LAYOUT
+    assert sum(math.prod(s) for _, s in TORCHVISION_LAYOUT) == 61_100_840
     # Loads both ways: a state_dict with exactly these keys round-trips strictly.
     other = build_model("alexnet_owt")
     other.load_state_dict(model.state_dict(), strict=True)

@@ -20,18 +20,8 @@ from alexnet.checkpoint import load_checkpoint
 from alexnet.eval.predict import read_square
 from alexnet.errors import UserError
 from alexnet.weights import import_torchvision, load_pretrained
+from data_helpers import TORCHVISION_LAYOUT
 
-# torchvision.models.alexnet().state_dict(): every key and shape, in order (1000 classes).
-TORCHVISION_LAYOUT = [
-    ("features.0.weight", (64, 3, 11, 11)), ("features.0.bias", (64,)),
-    ("features.3.weight", (192, 64, 5, 5)), ("features.3.bias", (192,)),
-    ("features.6.weight", (384, 192, 3, 3)), ("features.6.bias", (384,)),
-    ("features.8.weight", (256, 384, 3, 3)), ("features.8.bias", (256,)),
-    ("features.10.weight", (256, 256, 3, 3)), ("features.10.bias", (256,)),
-    ("classifier.1.weight", (4096, 9216)), ("classifier.1.bias", (4096,)),
-    ("classifier.4.weight", (4096, 4096)), ("classifier.4.bias", (4096,)),
-    ("classifier.6.weight", (1000, 4096)), ("classifier.6.bias", (1000,)),
-]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
