@@ -75,9 +75,10 @@ class PrepareSummary:
     decoded: int = 0
     resumed_from: int = 0
     up_to_date: bool = False
+    unlabelled: tuple = ()
 
     def line(self) -> str:
-        counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
+        counts = ", ".join(f"{k} {v:,}" + (" (unlabelled)" if k in self.unlabelled else "") for k, v in self.counts.items())
         if self.up_to_date:
             return f"{self.out}: already prepared ({counts}); nothing to do"
         rate = f"{self.decoded / self.seconds:,.0f} images/s" if self.seconds > 0 and self.decoded else "-"
@@ -216,7 +217,7 @@ class _Writer:
 
     # -- files -------------------------------------------------------------------------
     def open_files(self, resume: bool) -> None:
-        for split, n in self.counts.items():
+        for split in self.counts:
             if self.storage == "raw":
                 # Rows are written at their offsets with pwrite; the file grows (sparse where rows
                 # are still missing) as they arrive. Not a memory map: a write into a mapped page
@@ -324,7 +325,7 @@ class _Writer:
     def finish(self, meta: dict) -> dict:
         """Drop the holes left by skipped files, write labels, names, stats, reports and meta.json."""
         final_counts = {}
-        for split, n in self.counts.items():
+        for split in self.counts:
             keep = np.flatnonzero(self.valid[split])
             final_counts[split] = len(keep)
             content = self.source.splits[split]
@@ -349,7 +350,8 @@ class _Writer:
         _write_csv(os.path.join(self.root, "skipped.csv"), ("path", "reason"), self.skipped)
         _write_csv(os.path.join(self.root, "ignored.csv"), ("path", "reason"), self.source.ignored)
         _write_csv(os.path.join(self.root, "warnings.csv"), ("path", "warning"), self.warnings)
-        meta["splits"] = {k: {"count": v} for k, v in final_counts.items()}
+        meta["splits"] = {k: {"count": v, **({"labelled": False} if k in self.source.unlabelled else {})}
+                          for k, v in final_counts.items()}
         meta["skipped"], meta["ignored"], meta["warnings"] = len(self.skipped), len(self.source.ignored), len(self.warnings)
         meta["stats"] = ({"split": "train", "images": self.stat_images,
                           **{k: stats[k].tolist() for k in ("channel_mean", "channel_std", "eigval", "eigvec")}}
@@ -472,9 +474,8 @@ class _OutputLock:
 
 
 def _display(source: Source, name: str) -> str:
-    if source.kind in ("tar", "tar-stream"):
-        return f"{source.location}:{name}"
-    if source.kind == "folder":
+    """Where an image is, for a message: ``FOLDER/a/b.jpg``, ``ARCHIVE:member``, ``FOLDER/ARCHIVE:member``."""
+    if source.kind == "folder" or (source.kind == "ilsvrc" and os.path.isdir(source.location)):
         return os.path.join(source.location, name)
     return f"{source.location}:{name}"
 
@@ -502,7 +503,8 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
 def _prepare_locked(source, out: str, parent: str, *, size, storage: str, quality: int, skip_bad: bool, workers,
                     quiet: bool, labels, classes, limit, channels, overwrite: bool, started: float) -> PrepareSummary:
     """The body of :func:`prepare`, run while holding ``OUT.lock``."""
-    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit)
+    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit,
+                                                                  quiet=quiet)
 
     if size == "native":
         if src.encoded:
@@ -575,7 +577,7 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
             "preprocessing": f"central square (integer offsets) rescaled to {size}x{size}, bilinear antialiased "
                              f"= short side {size} then central crop (Krizhevsky et al. 2012, Section 2); "
                              f"JPEG DCT-domain downscaling by 1/2..1/8 while the short side stays >= {size}",
-            "pixel_scale": "uint8 0..255"}
+            "pixel_scale": "uint8 0..255", **src.extra}
     config = {"size": size, "channels": channels, "storage": storage, "quality": quality}
     decoded = 0
     try:
@@ -607,7 +609,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
         os.rename(partial, out)
     return PrepareSummary(out, final_counts, len(src.classes), size, channels, storage, _dir_bytes(out),
                           list(writer.skipped), list(src.ignored), list(writer.warnings),
-                          time.perf_counter() - started, decoded, resumed_from)
+                          time.perf_counter() - started, decoded, resumed_from,
+                          unlabelled=tuple(sorted(src.unlabelled)))
 
 
 def _dir_bytes(path: str) -> int:
