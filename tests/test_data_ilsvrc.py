@@ -5,8 +5,12 @@ member names."""
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -240,3 +244,47 @@ def test_a_hidden_folder_stays_hidden_whatever_member_kind(shared_data, tmp_path
     with pytest.raises(UserError) as err:
         open_source(str(tmp_path / "escape.tar"))
     assert "../x.jpg" in one_line(err) and "escapes" in one_line(err)
+
+
+@pytest.mark.slow
+def test_the_whole_path_on_the_miniature(mini, tmp_path, cli):
+    """docs/imagenet.md for real: the official files -> alexnet prepare (256 px) -> alexnet train
+    paper-imagenet under torchrun (2 processes, gloo) -> alexnet eval --views ten on val -> the
+    unlabelled test split's predictions in the devkit's submission format and as CSV."""
+    cache, runs = tmp_path / "ilsvrc-256", tmp_path / "runs"
+    cli("prepare", mini.folder, cache, "--workers", "2", "--quiet", check=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "alexnet", "train", "paper-imagenet", "--data.cache", str(cache),
+                           "--train.epochs", "1", "--train.batch_size", "6", "--data.workers", "0",
+                           "--train.threads", "1", "--run.out", str(runs), "--run.name", "mini",
+                           "--run.progress", "false", "--run.plots", "false"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((runs / "mini" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # the test split has no labels: the final ten-view evaluation runs on val
+    assert (summary["test"]["split"], summary["test"]["views"], summary["test"]["count"]) == ("val", "ten", 12)
+
+    proc = cli("eval", runs / "mini", "--data", cache, "--split", "val", "--views", "ten", "--json",
+               "--out", tmp_path / "eval-val", "--quiet", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["count"] == 12 and result["top1_err"] == pytest.approx(summary["test"]["top1_err"])
+
+    proc = cli("eval", runs / "mini", "--data", cache, "--split", "test", "--views", "ten", "--quiet", "--workers", "0")
+    assert proc.returncode != 0 and "-o FILE" in proc.stderr and "no labels" in proc.stderr
+    for suffix in ("txt", "csv"):
+        proc = cli("eval", runs / "mini", "--data", cache, "--split", "test", "--views", "ten", "--quiet",
+                   "--workers", "0", "-o", tmp_path / f"test.{suffix}")
+        assert proc.returncode == 0, proc.stderr
+    submission = [[int(i) for i in ln.split()] for ln in (tmp_path / "test.txt").read_text().splitlines()]
+    rows = list(csv.DictReader(open(tmp_path / "test.csv")))
+    assert len(submission) == len(rows) == 4
+    assert [r["file"] for r in rows] == [f"ILSVRC2012_img_test.tar:{name}" for name, _ in mini.test]
+    for line, row in zip(submission, rows, strict=True):
+        assert len(line) == 5 and len(set(line)) == 5 and set(line) <= set(mini.ids.values())
+        assert line == [mini.ids[row[f"class_{k}"]] for k in range(1, 6)]      # the devkit's IDs, best first
+        assert row["name_1"] == mini.names[mini.classes.index(row["class_1"])] and row["label"] == ""
+        probs = [float(row[f"probability_{k}"]) for k in range(1, 6)]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5

@@ -106,19 +106,20 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     elif not cache.labelled(split):
         raise UserError(f"{cache.path}: split '{split}' has no labels, so no error rates; give -o FILE to write "
                         f"its predictions")
+    labelled = cache.labelled(split)
     total, labels, members = None, None, []
     for model, info in loaded:
         probs, y = predict_split(model, info, cache, split, views=views, batch_size=batch_size, device=dev,
                                  workers=workers, limit=limit, progress=progress)
-        member = ClassificationMeter(len(classes))
-        member.update(probs, y)
-        members.append({"checkpoint": info["path"], **member.result()})
+        if labelled:
+            member = ClassificationMeter(len(classes))
+            member.update(probs, y)
+            members.append({"checkpoint": info["path"], **member.result()})
         if labels is not None and not torch.equal(labels, y):
             raise RuntimeError("loader returned a different order for two checkpoints")
         total, labels = (probs if total is None else total + probs), y
     probs = total / len(loaded)
     if predictions is not None:
-        labelled = cache.labelled(split)
         write_predictions(predictions, probs, labels if labelled else None, cache.split(split).files, cache)
         if not labelled:
             return {"split": split, "views": views, "cache": str(cache.path), "count": len(probs),
