@@ -135,10 +135,10 @@ def guarded(path: Path, write):
     """``write()``, with a failing write (full disk, quota, read-only folder) as one line naming ``path``."""
     try:
         return write()
-    except OSError as exc:
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+    except (OSError, UserError) as exc:     # UserError: an atomic write (alexnet.files) said which file
         kept = f"; {LAST} is intact" if (path.parent / LAST).is_file() else ""
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc}){kept}") from None
+        said = str(exc) if isinstance(exc, UserError) else f"{path}: cannot write ({exc.strerror or exc})"
+        raise UserError(f"{said}{kept}") from None
 
 
 class RunLog:
