@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..files import atomic_write
 
 TOP = 5
 
@@ -55,7 +55,4 @@ def write_predictions(path, probs: torch.Tensor, labels: torch.Tensor | None, fi
             label = "" if labels is None or int(labels[n]) < 0 else cache.classes[int(labels[n])]
             top = [x for i, v in zip(row, vals, strict=True) for x in (cache.classes[i], cache.class_names[i], f"{v:.6f}")]
             writer.writerow([files[n], label] + top)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)      # all or nothing: a reader never sees half a file
-    return path
+    return atomic_write(path, buf.getvalue(), what="prediction file")
