@@ -67,7 +67,7 @@ def open_source(spec: str, *, labels: str | None = None, classes: str | None = N
     else:
         if devkit is not None:     # a folder of val images, say, labelled through the devkit
             labels, class_list = devkit.val_wnids(), class_list or devkit.class_list()
-        source = _open_other(path, labels, class_list, quiet)
+        source = _open_other(path, labels, class_list)
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit {limit}: must be at least 1")
@@ -81,7 +81,7 @@ def open_source(spec: str, *, labels: str | None = None, classes: str | None = N
     return source
 
 
-def _open_other(path: str, labels, class_list, quiet: bool) -> Source:
+def _open_other(path: str, labels, class_list) -> Source:
     """Everything but the official ILSVRC files: a folder (CIFAR, IDX or a tree) or an archive."""
     if os.path.isdir(path):
         source = _arrays_in_directory(path)
@@ -90,7 +90,7 @@ def _open_other(path: str, labels, class_list, quiet: bool) -> Source:
         entries, folders = list_directory(path)
         return build_tree("folder", path, entries, labels, class_list, read=_local_reader(path), folders=folders)
     if is_tar(path):
-        return open_tar(path, labels, class_list, quiet=quiet)
+        return open_tar(path, labels, class_list)
     raise UserError(f"{path}: not a folder or a .tar/.tar.gz archive")
 
 

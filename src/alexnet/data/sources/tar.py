@@ -31,7 +31,7 @@ def is_tar(path: str) -> bool:
     return path.lower().endswith(".tar") or path.lower().endswith(COMPRESSED_TAR)
 
 
-def open_tar(path: str, labels, class_list, quiet: bool = True) -> Source:
+def open_tar(path: str, labels, class_list) -> Source:
     if path.lower().endswith(COMPRESSED_TAR):
         return _open_compressed_tar(path, labels, class_list)
     try:
@@ -43,10 +43,7 @@ def open_tar(path: str, labels, class_list, quiet: bool = True) -> Source:
         special = cifar_in_tar(path, members, lambda m: tf.extractfile(m).read())
         if special is not None:
             return special
-        if is_tar_of_tars(members):
-            entries, folders = class_tar_entries(path, members, quiet)
-        else:
-            entries, folders = tar_entries(path, members)
+        entries, folders = tar_entries(path, members)   # a tar of per-class tars went to .ilsvrc
         by_name = {member_name(m.name): m for m in members}
 
         def read(rel: str) -> bytes:
