@@ -64,7 +64,10 @@ def _reference_env() -> dict[str, str]:
 def _ours_env() -> dict[str, str]:
     base = _reference_env()
     base.pop("ALEXNET_ALLOCATOR", None)
-    name, changes = allocator_environment(os.environ.get("ALEXNET_ALLOCATOR", "auto") or "auto", base)
+    try:
+        name, changes = allocator_environment(os.environ.get("ALEXNET_ALLOCATOR", "auto") or "auto", base)
+    except ValueError:          # an unknown value: the program ran with the system allocator too
+        name, changes = "system", {}
     base.update(changes)
     base[ENV_MARKER] = name
     return base
@@ -132,6 +135,7 @@ class Suite:
         self.rows: list[dict] = []
         self.scaling: list[dict] = []
         self.data_rows: list[dict] = []
+        self.memory_workers: dict[str, dict] = {}   # the memory group's workers: what each ran with
         self.limits: dict[str, float] = {}
         self.notes: list[str] = []
         self.progress = progress
@@ -379,6 +383,9 @@ class Suite:
                     self._note(f"memory rows: {name} is not installed here; its variant is skipped")
                     continue
                 workers[name] = Worker("ours", env=env)
+                # What each worker really runs with (jemalloc: mapped into the process), for the report.
+                info = workers[name].call(op="info")["runtime"]
+                self.memory_workers[name] = {k: info[k] for k in ("allocator", "malloc_conf", "glibc_tunables")}
             if "system" not in workers:
                 return
             # The training step (the default fast path) under each allocator, plain glibc malloc the reference.
@@ -423,6 +430,7 @@ class Suite:
             "limits_gflops": self.limits,
             "rows": self.rows,
             "scaling": self.scaling,
+            "memory_workers": self.memory_workers,
             "notes": self.notes,
             "elapsed_s": elapsed,
         }
