@@ -22,8 +22,8 @@ fi
 
 # Debian packages: Fashion-MNIST (the demo's data, no download from the web) and jemalloc.
 # Where they cannot be installed (no apt-get, neither root nor sudo, or apt-get fails),
-# setup goes on without them, saying so in one line: jemalloc is optional (glibc's allocator
-# is tuned instead) and scripts/demo.sh then downloads Fashion-MNIST from its official source.
+# setup goes on without them, saying so in one line: jemalloc is optional (the system allocator
+# runs instead) and scripts/demo.sh then downloads Fashion-MNIST from its official source.
 # ALEXNET_FASHION_MNIST: where the package's files are looked for (the tests point it elsewhere).
 fashion_mnist=${ALEXNET_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 need=()

@@ -12,8 +12,9 @@ per line on stdout:
     {"op": "matmul", "dtype": "float32"}        -> {"ok": true, "gflops": ..., "n": ...}
     {"op": "info"}                              -> {"ok": true, "rss_peak_mb": ..., "runtime": {...}}
 
-Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb"), impl ("plain" | "ours"),
-model, batch, size, precision, channels_last, compile, shape (for LRN), device. A model
+Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb" | "loader"), impl ("plain" | "ours"),
+model, batch, size, precision, channels_last, compile, shape (for LRN), device; for the
+loader (:func:`alexnet.perf.memory_bench.loader_work`) cache, batch, crop, batches, reuse. A model
 case of ours runs :func:`alexnet.fastpath.choose_fast_path` with its precision,
 channels_last and compile (``"auto"`` for both = the path training takes by default),
 the trainer's optimiser (:func:`alexnet.train.schedule.build_optimizer`) and the one
@@ -40,6 +41,7 @@ from ..runtime import configure_process, describe
 from ..train.config import OptimConfig
 from ..train.schedule import build_optimizer
 from .limits import matmul_gflops, model_macs
+from .memory_bench import loader_work
 from .reference import plain_reference_alexnet
 
 
@@ -59,6 +61,9 @@ class Case:
         start = time.perf_counter()
         if kind in ("lrn_f", "lrn_fb"):
             self._setup_lrn(spec, gen, impl)
+        elif kind == "loader":
+            self.work = loader_work(spec)
+            self.work()   # warm-up
         else:
             self._setup_model(spec, gen, impl)
         self.setup_s = time.perf_counter() - start

@@ -60,6 +60,7 @@ class DataConfig:
     mean: str = "image"         # "image" (paper: per-pixel mean), "channel" or "none"
     scale: str = "none"         # "none" (paper: raw 0..255 values minus the mean) or "std" (divide by channel std)
     workers: int = 2            # loader worker processes
+    path: str = "auto"          # data path: "auto" (host on a CPU, device on CUDA), "host" or "device" (any device)
     train_split: str = "train"
     val_split: str = "val"      # falls back to the test split when the cache has no "val"
     test_split: str = "test"    # "" = no final test evaluation
@@ -172,6 +173,7 @@ class Config:
 ALLOWED = {
     ("data", "mean"): ("image", "channel", "none"),
     ("data", "scale"): ("none", "std"),
+    ("data", "path"): ("auto", "host", "device"),
     ("model", "parallel"): ("none", "towers"),
     ("schedule", "kind"): ("plateau", "step", "cosine", "onecycle", "constant"),
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
@@ -360,7 +362,7 @@ RESUME_CHANGEABLE = frozenset({
     "train.log_every", "train.stall_steps", "run.progress", "run.plots",   # reporting only
     "train.val_every",     # when to validate (the plateau rule requires 1 anyway: validate())
     "train.test_views", "data.test_split",   # the final evaluation only, after training
-    "train.threads", "data.workers", "train.compile", "train.channels_last",   # speed, not what is computed
+    "train.threads", "data.workers", "data.path", "train.compile", "train.channels_last",   # speed, not what is computed
     "train.device",        # move the run to another device of the same kind or machine
     "train.dist_timeout", "train.prepare_timeout",   # how long to wait for other processes
     # How this start found the folder: a plain start later restarted with --resume auto, or the same
