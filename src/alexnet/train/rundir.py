@@ -6,6 +6,7 @@
     RUN/best.safetensors  a copy of last at each new best validation error
     RUN/steps.jsonl, RUN/epochs.jsonl   the logs (alexnet.report)
     RUN/epochs.csv, curves.png, summary.json, report.md   written when the run ends
+                          (summary.json alone, with status "interrupted", when a signal stops it)
 
 A fresh run needs a folder without a checkpoint (``last``, ``best`` or a periodic
 ``step-*.safetensors``; else: resume it, from the newest valid one); it starts

@@ -13,7 +13,8 @@ the header of ``last.safetensors`` (alexnet.checkpoint.read_meta, no tensor read
 * ``running``: a process holds the folder's lock (alexnet.train.rundir.lock_holder);
 * ``finished``: ``summary.json`` says the run ended (all its epochs, or ``train.max_steps``)
   and no later checkpoint was written since (a resume that went on would have);
-* ``interrupted``: stopped by a signal, its last checkpoint says so (``--resume`` continues it);
+* ``interrupted``: stopped by a signal (SIGINT, SIGTERM): the trainer saved a checkpoint and wrote
+  ``summary.json`` with that status (``--resume`` continues it);
 * ``crashed``: none of these - the process died (a kill, an error, a lost node) before it could
   finish or save a stop; ``--resume`` continues it from its last checkpoint, if it wrote one.
 
@@ -83,10 +84,11 @@ def run_status(run_dir: Path) -> tuple[str, str | None]:
         return "running", holder
     meta = ckpt_io.read_meta(run_dir / rundir.LAST)
     summary = _read_json(run_dir / "summary.json")
-    if summary.get("status") in ("finished", "max_steps") and (meta is None or
-                                                              (meta.get("step") or 0) <= (summary.get("steps") or 0)):
+    ended_at = summary.get("steps", summary.get("step")) or 0     # a finished run's steps, a stopped one's step
+    current = meta is None or (meta.get("step") or 0) <= ended_at      # no checkpoint written after it
+    if summary.get("status") in ("finished", "max_steps") and current:
         return "finished", None
-    if meta is not None and meta.get("status") == "interrupted":
+    if summary.get("status") == "interrupted" and current or meta is not None and meta.get("status") == "interrupted":
         return "interrupted", None
     return "crashed", None
 
@@ -102,7 +104,7 @@ def best_epoch(records: list[dict]) -> tuple[float | None, float | None, int | N
 
 def _data_name(config: dict) -> str:
     data = config.get("data") or {}
-    for value in (data.get("name"), data.get("source"), data.get("cache")):
+    for value in (data.get("cache"), data.get("name"), data.get("source")):    # the cache is what it read
         if value:
             return os.path.basename(str(value).rstrip("/")) or str(value)
     return config.get("preset") or "-"

@@ -273,6 +273,9 @@ class Trainer:
                      f"continue with: alexnet train --resume {self.run_dir}")
             summary = {"status": "interrupted", "step": self.state.step, "run_dir": str(self.run_dir),
                        "signal": stop.name}
+            if ctx.is_main:     # how `alexnet runs` tells a stopped run from one that died (alexnet.train.runs)
+                rundir.guarded(self.run_dir / "summary.json",
+                               lambda: report.write_json(self.run_dir / "summary.json", summary))
             return TrainResult(self.run_dir, summary, unwrap(self.model))
         return self._finish(t_start, status, epoch)
 
