@@ -113,6 +113,9 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     for path in files:
         results.append({"path": str(path)})
         try:
+            if os.path.isdir(path):     # expand_images kept a folder without images, to say so here
+                raise UserError(f"{path}: no image files in this folder (looked for "
+                                f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
             pending.append((len(results) - 1, predictor.read(path)))
         except UserError as exc:
             results[-1]["error"] = str(exc)
