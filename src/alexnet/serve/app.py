@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import report
 from ..console import first_line, info, warn
+from ..data.decode import sniff_format
 from ..errors import UserError
 from ..eval.predict import Predictor
 from ..models.kernels import kernel_grid
@@ -168,7 +170,10 @@ def _image_size(data: bytes, limits: Limits) -> tuple[int, int]:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise Refused(413, f"image too large ({first_line(exc)})") from None
     except Exception as exc:   # PIL raises many kinds for bytes that are not an image
-        raise Refused(415, f"not an image PIL can read ({type(exc).__name__}; {len(data):,} bytes)") from None
+        fmt = sniff_format(data)
+        if fmt is not None:     # an image's signature, then nothing readable: a damaged file
+            raise Refused(400, f"damaged {fmt} ({type(exc).__name__}: {first_line(exc)})") from None
+        raise Refused(415, f"not an image ({type(exc).__name__}; {len(data):,} bytes)") from None
     if width * height > limits.max_pixels:
         raise Refused(413, f"image of {width}x{height} = {width * height:,} pixels, over the limit of "
                            f"{limits.max_pixels:,}")
@@ -235,6 +240,7 @@ def create_app(checkpoint: str | os.PathLike, *, device: str | None = None, limi
             if length <= DRAIN_LIMIT:
                 # Read what the client sends before answering: a server that answers and closes with the
                 # body unread resets the connection, and the client sees a network error, not this 413.
+                # (Werkzeug's server drains too, but stops at the first 10 ms without data: a slow client.)
                 stream = request.environ["wsgi.input"]
                 left = length
                 while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
@@ -276,12 +282,13 @@ def serve(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
         raise UserError(f"--max-pixels {limits.max_pixels:,}: above the decoder's own limit of "
                         f"{Image.MAX_IMAGE_PIXELS:,} pixels")
     app = create_app(checkpoint, device=device, limits=limits)
-    try:
-        server = make_server(host, port, app, threaded=True)
+    try:     # bound here, not by Werkzeug, which would print its own lines and exit on a port in use
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+    server = make_server(host, listener.getsockname()[1], app, threaded=True, fd=listener.fileno())
     shown = f"[{host}]" if ":" in host else host
-    info(f"serving {checkpoint} at http://{shown}:{server.server_port}/ (JSON API: POST /predict with a "
+    info(f"serving {checkpoint} at http://{shown}:{server.port}/ (JSON API: POST /predict with a "
          f"multipart field 'image'; Ctrl-C stops)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {host}: other machines can reach this server, which has no authentication")
@@ -291,3 +298,4 @@ def serve(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
         sys.stderr.write("alexnet: serve stopped\n")
     finally:
         server.server_close()
+        listener.close()
