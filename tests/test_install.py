@@ -90,3 +90,14 @@ def test_an_installed_preset_loads_from_package_data(installed, tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["cifar10", "32", "alexnet_small"]
+
+
+def test_the_serve_page_ships_as_package_data(installed, tmp_path):
+    venv, _ = installed
+    code = ("from importlib import resources; import alexnet.serve.app as a; "
+            "print(str(a.__file__).count('site-packages'), 'id=\"top5\"' in "
+            "resources.files('alexnet.serve').joinpath('page.html').read_text())")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "True"]
