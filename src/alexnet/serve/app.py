@@ -99,7 +99,7 @@ class ModelHolder:
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | None = None):
         self.source, self.device = Path(checkpoint), device
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()       # reentrant: /predict holds it while it asks for current()
         self.version = None
         self.predictor = self._load()        # UserError at start: a server that cannot classify does not start
         self.kernels_png = _png(kernel_grid(self.predictor.model))
@@ -120,15 +120,16 @@ class ModelHolder:
 
     def current(self) -> Predictor:
         """The predictor of the newest checkpoint; the one before when the new file cannot be read (said once)."""
-        if _version(self._file()) != self.version:
-            try:
-                self.predictor = self._load()
-                self.kernels_png = _png(kernel_grid(self.predictor.model))
-                info(f"serving {self.predictor.info['path']} (epoch {self.predictor.info.get('epoch')})")
-            except UserError as exc:
-                self.version = _version(self._file())      # do not retry the same file on every request
-                warn(f"{exc}; still serving the checkpoint loaded before")
-        return self.predictor
+        with self.lock:
+            if _version(self._file()) != self.version:
+                try:
+                    self.predictor = self._load()
+                    self.kernels_png = _png(kernel_grid(self.predictor.model))
+                    info(f"serving {self.predictor.info['path']} (epoch {self.predictor.info.get('epoch')})")
+                except UserError as exc:
+                    self.version = _version(self._file())      # do not retry the same file on every request
+                    warn(f"{exc}; still serving the checkpoint loaded before")
+            return self.predictor
 
 
 class RunView:
