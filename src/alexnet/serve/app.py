@@ -187,6 +187,7 @@ def create_app(checkpoint: str | os.PathLike, *, device: str | None = None, limi
     run = RunView(Path(checkpoint)) if Path(checkpoint).is_dir() and is_run_folder(Path(checkpoint)) else None
     page = resources.files("alexnet.serve").joinpath("page.html").read_bytes()
     app = Flask("alexnet.serve")
+    app.json.sort_keys = False      # {"index", "class", "name", "probability"} in that order
     # A safety net for bodies without a Content-Length (chunked); a declared length is checked first (below).
     app.config["MAX_CONTENT_LENGTH"] = limits.max_upload_bytes
 
