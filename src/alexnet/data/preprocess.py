@@ -252,14 +252,20 @@ def read_square(path: str | os.PathLike, size: int, channels: int) -> np.ndarray
         raise UserError(f"{path}: no such file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    return square_from_bytes(data, size, channels, str(path))
+
+
+def square_from_bytes(data: bytes, size: int, channels: int, name: str) -> np.ndarray:
+    """An image file's bytes -> uint8 (S, S, C), as :func:`read_square` (an upload, say); UserError
+    starting with ``name`` when they are not a readable image."""
     try:
-        image, _warning = decode_square(data, size, channels, name=str(path))
+        image, _warning = decode_square(data, size, channels, name=name)
     except BadImage as exc:
         if channels != 1 or "colour" not in str(exc):
-            raise UserError(f"{path}: {exc}") from None
+            raise UserError(f"{name}: {exc}") from None
         try:
-            rgb, _warning = decode_square(data, size, 3, name=str(path))
+            rgb, _warning = decode_square(data, size, 3, name=name)
         except BadImage as exc2:
-            raise UserError(f"{path}: {exc2}") from None
+            raise UserError(f"{name}: {exc2}") from None
         image = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))[:, :, None]
     return image if image.ndim == 3 else image[..., None]

@@ -145,6 +145,7 @@ class RunConfig:
     name: str = ""                # "" = <preset>-<yyyymmdd-hhmmss>
     progress: bool = True         # tqdm bars (also off when stderr is not a terminal)
     plots: bool = True
+    tensorboard: bool = True      # TensorBoard event files in the run folder (where the package is installed)
     resume: str = ""              # "auto": resume RUN.OUT/RUN.NAME when it holds a checkpoint, else start it
 
 
@@ -359,7 +360,7 @@ def check_launch(config: Config, world_size: int) -> None:
 RESUME_CHANGEABLE = frozenset({
     "train.epochs",        # go on for longer (or stop earlier); cosine/onecycle: a warning, their curve stretches
     "train.max_steps",     # a step limit for this invocation
-    "train.log_every", "train.stall_steps", "run.progress", "run.plots",   # reporting only
+    "train.log_every", "train.stall_steps", "run.progress", "run.plots", "run.tensorboard",   # reporting only
     "train.val_every",     # when to validate (the plateau rule requires 1 anyway: validate())
     "train.test_views", "data.test_split",   # the final evaluation only, after training
     "train.threads", "data.workers", "data.path", "train.compile", "train.channels_last",   # speed, not what is computed

@@ -6,6 +6,7 @@
     RUN/best.safetensors  a copy of last at each new best validation error
     RUN/steps.jsonl, RUN/epochs.jsonl   the logs (alexnet.report)
     RUN/epochs.csv, curves.png, summary.json, report.md   written when the run ends
+                          (summary.json alone, with status "interrupted", when a signal stops it)
 
 A fresh run needs a folder without a checkpoint (``last``, ``best`` or a periodic
 ``step-*.safetensors``; else: resume it, from the newest valid one); it starts
@@ -201,3 +202,22 @@ def write_outputs(run_dir: Path, summary: dict, epochs: list[dict], plots: bool,
              f"(accuracy {100 * test['accuracy']:.2f}%), top-5 error {100 * test['top5_err']:.2f}%")
     info(f"done in {summary['wall_time_s'] / 60:.1f} min; report: {run_dir / 'report.md'}; "
          f"plots: {run_dir / 'curves.png'}; checkpoints: {run_dir / LAST}")
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (``process PID on HOST``) while a run trains there, else None.
+
+    Probes the lock as :class:`RunLock` takes it (``lockf``, non-blocking) and lets it go at once;
+    a folder whose lock file cannot be opened for writing reads as not held."""
+    path = run_dir / ".lock"
+    try:
+        f = open(path, "r+")
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return f.read().strip() or "another process"
+        fcntl.lockf(f.fileno(), fcntl.LOCK_UN)
+    return None

@@ -65,7 +65,7 @@ from ..models import build_model
 from ..runtime import machine_description
 from ..signals import StopFlag
 from . import distributed as dist_utils
-from . import restart, rundir
+from . import restart, rundir, tensorboard_log
 from .checkpoints import RunCheckpoints, seed_everything, unwrap
 from .config import Config, _merge, check_launch, load_config, parse_overrides, resume_config, validate
 from .epoch import EpochLoop
@@ -232,11 +232,14 @@ class Trainer:
         self.checkpoints.last_save = time.time()     # periodic checkpoints count from here (after any compile)
         epochs_log = rundir.RunLog(self.run_dir / "epochs.jsonl") if ctx.is_main else None
         if ctx.is_main:
+            steps_log, epochs_log, events = tensorboard_log.attach(self.run_dir, c, unwrap(self.model), self.state.step,
+                                                                   self.resume_dir is not None, steps_log, epochs_log,
+                                                                   self.quiet)
             info(f"training {c.model.name} on {self.data.cache.path} "
                  f"({len(self.data.selection.split(c.data.train_split)):,} images, "
                  f"{self.data.num_classes} classes) for {c.train.epochs} epochs on {ctx.device} x{ctx.world_size} in "
                  f"{self.fast.describe()}; data path {describe_data_path(self.train_loader.data_path)}; "
-                 f"run folder {self.run_dir}", self.quiet)
+                 f"run folder {self.run_dir}{events}", self.quiet)
             for note in self.data.notes:
                 info(note, self.quiet)
         loop = EpochLoop(c, ctx, self.state, self.train_loader, self.schedule, self.optimizer, self.scaler, self.fast,
@@ -270,6 +273,9 @@ class Trainer:
                      f"continue with: alexnet train --resume {self.run_dir}")
             summary = {"status": "interrupted", "step": self.state.step, "run_dir": str(self.run_dir),
                        "signal": stop.name}
+            if ctx.is_main:     # how `alexnet runs` tells a stopped run from one that died (alexnet.train.runs)
+                rundir.guarded(self.run_dir / "summary.json",
+                               lambda: report.write_json(self.run_dir / "summary.json", summary))
             return TrainResult(self.run_dir, summary, unwrap(self.model))
         return self._finish(t_start, status, epoch)
 
