@@ -10,9 +10,11 @@ it (the real command line, logging, checkpoints), and watches it from outside th
 * with ``--sync-debug`` on CUDA, every synchronising CUDA call
   (``torch.cuda.set_sync_debug_mode("warn")``), with its thread, its source line and the step
   it fell in;
-* with ``--bare-steps N``, after the run: N steps of the same ``FastPath.train_step`` on the
-  run's own model, optimiser and last batch (already on the device), nothing around them - the
-  step without the loop, in the same process;
+* with ``--bare-steps N --bare-at W``: N steps of the same ``FastPath.train_step`` on the run's
+  own model, optimiser and batch (already on the device), nothing around them - the step without
+  the loop, in the same process - timed twice: just before the run's step W+1 (where the loop's
+  timed window starts; those extra steps change the run's weights, which nobody keeps) and after
+  the run, so that a change of load on a shared machine weighs on both sides alike;
 * with ``--first-step``: the seconds from the command's start to its first step, then the
   process ends (a resume's time to its first step: configuration, data, model, checkpoint,
   the loader's way to its batch).
@@ -50,8 +52,10 @@ from ..report import read_jsonl
 class Watch:
     """What the probe sees of the run: step start times, the last step's objects, synchronisations."""
 
-    def __init__(self, first_step: bool, out: Path):
+    def __init__(self, first_step: bool, out: Path, bare_steps: int = 0, bare_at: int = 0):
         self.starts: list[float] = []
+        self.bare: list[dict] = []        # the bare steps' timings (before the window, after the run)
+        self.bare_steps, self.bare_at = bare_steps, bare_at
         self.syncs: list[dict] = []       # {"step": steps started so far, "main": on the training thread, "site"}
         self.last: tuple | None = None    # (fast, model, optimizer, x, y, scaler) of the last step
         self.first_step, self.out = first_step, out
@@ -63,6 +67,8 @@ class Watch:
         watch, step = self, self._step
 
         def observed(fast, model, optimizer, x, y, scaler=None):
+            if watch.bare_steps and len(watch.starts) == watch.bare_at:
+                watch.bare.append(watch.time_bare(fast, model, optimizer, x, y, scaler))
             watch.starts.append(time.perf_counter())
             watch.last = (fast, model, optimizer, x, y, scaler)
             if watch.first_step:
@@ -76,10 +82,10 @@ class Watch:
             self.syncs.append({"step": len(self.starts), "main": threading.get_ident() == self.main_thread,
                                "site": f"{Path(filename).name}:{lineno}"})
 
-    def bare_steps(self, n: int) -> dict:
-        """n bare steps on the run's last batch: images/s (synchronised before and after on CUDA)."""
-        fast, model, optimizer, x, y, scaler = self.last
-        cuda = x.device.type == "cuda"
+    def time_bare(self, fast, model, optimizer, x, y, scaler) -> dict:
+        """``bare_steps`` steps on one batch, after two untimed ones: images/s (synchronised before and
+        after on CUDA)."""
+        n, cuda = self.bare_steps, x.device.type == "cuda"
         for _ in range(2):
             self._step(fast, model, optimizer, x, y, scaler)
         if cuda:
@@ -98,13 +104,14 @@ class Watch:
 def probe_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m alexnet.perf.loop", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the probe's JSON")
-    p.add_argument("--bare-steps", type=int, default=0, help="after the run: time this many bare steps")
+    p.add_argument("--bare-steps", type=int, default=0, help="time this many bare steps before step W+1 and after the run")
+    p.add_argument("--bare-at", type=int, default=0, metavar="W", help="where the first bare steps go (default 0)")
     p.add_argument("--sync-debug", action="store_true", help="count synchronising CUDA calls (CUDA only)")
     p.add_argument("--first-step", action="store_true", help="end the process at the first step")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ARGS...")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    watch = Watch(args.first_step, Path(args.out))
+    watch = Watch(args.first_step, Path(args.out), args.bare_steps, args.bare_at)
     watch.install()
     sync_debug = args.sync_debug and torch.cuda.is_available()
     sys.argv = ["alexnet", *command]
@@ -125,21 +132,22 @@ def probe_main(argv: list[str] | None = None) -> int:
     result = {"exit_code": code, "step_starts": [t - watch.t0 for t in watch.starts], "syncs": watch.syncs,
               "sync_debug": sync_debug}
     if code == 0 and args.bare_steps and watch.last is not None:
-        result["bare"] = watch.bare_steps(args.bare_steps)
+        watch.bare.append(watch.time_bare(*watch.last))
+        result["bare"] = watch.bare
     watch.write(result)
     return code
 
 
-def run_probe(command: list[str], out: Path, *, bare_steps: int = 0, sync_debug: bool = False,
+def run_probe(command: list[str], out: Path, *, bare_steps: int = 0, bare_at: int = 0, sync_debug: bool = False,
               first_step: bool = False, env: dict | None = None, timeout: float = 3600) -> dict:
     """Run the probe on ``alexnet COMMAND`` in a fresh process; its JSON (RuntimeError naming the
     command's last lines when it fails)."""
     src = str(Path(__file__).resolve().parents[2])      # the folder holding this alexnet package
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "alexnet.perf.loop", "--out", str(out), *(["--bare-steps", str(bare_steps)]
-           if bare_steps else []), *(["--sync-debug"] if sync_debug else []), *(["--first-step"] if first_step else []),
-           "--", *map(str, command)]
+    cmd = [sys.executable, "-m", "alexnet.perf.loop", "--out", str(out),
+           *(["--bare-steps", str(bare_steps), "--bare-at", str(bare_at)] if bare_steps else []),
+           *(["--sync-debug"] if sync_debug else []), *(["--first-step"] if first_step else []), "--", *map(str, command)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0 or not out.is_file():
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
@@ -179,8 +187,8 @@ def loop_figures(probe: dict, run_dir: Path, batch: int, log_every: int, warmup:
             key = ("" if s["main"] else "other thread: ") + s["site"]
             sites[key] = sites.get(key, 0) + 1
         out["sync_sites"] = dict(sorted(sites.items(), key=lambda kv: -kv[1])[:8])
-    if "bare" in probe:
-        out["bare_img_per_s"] = probe["bare"]["img_per_s"]
+    if probe.get("bare"):
+        out["bare_img_per_s"] = statistics.mean(b["img_per_s"] for b in probe["bare"])
         out["loop_vs_bare"] = out["img_per_s"] / out["bare_img_per_s"]
     return out
 
@@ -259,7 +267,7 @@ def _loop_row(cache, work, batch, crop, rounds, log_every, warmup, total, env, l
         name = f"loop{r}"
         args = train_args(cache, work, name, batch=batch, crop=crop,
                           extra=("--train.log_every", str(log_every), "--train.max_steps", str(total)))
-        probe = run_probe(args, work / f"{name}.json", bare_steps=total - warmup - 1, env=env)
+        probe = run_probe(args, work / f"{name}.json", bare_steps=total - warmup - 1, bare_at=warmup, env=env)
         figures.append(loop_figures(probe, work / name, batch, log_every, warmup))
         log(f"loop round {r + 1}: {figures[-1]['img_per_s']:.1f} images/s, bare step "
             f"{figures[-1]['bare_img_per_s']:.1f}")
@@ -292,7 +300,7 @@ def _resume_row(cache: Path, work: Path, crop: int, rounds: int, batch: int, env
     checkpoints = {"90%": run_dir / f"step-{at90:08d}.safetensors", "start": run_dir / "last.safetensors"}
     seconds: dict[str, list[float]] = {"90%": [], "start": []}
     for r in range(rounds):
-        for where, checkpoint in checkpoints.items():
+        for where, checkpoint in sorted(checkpoints.items(), reverse=r % 2 == 1):      # alternating which goes first
             copy = work / f"resume-{r}"
             shutil.copytree(run_dir, copy)
             shutil.copyfile(checkpoint, copy / "last.safetensors")

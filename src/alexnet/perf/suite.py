@@ -185,7 +185,7 @@ class Suite:
                     results[label]["cpu"] += reply["cpu"]
                 else:
                     self._note(f"{name}/{label}: run failed: {reply['error']}")
-        for label, worker, cid, _case in entries:
+        for _label, worker, cid, _case in entries:
             worker.call(op="drop", id=cid)
         ref = results.get("reference")
         for label in variants:
