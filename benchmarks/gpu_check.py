@@ -155,12 +155,15 @@ def step_plan(s: Settings) -> list[tuple]:
     return plan
 
 
-def time_step(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False) -> dict:
+def time_step(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False,
+              no_time: str | None = None) -> dict:
     """One row: the step of ``alexnet bench`` (its Case, the trainer's step and optimiser), warmed up, then
-    timed over about ``s.step_seconds`` with one synchronisation at the end."""
+    timed over about ``s.step_seconds`` with one synchronisation at the end (``no_time``: why it is not)."""
     row = {"model": name, "precision": precision, "channels_last": channels_last, "compiled": compiled, "batch": batch}
     if s.cpu and precision in ("fp16", "tf32"):
         return {**row, "skipped": "float16 training needs CUDA" if precision == "fp16" else "TF32 is a CUDA mode"}
+    if no_time:
+        return {**row, "skipped": no_time}
     if s.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
         torch.backends.cudnn.benchmark = True
@@ -534,11 +537,9 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
     if "step" not in args.skip:
         part_start = time.perf_counter()
         for name, precision, cl, batch in step_plan(s):
-            if time.perf_counter() - part_start > s.caps["step"] or budget.left() < later("loop", "end_to_end", "reference", "tests"):
-                row = {"model": name, "precision": precision, "channels_last": cl, "compiled": False, "batch": batch,
-                       "skipped": f"time budget ({budget.left():.0f} s left)"}
-            else:
-                row = time_step(s, name, precision, cl, batch)
+            over = (time.perf_counter() - part_start > s.caps["step"]
+                    or budget.left() < later("loop", "end_to_end", "reference", "tests"))
+            row = time_step(s, name, precision, cl, batch, no_time=f"time budget ({budget.left():.0f} s left)" if over else None)
             report["step"].append(row)
             log(f"step {name} {precision} {'CL' if cl else 'NCHW'} b{batch}: {row.get('img_per_s', 0):,.0f} img/s "
                 f"{row.get('skipped', '')}{row.get('error', '')}")
@@ -584,11 +585,9 @@ def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -
 
     if "compiled" not in args.skip:
         for name in s.models:
-            if budget.left() < (5 if s.cpu else 40):
-                row = {"model": name, "precision": "bf16", "channels_last": True, "compiled": True, "batch": s.batch,
-                       "skipped": f"time budget ({budget.left():.0f} s left; compilation takes tens of seconds)"}
-            else:
-                row = time_step(s, name, "bf16", True, s.batch, compiled=True)
+            over = budget.left() < (5 if s.cpu else 40)
+            row = time_step(s, name, "bf16", True, s.batch, compiled=True, no_time=(
+                f"time budget ({budget.left():.0f} s left; compilation takes tens of seconds)" if over else None))
             report["step"].append(row)
             log(f"compiled {name}: {row.get('img_per_s', 0):,.0f} img/s (warm-up {row.get('warmup_s', 0):.0f} s)")
         add_rates(report["step"], limit, flops)
