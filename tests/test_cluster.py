@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -305,7 +304,9 @@ def test_resume_auto_and_resume_dir_agree_on_every_setting(references):
         overrides = nested(key, new)
         wanted = load_config(toml, overrides)
         outcomes = []
-        for check in (lambda: RunFolder(run_dir).auto_resume(wanted.to_dict()), lambda: resume_config(run_dir, overrides)):
+        checks = (lambda wanted=wanted: RunFolder(run_dir).auto_resume(wanted.to_dict()),
+                  lambda overrides=overrides: resume_config(run_dir, overrides))
+        for check in checks:
             try:
                 check()
                 outcomes.append("continue")
@@ -372,7 +373,7 @@ def test_two_torchrun_agents_on_one_machine_equal_one_two_process_node(fmnist_ca
             if a.poll() is None:
                 os.killpg(a.pid, signal.SIGKILL)
                 a.wait()
-    for a, (_, err) in zip(agents, outputs):
+    for a, (_, err) in zip(agents, outputs, strict=True):
         assert a.returncode == 0, err[-4000:]
     summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * STEPS_PER_EPOCH

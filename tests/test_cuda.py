@@ -176,7 +176,7 @@ def test_the_training_loop_does_not_wait_for_the_gpu_between_log_points(raw_cach
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert result.summary["status"] == "finished" and len(at_step_records) >= 3    # 12 steps, a record every 4
-    between = [syncs[a:b] for a, b in zip(at_step_records, at_step_records[1:])]
+    between = [syncs[a:b] for a, b in zip(at_step_records[:-1], at_step_records[1:], strict=True)]
     sites = {site for window in between for site in window}
     assert all(len(window) == 1 for window in between) and len(sites) == 1, between
     assert sites.pop().startswith("trainer.py:"), between

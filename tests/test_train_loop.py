@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from alexnet.data import build_loader, open_cache, prepare
+from alexnet.data import build_loader, prepare
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
 from alexnet.train.trainer import Trainer
-from train_support import TINY, prepared_cache, tiny_kwargs_arg
+from train_support import prepared_cache, tiny_kwargs_arg
 
 
 SMALL = {"widths": [16, 32, 48, 48, 32], "hidden": 128}
@@ -236,7 +236,7 @@ def test_the_loop_reads_device_values_only_at_log_points(fmnist_cache, tmp_path,
     loop = result.summary["loop"]
     assert (loop["steps"], loop["host_reads"]) == (steps, log_points + 2)
     assert len(at_step_records) == log_points
-    between = [b - a for a, b in zip(at_step_records, at_step_records[1:])]
+    between = [b - a for a, b in zip(at_step_records[:-1], at_step_records[1:], strict=True)]
     assert between == [1] * (log_points - 1), between
 
 
@@ -258,8 +258,8 @@ def test_a_loader_started_at_batch_k_yields_the_uninterrupted_batches_from_k(fmn
     loader.set_epoch(epoch, start_batch=k)
     tail = [tuple(t.clone() for t in batch) for batch in loader]
     assert len(whole) == 19 and len(tail) == len(whole) - k
-    for expected, got in zip(whole[k:], tail):
-        assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    for expected, got in zip(whole[k:], tail, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
     if workers == 0:
         assert asked == [(epoch, b) for b in range(k, len(whole))]
     loader.set_epoch(epoch + 1)
