@@ -281,6 +281,10 @@ class RunFolder:
             report.truncate_jsonl(log, lambda r: r.get("step", 0) <= step)
 
     # -- the end ---------------------------------------------------------------------------------------
+    def epoch_records(self) -> list[dict]:
+        """epochs.jsonl as records (one per finished epoch)."""
+        return report.read_jsonl(self.path / "epochs.jsonl")
+
     def write_outputs(self, summary: dict, epochs: list[dict], plots: bool, title: str) -> None:
         """epochs.csv, curves.png, summary.json, report.md, and where they are. A write that fails is
         one line naming the file (the checkpoints are written by then)."""

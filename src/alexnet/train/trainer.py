@@ -61,7 +61,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import checkpoint as ckpt_io
-from .. import report
 from ..console import first_line, info, progress, warn
 from ..data.device_pipeline import describe_data_path
 from ..data.loader import derive_seed
@@ -544,7 +543,7 @@ class Trainer:
                    "code_version": ckpt_io.code_version(),
                    # This process's loop: its steps, the seconds they waited for data, its host reads of device values.
                    "loop": {"steps": self.steps_run, "data_wait_s": self.data_wait_s, "host_reads": self.host_reads}}
-        epochs = report.read_jsonl(self.folder.path / "epochs.jsonl") if ctx.is_main else []
+        epochs = self.folder.epoch_records() if ctx.is_main else []
         if epochs and epochs[-1].get("val_top1_err") is not None:
             last = epochs[-1]
             summary["val"] = {"split": data.val_split, "views": "center", "top1_err": last["val_top1_err"],
