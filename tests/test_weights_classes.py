@@ -1,16 +1,20 @@
-"""ILSVRC-2012 class names (read at run time, never shipped) and load_pretrained."""
+"""ILSVRC-2012 class names (shipped as package data; a list of one's own by environment variable) and load_pretrained."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import alexnet.data
+
 from alexnet.data.preprocess import InputSpec, to_network_input
 from alexnet.errors import UserError
 from alexnet.eval.predict import read_square
 from alexnet.weights import ilsvrc_classes, load_pretrained, readable_names
-from alexnet.data.classnames import ENV_CLASSES
+from alexnet.data.classnames import ENV_CLASSES, PACKAGE_LIST
 
 
 def write_list(path, n=1000, start=0):
@@ -24,21 +28,30 @@ def test_list_from_the_environment_variable_first(tmp_path, monkeypatch):
     assert len(wnids) == 1000 and wnids[207] == "n20000207" and names[207] == "class 207 name"
 
 
-def test_no_list_anywhere_gives_none_and_importers_name_by_index(tmp_path, monkeypatch, cli):
+def test_without_a_list_of_ones_own_the_package_names_the_imported_classes(tmp_path, monkeypatch, cli):
+    """No environment variable and no ../shared: the list shipped with the package names the
+    1000 outputs of imported torchvision weights, with no warning."""
     monkeypatch.delenv(ENV_CLASSES, raising=False)
     monkeypatch.setenv("ALEXNET_SHARED", str(tmp_path / "empty"))
-    assert ilsvrc_classes() is None
-    assert readable_names(["n02099601", "n02099712"]) == ["n02099601", "n02099712"]
+    wnids, names = ilsvrc_classes()
+    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    assert (wnids[0], names[0]) == ("n01440764", "tench") and (wnids[207], names[207]) == ("n02099601", "golden retriever")
+    assert readable_names(["n02099601", "n02099712"]) == ["golden retriever", "Labrador retriever"]
     from test_weights_torchvision import layout
     pth = tmp_path / "tv.pth"
     torch.save({k: torch.zeros(s) for k, s in layout()}, pth)
     ckpt = tmp_path / "tv.safetensors"
-    proc = cli("import", "torchvision", pth, "-o", ckpt)
+    proc = cli("import", "torchvision", pth, "-o", ckpt, env={"ALEXNET_SHARED": str(tmp_path / "empty")})
     assert proc.returncode == 0, proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "no ILSVRC-2012 class list" in warnings[0] and "named by their index" in warnings[0]
+    assert "warning" not in proc.stderr
     model, _ = load_pretrained(ckpt)
-    assert model.classes[:3] == ["0", "1", "2"] and model.class_names[999] == "999"
+    assert model.classes[:2] == ["n01440764", "n01443537"] and model.class_names[999] == "toilet tissue"
+
+
+def test_the_shipped_list_is_the_one_beside_the_checkout(shared_data):
+    """The package data is generated from ../shared/data/imagenet-classes.txt: the same 1000 lines."""
+    shipped = (Path(alexnet.data.__file__).parent / PACKAGE_LIST).read_text().splitlines()
+    assert [ln for ln in shipped if not ln.startswith("#")] == (shared_data / "imagenet-classes.txt").read_text().splitlines()
 
 
 def test_malformed_lists_are_one_line(tmp_path, monkeypatch):

@@ -12,9 +12,8 @@ Integrity. The metadata carries a SHA-256 over the JSON document and every tenso
 bytes in name order; :func:`load_checkpoint` recomputes it and rejects a file that
 does not match (a torn copy, a flipped bit) with one line.
 
-Atomicity. :func:`save_checkpoint` writes ``NAME.tmp-PID`` in the same folder, fsyncs
-it, renames it over ``NAME`` (``os.replace`` is atomic on POSIX) and fsyncs the folder.
-A crash at any moment leaves either the previous complete file or the new complete
+Atomicity. :func:`save_checkpoint` writes by :mod:`alexnet.files`' one rule (``NAME.tmp-PID``
+beside it, fsync, ``os.replace``, fsync of the folder). A crash at any moment leaves either the previous complete file or the new complete
 file, never a mixture; stray ``.tmp-*`` files are ignored (and removed by the next save).
 """
 
@@ -40,6 +39,7 @@ from . import locations
 from .data.classnames import readable_names
 from .data.preprocess import InputSpec
 from .errors import UserError
+from .files import atomic_write_with
 from .models import build_model
 
 FORMAT = "alexnet-checkpoint/1"
@@ -154,24 +154,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: d
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"alexnet": meta_json, "sha256": _digest(meta_json, tensors)}
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-        safetensors_torch.save_file(tensors, str(tmp), metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())          # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)              # ... and the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
-    except (OSError, SafetensorError) as exc:   # full disk, quota, read-only folder...
-        tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "strerror", None) or str(exc).rsplit(": ", 1)[-1]
-        raise UserError(f"{path}: cannot write checkpoint ({reason})") from None
+    atomic_write_with(path, lambda tmp: safetensors_torch.save_file(tensors, str(tmp), metadata=header),
+                      what="checkpoint", errors=(SafetensorError,))
     return path
 
 

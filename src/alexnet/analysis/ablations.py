@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..data import open_cache
 from ..errors import UserError
+from ..files import atomic_write
 from ..report import write_csv, write_json
 from ..train import train
 from ..train.config import load_config
@@ -146,10 +147,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: st
                 return summary
         if (run_dir / "last.safetensors").is_file():
             return train(resume=run_dir, overrides={"run": {"progress": not quiet}}).summary
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(want, indent=1))
-    os.replace(tmp, stamp)
+    atomic_write(stamp, json.dumps(want, indent=1), what="the run's settings")
     result = train(config)
     if result.interrupted:
         raise KeyboardInterrupt

@@ -11,7 +11,7 @@ Layout of a cache directory (written by :func:`alexnet.data.prepare`)::
                               (memory-mapped: workers share the page cache, nothing is copied)
       <split>.jpeg.bin        storage "jpeg": the images re-encoded as JPEG, concatenated ...
       <split>.jpeg.index.npy  ... with (N, 2) int64 [offset, length] rows
-      <split>.labels.npy      N int64 class indices
+      <split>.labels.npy      N int64 class indices (-1 in a split meta.json marks "labelled": false)
       <split>.files.txt       N source names, one per line (for predictions and error reports)
       skipped.csv             path,reason: every bad file left out (with --skip-bad)
       ignored.csv             path,reason: stray and non-image files that were not images
@@ -212,6 +212,10 @@ class Cache:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def labelled(self, name: str) -> bool:
+        """False for a split without labels (the ILSVRC test set; its labels are all -1)."""
+        return self.meta["splits"][name].get("labelled", True)
+
     def split(self, name: str) -> Split:
         if name not in self.meta["splits"]:
             raise UserError(f"{self.path}: no split '{name}' (this cache has: {', '.join(self.splits)})")
@@ -228,7 +232,11 @@ class Cache:
         if labels.dtype.kind not in "iu":
             raise UserError(f"{os.path.join(self.path, labels_file(name))}: labels of type {labels.dtype}, "
                             f"expected integers; the cache is damaged")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        if not self.labelled(name):     # the ILSVRC test set: every label is -1
+            if n and (labels != -1).any():
+                raise UserError(f"{os.path.join(self.path, labels_file(name))}: labels in split '{name}', which "
+                                f"meta.json says is unlabelled; the cache is damaged")
+        elif n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
             raise UserError(f"{os.path.join(self.path, labels_file(name))}: label {bad} is outside "
                             f"0..{self.num_classes - 1} ({self.num_classes} classes); the cache is damaged")

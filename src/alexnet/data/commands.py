@@ -87,7 +87,9 @@ def register(sub) -> None:
                     "(the paper's preprocessing), stored as uint8 in OUT with labels, class names and the "
                     "train split's mean image, channel mean/std and RGB covariance eigen-decomposition. "
                     "SOURCE: an image folder tree (class folders, optionally under train/ val/ test/), a .tar or "
-                    ".tar.gz of one, an ILSVRC-style flat val folder with --labels, the CIFAR-10/100 python or "
+                    ".tar.gz of one, a tar of per-class tars, a folder holding the official ILSVRC-2012 files "
+                    "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz: read in place, "
+                    "labelled through the devkit), an ILSVRC-style flat val folder with --labels, the CIFAR-10/100 python or "
                     "binary tarball (or folder), an MNIST/Fashion-MNIST IDX folder, or 'fashion-mnist' "
                     "(= /usr/share/datasets/fashion-mnist). With --download, SOURCE names a dataset (cifar10, "
                     "fashion-mnist, imagewoof, imagenette, ...) fetched from its official source into "
@@ -113,7 +115,8 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-file messages")
     p.add_argument("--labels", metavar="FILE",
                    help="labels of a flat image folder (ILSVRC val): one wnid or 0-based class index per line in "
-                        "sorted file order, 'name label' lines, or LOC_val_solution.csv")
+                        "sorted file order, 'name label' lines, LOC_val_solution.csv, or the ILSVRC-2012 devkit "
+                        "(ILSVRC2012_devkit_t12.tar.gz)")
     p.add_argument("--classes", metavar="FILE",
                    help="the class list, in index order ('wnid', 'wnid name' or 'index wnid name' per line); "
                         "default: sorted class folder names")

@@ -75,9 +75,10 @@ class PrepareSummary:
     decoded: int = 0
     resumed_from: int = 0
     up_to_date: bool = False
+    unlabelled: tuple = ()
 
     def line(self) -> str:
-        counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
+        counts = ", ".join(f"{k} {v:,}" + (" (unlabelled)" if k in self.unlabelled else "") for k, v in self.counts.items())
         if self.up_to_date:
             return f"{self.out}: already prepared ({counts}); nothing to do"
         rate = f"{self.decoded / self.seconds:,.0f} images/s" if self.seconds > 0 and self.decoded else "-"
@@ -105,9 +106,11 @@ def _human(n: float) -> str:
 # worker side: pure functions of their arguments (they run in a process pool)
 
 _CONFIG: dict = {}
+_RAW_FILES: dict = {}   # split -> this process's descriptor of the partial raw file (raw storage)
 
 
 def _init_worker(config: dict) -> None:
+    _close_raw_files()
     _CONFIG.clear()
     _CONFIG.update(config)
     if config.get("pool"):
@@ -115,6 +118,33 @@ def _init_worker(config: dict) -> None:
         # Ctrl-C reaches the whole process group: the parent stops between chunks and terminates
         # the pool; a worker killed mid-task by KeyboardInterrupt would leave its result pending.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _close_raw_files() -> None:
+    for fd in _RAW_FILES.values():
+        os.close(fd)
+    _RAW_FILES.clear()
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """Write all of ``data`` at ``offset``, or raise OSError (ENOSPC, EFBIG, ...)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)   # a short write near a limit: the next call raises
+        view, offset = view[written:], offset + written
+
+
+def _write_rows(split: str, indices: list, images: np.ndarray) -> None:
+    """Raw storage: the decoded rows go to their offsets in the split's file from the process that
+    decoded them (consecutive rows in one call), so that the main process, the one serial part of
+    prepare, never receives the pixels through a pipe nor writes them (measured in docs/data.md)."""
+    if split not in _RAW_FILES:
+        _RAW_FILES[split] = os.open(_CONFIG["raw_paths"][split], os.O_WRONLY)
+    fd, start = _RAW_FILES[split], 0
+    for j in range(1, len(indices) + 1):
+        if j == len(indices) or indices[j] != indices[j - 1] + 1:
+            _pwrite_all(fd, np.ascontiguousarray(images[start:j]), indices[start] * images[0].nbytes)
+            start = j
 
 
 def _image_stats(a: np.ndarray) -> np.ndarray:
@@ -167,8 +197,10 @@ def _work_encoded(task: tuple) -> dict:
         xtx = _image_stats(stacked)
         # the chunk's share of the mean image, summed here so the main process adds once per chunk
         image_sum = _sum_images(stacked)
-    return {"split": split, "indices": indices, "images": stacked, "blobs": blobs or None, "xtx": xtx,
-            "image_sum": image_sum, "errors": errors, "warnings": warnings}
+    if storage == "raw" and indices:
+        _write_rows(split, indices, stacked)
+    return {"split": split, "indices": indices, "images": None if storage == "raw" else stacked,
+            "blobs": blobs or None, "xtx": xtx, "image_sum": image_sum, "errors": errors, "warnings": warnings}
 
 
 def _work_arrays(task: tuple) -> tuple:
@@ -186,7 +218,10 @@ def _work_arrays(task: tuple) -> tuple:
         blobs = [layout.encode_jpeg(a, quality) for a in out]
         out = np.stack([layout.decode_jpeg(b, channels) for b in blobs])
     train = split == "train"
-    return {"split": split, "indices": list(range(start, start + len(out))), "images": out, "blobs": blobs,
+    indices = list(range(start, start + len(out)))
+    if storage == "raw":
+        _write_rows(split, indices, out)
+    return {"split": split, "indices": indices, "images": None if storage == "raw" else out, "blobs": blobs,
             "xtx": _image_stats(out) if train else None, "image_sum": _sum_images(out) if train else None,
             "errors": [], "warnings": []}
 
@@ -216,7 +251,7 @@ class _Writer:
 
     # -- files -------------------------------------------------------------------------
     def open_files(self, resume: bool) -> None:
-        for split, n in self.counts.items():
+        for split in self.counts:
             if self.storage == "raw":
                 # Rows are written at their offsets with pwrite; the file grows (sparse where rows
                 # are still missing) as they arrive. Not a memory map: a write into a mapped page
@@ -242,10 +277,7 @@ class _Writer:
     # -- results -----------------------------------------------------------------------
     def _pwrite(self, split: str, row: int, data) -> None:
         """Write ``data`` at row ``row`` of the split's raw file, all of it or an OSError."""
-        fd, view, offset = self.raw_files[split], memoryview(data).cast("B"), row * self.row_bytes
-        while view:
-            written = os.pwrite(fd, view, offset)   # a short write near a limit: the next call raises
-            view, offset = view[written:], offset + written
+        _pwrite_all(self.raw_files[split], data, row * self.row_bytes)
 
     def store(self, split: str, index: int, img: np.ndarray | None, blob: bytes | None) -> None:
         if self.storage == "raw":
@@ -258,8 +290,13 @@ class _Writer:
         self.done[split][index] = True
         self.valid[split][index] = True
 
-    def store_many(self, split: str, indices: list, images: np.ndarray, blobs: list | None) -> None:
+    def store_many(self, split: str, indices: list, images: np.ndarray | None, blobs: list | None) -> None:
+        """Record a chunk's results; ``images`` None: raw rows the worker has written itself."""
         if not indices:
+            return
+        if images is None:
+            self.done[split][indices] = True
+            self.valid[split][indices] = True
             return
         if self.storage == "raw" and indices == list(range(indices[0], indices[0] + len(indices))):
             self._pwrite(split, indices[0], np.ascontiguousarray(images))  # one write for the run of rows
@@ -324,7 +361,7 @@ class _Writer:
     def finish(self, meta: dict) -> dict:
         """Drop the holes left by skipped files, write labels, names, stats, reports and meta.json."""
         final_counts = {}
-        for split, n in self.counts.items():
+        for split in self.counts:
             keep = np.flatnonzero(self.valid[split])
             final_counts[split] = len(keep)
             content = self.source.splits[split]
@@ -349,7 +386,8 @@ class _Writer:
         _write_csv(os.path.join(self.root, "skipped.csv"), ("path", "reason"), self.skipped)
         _write_csv(os.path.join(self.root, "ignored.csv"), ("path", "reason"), self.source.ignored)
         _write_csv(os.path.join(self.root, "warnings.csv"), ("path", "warning"), self.warnings)
-        meta["splits"] = {k: {"count": v} for k, v in final_counts.items()}
+        meta["splits"] = {k: {"count": v, **({"labelled": False} if k in self.source.unlabelled else {})}
+                          for k, v in final_counts.items()}
         meta["skipped"], meta["ignored"], meta["warnings"] = len(self.skipped), len(self.source.ignored), len(self.warnings)
         meta["stats"] = ({"split": "train", "images": self.stat_images,
                           **{k: stats[k].tolist() for k in ("channel_mean", "channel_std", "eigval", "eigvec")}}
@@ -472,9 +510,8 @@ class _OutputLock:
 
 
 def _display(source: Source, name: str) -> str:
-    if source.kind in ("tar", "tar-stream"):
-        return f"{source.location}:{name}"
-    if source.kind == "folder":
+    """Where an image is, for a message: ``FOLDER/a/b.jpg``, ``ARCHIVE:member``, ``FOLDER/ARCHIVE:member``."""
+    if source.kind == "folder" or (source.kind == "ilsvrc" and os.path.isdir(source.location)):
         return os.path.join(source.location, name)
     return f"{source.location}:{name}"
 
@@ -502,7 +539,8 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
 def _prepare_locked(source, out: str, parent: str, *, size, storage: str, quality: int, skip_bad: bool, workers,
                     quiet: bool, labels, classes, limit, channels, overwrite: bool, started: float) -> PrepareSummary:
     """The body of :func:`prepare`, run while holding ``OUT.lock``."""
-    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit)
+    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit,
+                                                                  quiet=quiet)
 
     if size == "native":
         if src.encoded:
@@ -575,8 +613,9 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
             "preprocessing": f"central square (integer offsets) rescaled to {size}x{size}, bilinear antialiased "
                              f"= short side {size} then central crop (Krizhevsky et al. 2012, Section 2); "
                              f"JPEG DCT-domain downscaling by 1/2..1/8 while the short side stays >= {size}",
-            "pixel_scale": "uint8 0..255"}
-    config = {"size": size, "channels": channels, "storage": storage, "quality": quality}
+            "pixel_scale": "uint8 0..255", **src.extra}
+    config = {"size": size, "channels": channels, "storage": storage, "quality": quality,
+              "raw_paths": {split: os.path.join(partial, layout.images_file(split)) for split in counts}}
     decoded = 0
     try:
         decoded = _run(src, writer, config, workers, skip_bad, quiet, fingerprint, total)
@@ -607,7 +646,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
         os.rename(partial, out)
     return PrepareSummary(out, final_counts, len(src.classes), size, channels, storage, _dir_bytes(out),
                           list(writer.skipped), list(src.ignored), list(writer.warnings),
-                          time.perf_counter() - started, decoded, resumed_from)
+                          time.perf_counter() - started, decoded, resumed_from,
+                          unlabelled=tuple(sorted(src.unlabelled)))
 
 
 def _dir_bytes(path: str) -> int:
@@ -702,6 +742,7 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
             _drive(src, writer, functions, pool, workers, handle, stop, fingerprint)
     finally:
         bar.close()
+        _close_raw_files()      # the rows written in this process (workers=1)
         if pool is not None:
             pool.terminate()
             pool.join()

@@ -14,7 +14,7 @@ def _eval(args) -> int:
     out = args.out or "auto"
     result = evaluate(checkpoints, args.data, views=args.views, split=args.split, batch_size=args.batch_size,
                       device=args.device, workers=args.workers, limit=args.limit, out=out,
-                      progress=not args.quiet)
+                      progress=not args.quiet, predictions=args.output)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
     else:
@@ -66,6 +66,10 @@ def register(sub) -> None:
     p.add_argument("--device", help="e.g. cpu, cuda:0 (default: cuda when available)")
     p.add_argument("--out", metavar="DIR", help="where metrics.json, per_class.csv, confusion.png go "
                                                 "(default: beside the checkpoint, eval-SPLIT-VIEWS)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="also write each image's top 5 to FILE: .csv (file, label, class/name/probability), or .txt "
+                        "in the ILSVRC-2012 devkit's submission format; the only output for a split without labels "
+                        "(the ILSVRC test set)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)

@@ -24,7 +24,6 @@ failed export never leaves a half-written file under the target name.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -39,6 +38,7 @@ from torch import nn
 from ..checkpoint import code_version, load_model
 from ..data.preprocess import InputSpec
 from ..errors import UserError
+from ..files import atomic_write
 from ..models import get_model_info
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -158,27 +158,6 @@ WRITERS: dict[str, Callable] = {"onnx": _write_onnx, "torchscript": _write_torch
                                 "exported-program": _write_exported_program}
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """``write(file)`` into ``NAME.tmp-PID`` beside ``path``, fsync, rename over ``path``."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(tmp, "wb")
-        except OSError as exc:
-            raise UserError(f"{path}: cannot write the export ({exc.strerror or exc})") from None
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:                   # a full disk while writing, a vanished folder
-        raise UserError(f"{path}: cannot write the export ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(OSError):   # nothing to remove when the folder itself was unusable
-            tmp.unlink(missing_ok=True)
-
-
 def default_output(checkpoint_path: str | os.PathLike, fmt: str) -> Path:
     return Path(checkpoint_path).with_suffix(SUFFIXES[fmt])
 
@@ -211,7 +190,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     input_name = "pixels" if meta["input"] == "pixels" else "input"
     meta_json = json.dumps(meta, sort_keys=True)
     with torch.no_grad():
-        _atomic_write(out, lambda f: WRITERS[fmt](module, sample, input_name, meta_json, f))
+        atomic_write(out, lambda f: WRITERS[fmt](module, sample, input_name, meta_json, f), what="the export")
     return out, meta
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..files import atomic_write
 from ..runtime import ENV_MARKER, active_allocator, allocator_environment, machine_description, machine_line
 from . import data_bench, loop
 from .limits import native_low_precision, step_flops
@@ -452,9 +453,7 @@ def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dic
     def save(report: dict) -> None:
         if json_out is not None:
             report["command"] = command
-            tmp = Path(str(json_out) + ".tmp")
-            tmp.write_text(json.dumps(report, indent=1))
-            os.replace(tmp, json_out)
+            atomic_write(json_out, json.dumps(report, indent=1), what="the benchmark report")
 
     suite = Suite(quick=quick, groups=tuple(groups), **kwargs)
     report = suite.run(checkpoint=save)   # partial results survive an interrupted run

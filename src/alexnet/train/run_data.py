@@ -74,7 +74,8 @@ class RunData:
     def open(cls, config: Config, ctx: dist_utils.DistContext, quiet: bool = False) -> "RunData":
         c = config
         cache = open_training_cache(c, ctx, quiet)
-        val_split, test_split, notes = choose_splits(c, cache.splits)
+        # a split without labels (the ILSVRC-2012 test set) can neither validate nor test
+        val_split, test_split, notes = choose_splits(c, [s for s in cache.splits if cache.labelled(s)])
         limits = {c.data.train_split: c.data.train_subset}
         limits.update({split: c.data.val_subset for split in (val_split, test_split) if split})
         subset = any(limits.values())

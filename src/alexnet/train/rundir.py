@@ -39,11 +39,8 @@ ones are deleted; ``last`` and ``best`` always stay). When ``last`` is missing o
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,6 +49,7 @@ from .. import checkpoint as ckpt_io
 from .. import report
 from ..console import info
 from ..errors import UserError
+from ..files import FileLock, atomic_copy, atomic_write, lock_holder
 from . import distributed as dist_utils
 from .config import Config, check_resumable, to_toml
 
@@ -67,52 +65,28 @@ def run_folder(config: Config, ctx: dist_utils.DistContext) -> Path:
     return Path(config.run.out).expanduser() / name
 
 
-def copy_atomically(src: Path, dst: Path) -> None:
-    """dst <- src: copy aside, fsync, rename (a crash leaves the old dst or the new one, never half)."""
-    tmp = dst.with_name(dst.name + ".tmp-copy")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-
-
 def guarded(path: Path, write):
     """``write()``, with a failing write (full disk, quota, read-only folder) as one line naming ``path``."""
     try:
         return write()
-    except OSError as exc:
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+    except (OSError, UserError) as exc:     # UserError: an atomic write (alexnet.files) said which file
         kept = f"; {LAST} is intact" if (path.parent / LAST).is_file() else ""
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc}){kept}") from None
+        said = str(exc) if isinstance(exc, UserError) else f"{path}: cannot write ({exc.strerror or exc})"
+        raise UserError(f"{said}{kept}") from None
 
 
 class RunLock:
-    """An exclusive POSIX lock (``lockf``) on RUN/.lock: a second run on the same folder refuses to start.
-
-    The kernel releases the lock when the process dies, so a killed run never leaves a
-    stale lock behind. ``lockf``, not ``flock``: a ``flock`` is shared with forked
-    children (DataLoader workers), which outlive a ``kill -9`` of the trainer by seconds
-    and kept the folder "in use by" a dead process (tests/reliability/test_crash.py).
-    """
+    """RUN/.lock held (alexnet.files.FileLock: a POSIX record lock the kernel drops when the process
+    dies, not inherited by DataLoader workers): a second run on the same folder refuses to start."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
-        self._file = open(self.path, "a+")
-        try:
-            fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            raise UserError(f"{run_dir}: run folder is in use by {holder}; wait for it or choose another --run.name") from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"process {os.getpid()} on {os.uname().nodename}")
-        self._file.flush()
+        self._lock = FileLock(run_dir / ".lock")
+        holder = self._lock.acquire()
+        if holder is not None:
+            raise UserError(f"{run_dir}: run folder is in use by {holder}; wait for it or choose another --run.name")
 
     def release(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._lock.release()
 
 
 class RunFolder:
@@ -150,20 +124,9 @@ class RunFolder:
         """Refuse at once, creating nothing, a folder another process holds, or one whose state does
         not suit the run (a fresh run over a finished one, a resume without a checkpoint). The same
         checks run again, under the lock, in :meth:`open`."""
-        lock_path = self.path / ".lock"
-        try:
-            f = open(lock_path, "r+") if lock_path.is_file() else None
-        except OSError:
-            f = None          # unreadable here: open() says so in one line
-        if f is not None:
-            with f:
-                try:
-                    fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    holder = f.read().strip() or "another process"
-                    raise UserError(f"{self.path}: run folder is in use by {holder}; wait for it or choose another "
-                                    f"--run.name") from None
-                fcntl.lockf(f.fileno(), fcntl.LOCK_UN)
+        holder = lock_holder(self.path / ".lock")
+        if holder is not None:
+            raise UserError(f"{self.path}: run folder is in use by {holder}; wait for it or choose another --run.name")
         self._check_state(resuming)
 
     def open(self, config: Config, resuming: bool) -> RunLock:
@@ -189,8 +152,8 @@ class RunFolder:
 
     def write_config(self, config: Config) -> None:
         """RUN/config.toml and config.json: the resolved configuration (atomically, so a failed write keeps the old one)."""
-        toml, tmp = self.path / "config.toml", self.path / "config.toml.tmp"
-        guarded(toml, lambda: (tmp.write_text(to_toml(config)), os.replace(tmp, toml)))
+        toml = self.path / "config.toml"
+        guarded(toml, lambda: atomic_write(toml, to_toml(config), what="the run's configuration"))
         guarded(self.path / "config.json", lambda: report.write_json(self.path / "config.json", config.to_dict()))
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -200,14 +163,14 @@ class RunFolder:
         (0 = keep all)."""
         ckpt_io.save_checkpoint(self.last, **content)
         if keep_copy:
-            copy_atomically(self.last, self.step_path(step))
+            atomic_copy(self.last, self.step_path(step), what="checkpoint")
             if keep > 0:
                 for _, old in self.step_checkpoints()[keep:]:
                     old.unlink(missing_ok=True)
 
     def keep_best(self) -> None:
         """best <- last, atomically."""
-        copy_atomically(self.last, self.path / BEST)
+        atomic_copy(self.last, self.path / BEST, what="checkpoint")
 
     def best_holds(self, epoch: int) -> bool:
         """Whether best.safetensors is the checkpoint of ``epoch``."""

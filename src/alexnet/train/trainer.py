@@ -65,6 +65,7 @@ from ..console import first_line, info, progress, warn
 from ..data.device_pipeline import describe_data_path
 from ..data.loader import derive_seed
 from ..errors import UserError
+from ..files import atomic_copy
 from ..eval.metrics import evaluate_loader
 from ..fastpath import choose_fast_path
 from ..models import build_model
@@ -74,7 +75,7 @@ from . import distributed as dist_utils
 from .config import Config, apply_overrides, check_launch, load_config, resume_config
 from .init_from import apply_init_from, save_record as save_init_record
 from .run_data import RunData
-from .rundir import RunFolder, RunLogs, copy_atomically, run_folder
+from .rundir import RunFolder, RunLogs, run_folder
 from .schedule import LRSchedule, build_optimizer
 from .state import EpochSums, TrainState
 
@@ -479,7 +480,7 @@ class Trainer:
             ck, note = self.folder.choose_checkpoint()
             if note:
                 warn(note)
-                copy_atomically(ck.path, self.folder.last)     # a later restart finds a valid last
+                atomic_copy(ck.path, self.folder.last, what="checkpoint")   # a later restart finds a valid last
             chosen["ck"] = ck
             return str(ck.path)
 
