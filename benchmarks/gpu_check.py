@@ -155,6 +155,14 @@ def step_plan(s: Settings) -> list[tuple]:
     return plan
 
 
+def bench_case(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False) -> Case:
+    """``alexnet bench``'s training step (alexnet.perf.worker.Case: the trainer's step and optimiser)."""
+    return Case({"kind": "train", "impl": "ours", "model": name, "kwargs": s.models[name], "batch": batch,
+                 "size": s.crop, "device": str(s.device), "precision": PRECISIONS[precision],
+                 "channels_last": channels_last, "compile": compiled,
+                 "compile_backend": ("eager" if s.cpu else "inductor") if compiled else None})
+
+
 def time_step(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False,
               no_time: str | None = None) -> dict:
     """One row: the step of ``alexnet bench`` (its Case, the trainer's step and optimiser), warmed up, then
@@ -251,14 +259,6 @@ def run_loader(loader, seconds: float, step=None, warmup: int = 3) -> dict:
     elapsed = time.perf_counter() - start
     return {"img_per_s": images / elapsed, "images": images, "seconds": elapsed, "epochs": epoch,
             "data_wait_fraction": waited / elapsed}
-
-
-def bench_case(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False) -> Case:
-    """``alexnet bench``'s training step (alexnet.perf.worker.Case: the trainer's step and optimiser)."""
-    return Case({"kind": "train", "impl": "ours", "model": name, "kwargs": s.models[name], "batch": batch,
-                 "size": s.crop, "device": str(s.device), "precision": PRECISIONS[precision],
-                 "channels_last": channels_last, "compile": compiled,
-                 "compile_backend": ("eager" if s.cpu else "inductor") if compiled else None})
 
 
 def part_end_to_end(s: Settings, data: dict, budget: Budget, later: float) -> list[dict]:
