@@ -209,7 +209,7 @@ class Loader:
         self.device = torch.device(device)
         self.views, self.drop_last, self.channels_last = views, drop_last, channels_last
         self.with_index = with_index
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
         self.num_classes = cache.num_classes
         self.classes = cache.classes
         self.pin_memory = (self.device.type == "cuda") if pin_memory is None else pin_memory
@@ -253,13 +253,16 @@ class Loader:
             return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s shuffle and augmentation (deterministic from (seed, epoch))."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select epoch ``epoch``'s shuffle and augmentation (deterministic from (seed, epoch)); the next
+        pass yields its batches from number ``start_batch`` on (a resume mid-epoch seeks, reading
+        nothing before it), the same batches an uninterrupted pass yields there."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def batch_numbers(self) -> list[int]:
-        """The batches a pass over the current epoch reads, in order: where an epoch's list is made."""
-        return list(range(len(self)))
+        """The batches a pass over the current epoch reads, in order: where an epoch's list is made
+        (from ``start_batch`` on, :meth:`set_epoch`)."""
+        return list(range(self.start_batch, len(self)))
 
     # -- iteration -------------------------------------------------------------------------
     def _host_batches(self):

@@ -21,7 +21,8 @@ paper's network; inference also for ``alexnet_owt``), ``scaling`` (images/s and
 peak RSS of a training step against batch size and input size, one fresh
 process per point), ``data`` (:mod:`alexnet.perf.data_bench`: prepare and loader),
 ``memory`` (:mod:`alexnet.perf.memory_bench`: the allocator and output-buffer reuse,
-each with and without).
+each with and without), ``loop`` (:mod:`alexnet.perf.loop`: ``alexnet train`` itself beside
+its bare step, and a resume's time to its first step at 90% of an epoch against at its start).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ import torch
 from ..errors import UserError
 from ..files import atomic_write
 from ..runtime import ENV_MARKER, active_allocator, allocator_environment, machine_description, machine_line
-from . import data_bench, memory_bench
+from . import data_bench, loop, memory_bench
 from .limits import native_low_precision, step_flops
 
-GROUPS = ("limits", "lrn", "train", "infer", "scaling", "data", "memory")
+GROUPS = ("limits", "lrn", "train", "infer", "scaling", "data", "memory", "loop")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -414,6 +415,20 @@ class Suite:
                 worker.close()
             if cache is not None:
                 shutil.rmtree(Path(cache).parent, ignore_errors=True)
+
+    def _group_loop(self) -> None:
+        if not data_bench.sample_path().is_file():
+            self.notes.append(f"loop rows skipped: {data_bench.sample_path()} not found (set ALEXNET_SHARED)")
+            return
+        try:
+            rows = loop.loop_rows(data_bench.sample_path(), batch=self.batch, crop=self.size, rounds=self.rounds,
+                                  quick=self.quick, env=_ours_env(), log=self._log)
+        except Exception as exc:   # noqa: BLE001 - the loop rows must not sink the whole suite
+            self.notes.append(f"loop rows failed: {type(exc).__name__}: {exc}")
+            return
+        for row in rows:
+            self.rows.append(row)
+            self._log(_format_row(row))
 
     # -- report
     def report(self, elapsed: float) -> dict:

@@ -13,8 +13,10 @@ per line on stdout:
     {"op": "info"}                              -> {"ok": true, "rss_peak_mb": ..., "runtime": {...}}
 
 Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb" | "loader"), impl ("plain" | "ours"),
-model, batch, size, precision, channels_last, compile, shape (for LRN), device; for the
-loader (:func:`alexnet.perf.memory_bench.loader_work`) cache, batch, crop, batches, reuse. A model
+model, kwargs (the model's options), batch, size, precision, channels_last, compile,
+compile_backend (a ``torch.compile`` backend instead of the fast path's compilation, e.g.
+"eager" for a check of the path on a small CPU), shape (for LRN), device; for the loader
+(:func:`alexnet.perf.memory_bench.loader_work`) cache, batch, crop, batches, reuse. A model
 case of ours runs :func:`alexnet.fastpath.choose_fast_path` with its precision,
 channels_last and compile (``"auto"`` for both = the path training takes by default),
 the trainer's optimiser (:func:`alexnet.train.schedule.build_optimizer`) and the one
@@ -92,10 +94,11 @@ class Case:
     def _setup_model(self, spec, gen, impl):
         name, batch, size = spec["model"], spec["batch"], spec["size"]
         torch.manual_seed(0)
+        kwargs = spec.get("kwargs") or {}
         if impl == "plain":
-            model = plain_reference_alexnet() if name == "alexnet" else build_model(name)
+            model = plain_reference_alexnet() if name == "alexnet" and not kwargs else build_model(name, **kwargs)
         else:
-            model = build_model(name)
+            model = build_model(name, **kwargs)
         self.macs = model_macs(model, (3, size, size))
         training = spec["kind"] == "train"
         x = torch.randn(batch, 3, size, size, generator=gen)
@@ -124,7 +127,10 @@ class Case:
                                     spec.get("compile", False))
             self.fast = fast.to_dict()
             model = fast.prepare_model(model)
-            model, _ = fast.compile_model(model, x[:2], doing="benchmarking")
+            if spec.get("compile_backend"):
+                model = torch.compile(model, backend=spec["compile_backend"])
+            else:
+                model, _ = fast.compile_model(model, x[:2], doing="benchmarking")
             x = fast.prepare_input(x)
             y = y.to(self.device)
             model.train(training)
@@ -132,8 +138,12 @@ class Case:
                 # The trainer's optimiser (the paper's SGD, fused where the device has it).
                 optimizer = build_optimizer(model, OptimConfig(), lr=0.01)
 
+                def step(xb: torch.Tensor, yb: torch.Tensor) -> None:   # exactly the trainer's step
+                    fast.train_step(model, optimizer, fast.prepare_input(xb), yb.to(self.device))
+                self.step, self.model = step, model   # other batches than the case's own (the device check's loaders)
+
                 def work():
-                    fast.train_step(model, optimizer, x, y)     # exactly the trainer's step
+                    step(x, y)
             else:
                 def work():
                     with torch.inference_mode(), fast.autocast():

@@ -22,6 +22,7 @@ and ``config.json``; a resumed run may change only the settings of
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -346,7 +347,7 @@ def check_launch(config: Config, world_size: int) -> None:
 # ----------------------------------------------------------------------------- resuming
 
 # The one rule for "the same run, which may continue": both ways of resuming - ``--resume RUN``
-# (resume_config) and ``run.resume = "auto"`` (alexnet.train.restart.auto_resume, the cluster
+# (resume_config) and ``run.resume = "auto"`` (alexnet.train.rundir.RunFolder.auto_resume, the cluster
 # restart) - call check_resumable with this list.
 #
 # A checkpoint records a position in a replay: the data order and augmentation are functions of
@@ -455,3 +456,12 @@ def to_toml(config: Config) -> str:
         lines.append(f"\n[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def apply_overrides(config: Config, overrides: dict | list[str]) -> Config:
+    """A copy of ``config`` with ``overrides`` (a nested dict or ``--key value`` tokens) merged in and
+    validated; ``config`` stays as it was."""
+    merged = copy.deepcopy(config)
+    _merge(merged, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "overrides")
+    validate(merged)
+    return merged

@@ -10,7 +10,7 @@ is a folder with ``config.json``; its model and data come from there, its epochs
 validation error from ``epochs.jsonl``, and its status from the lock, ``summary.json`` and
 the header of ``last.safetensors`` (alexnet.checkpoint.read_meta, no tensor read):
 
-* ``running``: a process holds the folder's lock (alexnet.train.rundir.lock_holder);
+* ``running``: a process holds the folder's lock (alexnet.train.rundir.RunFolder.lock_holder);
 * ``finished``: ``summary.json`` says the run ended (all its epochs, or ``train.max_steps``)
   and no later checkpoint was written since (a resume that went on would have);
 * ``interrupted``: stopped by a signal (SIGINT, SIGTERM): the trainer saved a checkpoint and wrote
@@ -79,7 +79,7 @@ def _read_json(path: Path) -> dict:
 
 def run_status(run_dir: Path) -> tuple[str, str | None]:
     """(status, lock holder) of a run folder: running, finished, interrupted or crashed (module docstring)."""
-    holder = rundir.lock_holder(run_dir)
+    holder = rundir.RunFolder(run_dir).lock_holder()
     if holder is not None:
         return "running", holder
     meta = ckpt_io.read_meta(run_dir / rundir.LAST)

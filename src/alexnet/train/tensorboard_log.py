@@ -1,10 +1,11 @@
 """TensorBoard event files of a training run: its logged records as scalars, conv1 as an image.
 
-    steps_log, epochs_log, note = attach(run_dir, config, model, start_step, resuming, steps_log, epochs_log)
+    note = attach(logs, run_dir, config, model, start_step, resuming)
 
-:func:`attach` wraps the run's two JSONL logs (alexnet.train.rundir.RunLog) so that every
-record written to ``steps.jsonl`` or ``epochs.jsonl`` also goes, as it is, to an event file
-in the run folder, where ``tensorboard --logdir RUNS`` finds it (one run per folder):
+:func:`attach` subscribes to the run's logs (alexnet.train.rundir.RunLogs, the one place
+records are emitted) so that every record written to ``steps.jsonl`` or ``epochs.jsonl``
+also goes, as it is, to an event file in the run folder, where ``tensorboard --logdir RUNS``
+finds it (one run per folder):
 
 * ``step/<key>`` for each number of a ``steps.jsonl`` record (loss, window_loss, lr,
   img_per_s), at the record's optimiser step;
@@ -123,30 +124,14 @@ class TensorBoardLog:
                 pass         # reported by _write, or nothing left to lose
 
 
-class _Tee:
-    """A run log whose records also go to a TensorBoard hook; closing it closes ``also_close`` too."""
-
-    def __init__(self, log, hook, also_close=None):
-        self.log, self.hook, self.also_close = log, hook, also_close
-
-    def write(self, record: dict) -> None:
-        self.log.write(record)
-        self.hook(record)
-
-    def close(self) -> None:
-        self.log.close()
-        if self.also_close is not None:
-            self.also_close()
-
-
-def attach(run_dir: Path, config: Config, model: nn.Module, start_step: int, resuming: bool,
-           steps_log, epochs_log, quiet: bool = False):
-    """``(steps_log, epochs_log, note)``: the logs, whose records now also become TensorBoard events
-    (unchanged when events are off), and the end of the run's first status line saying where the
-    events are and how to open them ("" when off). ``start_step``: the step the run starts or
-    resumes at."""
+def attach(logs, run_dir: Path, config: Config, model: nn.Module, start_step: int, resuming: bool,
+           quiet: bool = False) -> str:
+    """Send the run's step and epoch records (``logs``: alexnet.train.rundir.RunLogs) to TensorBoard
+    too; returns the end of the run's first status line saying where the events are and how to open
+    them ("" when events are off). ``start_step``: the step the run starts or resumes at."""
     events = TensorBoardLog.open(run_dir, config, model, start_step, resuming, quiet)
     if events is None:
-        return steps_log, epochs_log, ""
-    note = f"; TensorBoard events in the run folder (watch: tensorboard --logdir {run_dir.parent})"
-    return _Tee(steps_log, events.on_step), _Tee(epochs_log, events.on_epoch, events.close), note
+        return ""
+    logs.subscribe(lambda kind, record: (events.on_step if kind == "step" else events.on_epoch)(record),
+                   close=events.close)
+    return f"; TensorBoard events in the run folder (watch: tensorboard --logdir {run_dir.parent})"
