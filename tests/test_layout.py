@@ -17,6 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet"
 
 FLOORS: list[set[str]] = [
     {"errors", "console", "signals", "runtime", "locations", "report"},   # basics: no alexnet imports
+    {"options"},    # one declaration per option (types, ranges, paths), the one-line parser
     {"models"},
     {"data"},
     {"checkpoint"},

@@ -66,24 +66,25 @@ def test_dotted_overrides_are_typed():
     assert load_config("fashion-mnist", ["--model.kwargs.dropout", "0.0"]).model.kwargs["hidden"] == 512
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--optim.lrr", "0.1"], "unknown key 'optim.lrr'"),
-    (["--optimizer.lr", "0.1"], "unknown key 'optimizer'"),
-    (["--train.epochs", "ten"], "train.epochs must be an int, got str 'ten'"),
-    (["--train.epochs", "2.5"], "train.epochs must be an int"),
-    (["--data.flip", "3"], "data.flip must be a bool"),
-    (["--train.precision", "fp8"], "train.precision must be one of auto, fp32, bf16, fp16"),
-    (["--train.channels_last", "yes"], "train.channels_last must be one of true, false, auto; got 'yes'"),
-    (["--train.channels_last", "1"], "train.channels_last must be bool or str, got int 1"),
-    (["--lr", "0.1"], "unknown option --lr"),
-    (["--optim.lr"], "--optim.lr: missing value"),
-    (["0.1"], "unexpected argument '0.1'"),
-    (["--data.crop", "300"], "data.crop (300) is larger than data.size"),
+@pytest.mark.parametrize("args, fragments", [
+    (["--optim.lrr", "0.1"], ["optim.lrr", "unknown"]),
+    (["--optimizer.lr", "0.1"], ["optimizer", "unknown"]),
+    (["--train.epochs", "ten"], ["train.epochs", "'ten'", "integer"]),
+    (["--train.epochs", "2.5"], ["train.epochs", "2.5", "integer"]),
+    (["--data.flip", "3"], ["data.flip", "3", "true or false"]),
+    (["--train.precision", "fp8"], ["train.precision", "fp8", "auto, fp32, bf16, fp16"]),
+    (["--train.channels_last", "yes"], ["train.channels_last", "yes", "true, false, auto"]),
+    (["--train.channels_last", "1"], ["train.channels_last", "1", "true, false, auto"]),
+    (["--lr", "0.1"], ["--lr", "dotted"]),
+    (["--optim.lr"], ["--optim.lr", "missing value"]),
+    (["0.1"], ["'0.1'", "--section.key"]),
+    (["--data.crop", "300"], ["data.crop", "300", "256"]),
 ])
-def test_bad_settings_are_one_line_user_errors(args, message):
+def test_bad_settings_are_one_line_user_errors(args, fragments):
     with pytest.raises(UserError) as err:
         load_config("paper-imagenet", args)
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert all(f in str(err.value) for f in fragments), str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_bad_files(tmp_path):
