@@ -30,7 +30,7 @@ def _other_model(run: Path, path: Path) -> Path:
 def test_eval_ten_views_and_ensemble(trained_run, fmnist_cache, tmp_path):
     other = _other_model(trained_run, tmp_path / "other.safetensors")
     proc = run_cli("eval", trained_run, "--data", fmnist_cache, "--views", "ten", "--ensemble",
-                   other, "--json", "--quiet", "--out", tmp_path, env=CLI_ENV)
+                   other, "--json", "--quiet", "--out-dir", tmp_path, env=CLI_ENV)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["views"] == "ten" and result["count"] == 600 and len(result["members"]) == 2

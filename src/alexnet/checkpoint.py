@@ -41,6 +41,7 @@ from .data.classnames import readable_names
 from .data.preprocess import InputSpec
 from .errors import UserError
 from .models import build_model
+from .options import checkpoint_problem
 
 FORMAT = "alexnet-checkpoint/1"
 
@@ -125,6 +126,12 @@ def _unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
 
 # ----------------------------------------------------------------------------- save / load
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: dict,
                     optimizer: torch.optim.Optimizer | None = None,
                     rng: dict[int, tuple[dict, dict]] | None = None,
@@ -160,6 +167,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: d
         for stale in path.parent.glob(f"{path.name}.tmp-*"):
             stale.unlink(missing_ok=True)
         safetensors_torch.save_file(tensors, str(tmp), metadata=header)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; every file we write has the umask's mode
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())          # the bytes are on disk before the name points at them
         os.replace(tmp, path)
@@ -206,6 +214,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise UserError(f"{path}: folder holds no checkpoint (last.safetensors / best.safetensors)")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    foreign = checkpoint_problem(path)      # a .pth or .caffemodel: say how to import it
+    if foreign:
+        raise UserError(foreign)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -272,7 +283,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     arguments), ``classes``, ``class_names``, ``input_spec`` (the
     :class:`~alexnet.data.preprocess.InputSpec` it was trained with), ``input_size``
     (crop), ``cache_size`` (the stored side S), ``mean`` (mean mode), ``stats`` (numpy
-    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from).
+    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from),
+    ``not_loaded`` (layers an imported partial checkpoint holds at their initialisation).
     """
     ckpt = load_checkpoint(path)
     m = ckpt.meta["model"]
@@ -293,6 +305,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         "stats": stats,
         "input_spec": InputSpec.from_checkpoint({"channels": m["in_channels"], **data}, stats) if data.get("size") and data.get("crop") else None,
         "source": ckpt.meta.get("source"),
+        "not_loaded": list(ckpt.meta.get("not_loaded") or []),   # layers an importer left at their initialisation
         "epoch": ckpt.meta.get("epoch"), "step": ckpt.meta.get("step"),
         "code_version": ckpt.meta.get("code_version"),
     }

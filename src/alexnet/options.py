@@ -43,6 +43,7 @@ from typing import Any
 
 from .console import warn
 from .errors import UserError
+from .locations import expand_source, preset_files
 
 # What a path option must be. "" = not a path. An empty string always passes (it means "none"
 # or "the default" wherever a path option may be empty).
@@ -54,9 +55,13 @@ PATH_KINDS = {
     "output": "a file to write (its folder is created)",
     "out-dir": "a folder to write into (created if missing)",
     "cache": "a cache folder (an existing one, or one to create)",
+    "run": "a run folder (holding config.toml)",
+    "preset": "a preset name or a TOML file",
+    "data": "a cache folder, or a source to prepare: an image folder, an archive or a dataset name",
 }
 
 DEVICE = dict(pattern=r"(cpu|cuda|mps|xpu|meta)(:\d+)?", what="a torch device: cpu, cuda, cuda:N, mps, xpu")
+SPLIT = dict(pattern=r"[A-Za-z0-9_.-]+", what="a split name (train, val, test)")
 NAME = dict(pattern=r"(?!\.\.?$)[^/\\]+", what="a name without / (a folder name)")
 
 
@@ -156,6 +161,7 @@ class Spec:
     choices: tuple = ()             # the only values allowed
     pattern: str = ""               # a string must match it whole (device names, run names)
     path: str = ""                  # one of PATH_KINDS: what a path must be, checked on disk
+    special: tuple = ()             # values allowed besides the rules ("auto", "native", "" for none)
     what: str = ""                  # the allowed values in words, where the rules above say it badly
     help: str = ""                  # what the option means (config settings; a flag keeps argparse's help)
 
@@ -169,6 +175,10 @@ class Spec:
         """What the option allows, in words: "a number >= 0", "an integer in [0, 1)", "one of center, ten"."""
         if self.what:
             return self.what
+        text = self._rules()
+        return text + "".join(f" or {c!r}" for c in self.special if c != "")
+
+    def _rules(self) -> str:
         if self.choices:
             return "one of " + ", ".join(shown(c) if not isinstance(c, str) else c or '""' for c in self.choices)
         if self.path:
@@ -193,11 +203,14 @@ class Spec:
 
     def problem(self, value: Any) -> tuple[Any, str | None]:
         """(the value as its declared type, None) or (value, what is wrong with it)."""
+        if any(value == v and type(value) is type(v) for v in self.special):
+            return value, None
         try:
             value = conform(value, self.type)
         except Mismatch:
             return value, f"expected {self.describe()}"
-        if self.choices and not any(value == c and type(value) is type(c) for c in self.choices):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if self.choices and not all(any(v == c and type(v) is type(c) for c in self.choices) for v in items):
             return value, f"expected {self.describe()}"
         for number in self._numbers(value):
             bad = (not math.isfinite(number) or (self.ge is not None and number < self.ge)
@@ -206,9 +219,9 @@ class Spec:
             if bad:
                 return value, f"expected {self.describe()}"
         strings = value if isinstance(value, (list, tuple)) else [value]
-        if self.pattern and any(isinstance(v, str) and v and not re.fullmatch(self.pattern, v) for v in strings):
+        if self.pattern and any(isinstance(v, str) and not re.fullmatch(self.pattern, v) for v in strings):
             return value, f"expected {self.describe()}"
-        if self.path and isinstance(value, str) and value:
+        if self.path and isinstance(value, str):
             trouble = path_problem(self.path, value)
             if trouble:
                 return value, trouble
@@ -224,8 +237,16 @@ class Spec:
     # ------------------------------------------------------------------ argparse
 
     def parse(self, text: str) -> Any:
-        """A command-line string as the declared type (Mismatch when it is not one)."""
-        kind = self.type
+        """A command-line string as the declared type (Mismatch when it is not one); a list is
+        written comma-separated (``0.003,0.01``)."""
+        if text in self.special:
+            return text
+        kind, args = self.type, typing.get_args(self.type)
+        if typing.get_origin(kind) is list:
+            items = [t.strip() for t in text.split(",") if t.strip()]
+            if not items:
+                raise Mismatch
+            return [dataclasses.replace(self, type=args[0] if args else str).parse(t) for t in items]
         try:
             if kind is int:
                 return int(text)
@@ -295,7 +316,26 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
 
 def path_problem(kind: str, text: str) -> str | None:
     """Why ``text`` is not a path of ``kind`` (one of :data:`PATH_KINDS`), in words naming it; None when it is."""
+    if not text:
+        return f"got '', expected {PATH_KINDS[kind]}"
     path = Path(os.path.expanduser(text))
+    if kind == "preset":
+        names = preset_files()
+        if path.is_file() or text.removesuffix(".toml") in names:
+            return None
+        return f"{text}: no such preset or TOML file (presets: {', '.join(names)})"
+    if kind == "data":
+        expanded = Path(os.path.expanduser(expand_source(text)))
+        looks_like_path = os.sep in text or text.startswith(".") or "." in Path(text).name
+        if looks_like_path and not expanded.exists():
+            return f"{text}: no such file or folder"
+        return None
+    if kind == "run":
+        if not path.is_dir():
+            return f"{text}: no such run folder"
+        if not (path / "config.toml").is_file():
+            return f"{text}: not a run folder (no config.toml)"
+        return None
     if kind in ("file", "dir", "exists", "checkpoint"):
         if not path.exists():
             return f"{text}: no such {'folder' if kind == 'dir' else 'file' if kind == 'file' else 'file or folder'}"
@@ -368,22 +408,58 @@ def settings_of(cls: type, prefix: str = "") -> dict[str, Spec]:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem and where to get help; no abbreviations
-    (``--out`` never silently means ``--out-dir``), and a renamed flag says its new name (docs/cli.md)."""
+    (``--out`` never silently means ``--out-dir``); and a command line holding a renamed flag or command
+    is told its new name (``renamed={"--out": "--out-dir DIR"}`` on the parser that renamed it, docs/cli.md)."""
 
-    RENAMED = {"--out": "-o/--output FILE (a file) or --out-dir DIR (a folder)"}
+    renames: dict[str, dict[str, str]] = {}     # prog ("alexnet experiment ablations") -> {old: new}
+    hint = ""                                   # for the command line being parsed: rename_hint()
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        if renamed:
+            OneLineParser.renames[self.prog] = dict(renamed)
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        if message.startswith("unrecognized arguments:"):
-            renamed = [f"{old} is now {new}" for old, new in self.RENAMED.items() if old in message.split()[2:]]
-            if renamed:
-                message += f" ({'; '.join(renamed)}: docs/cli.md)"
         top = self.prog.split()[0]
-        sys.stderr.write(f"{top}: error: {message} (see '{self.prog} --help')\n")
+        sys.stderr.write(f"{top}: error: {message}{OneLineParser.hint} (see '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def rename_hint(argv: list[str]) -> str:
+    """`` (--epochs is now --train.epochs: docs/cli.md)`` when ``argv`` holds an old spelling of the
+    command it names, else ""."""
+    seen = {token.split("=", 1)[0] for token in argv}
+    hints = [f"{old} is now {new}" for prog, table in OneLineParser.renames.items()
+             if set(prog.split()[1:]) <= seen for old, new in table.items()
+             if old in seen and (old.startswith("-") or argv[:1] == [old])]     # a command: as the first word
+    return f" ({'; '.join(hints)}: docs/cli.md)" if hints else ""
+
+
+def split_settings(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate dotted settings (``--optim.lr 0.02`` / ``--optim.lr=0.02``) from a command's own arguments.
+
+    argparse cannot take options it does not know with a separate value (it would read ``0.02``
+    in ``--optim.lr 0.02`` as a positional argument), so the CLI splits them off first: they may
+    stand anywhere among the ordinary arguments. UserError when one has no value."""
+    rest, settings = [], []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            rest += args[i:]
+            break
+        if token.startswith("--") and "." in token.split("=", 1)[0]:
+            settings.append(token)
+            if "=" not in token:
+                if i + 1 >= len(args):
+                    raise UserError(f"{token}: missing value")
+                settings.append(args[i + 1])
+                i += 1
+        else:
+            rest.append(token)
+        i += 1
+    return rest, settings
 
 
 _WARNED: set[str] = set()

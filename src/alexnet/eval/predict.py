@@ -9,7 +9,6 @@ yields one line naming the file and the problem; the others are still predicted.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ import torch
 from ..checkpoint import load_model
 from ..data.preprocess import input_spec_of, read_square, to_network_input
 from ..errors import UserError
+from ..options import warn_once
 from ..runtime import default_device
 from .metrics import view_average
 
@@ -33,6 +33,9 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     or ``{"path", "error"}`` for an image that could not be read."""
     dev = default_device(device)
     model, info = load_model(checkpoint, device=dev)
+    if info["not_loaded"]:
+        warn_once(f"{info['path']}: {', '.join(info['not_loaded'])} hold their initialisation, not trained weights "
+                  f"(an imported partial checkpoint, for features and fine-tuning): these predictions mean nothing")
     spec = input_spec_of(info)
     classes = info["classes"] or [str(i) for i in range(info["num_classes"])]
     names = info.get("class_names") or classes

@@ -34,11 +34,11 @@ from typing import Any
 
 from ..console import warn
 from ..data.cache import read_meta
-from ..data.resolve import cache_dir_for, is_cache
+from ..data.resolve import cache_dir_for, is_cache, source_name
 from ..errors import UserError
 from ..locations import preset_files
 from ..models.registry import check_model_options, list_models
-from ..options import DEVICE, NAME, Spec, setting, settings_of, spec_of, warn_once
+from ..options import DEVICE, NAME, SPLIT, Spec, setting, settings_of, spec_of, type_name, warn_once
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +55,7 @@ DEFAULT_PRESET = "fashion-mnist"
 # tests/test_options_schema.py tries bad values for every one of them through the real CLI.
 # A new setting is one more line: ``name: int = setting(0, ge=0, help="...")``.
 
-SPLIT = r"[A-Za-z0-9_.-]+"      # a split name: a folder name of the cache
+
 
 
 @dataclass
@@ -64,9 +64,9 @@ class DataConfig:
 
     source: str = setting("", help="what `alexnet prepare` reads when the cache does not exist yet: a folder of "
                                    "class folders, an archive, a dataset name")
-    cache: str = setting("", path="cache", help="cache folder; \"\" = <cache root>/<name>-<size> "
+    cache: str = setting("", path="cache", special=("",), help="cache folder; \"\" = <cache root>/<name>-<size> "
                                                 "($ALEXNET_CACHE or ~/.cache/alexnet); an existing cache sets data.size")
-    name: str = setting("", **NAME, help="name of the default cache folder and of the run "
+    name: str = setting("", **NAME, special=("",), help="name of the default cache folder and of the run "
                                                        "(\"\" = the source's name, alexnet.data.resolve)")
     size: int = setting(256, ge=1, help="S: stored side of the cache (paper: 256)")
     crop: int = setting(224, ge=1, help="random training crop, at most data.size (paper: 224)")
@@ -77,9 +77,9 @@ class DataConfig:
     scale: str = setting("none", choices=("none", "std"),
                          help="none: raw 0..255 values minus the mean (paper); std: divided by the channel std")
     workers: int = setting(2, ge=0, help="loader worker processes (0 = in the training process)")
-    train_split: str = setting("train", pattern=SPLIT, help="split to train on")
-    val_split: str = setting("val", pattern=SPLIT, help="split validated on (the test split when the cache has no val)")
-    test_split: str = setting("test", pattern=SPLIT, help="split of the final evaluation (\"\" = none)")
+    train_split: str = setting("train", **SPLIT, help="split to train on")
+    val_split: str = setting("val", **SPLIT, special=("",), help="split validated on (the test split when the cache has no val)")
+    test_split: str = setting("test", **SPLIT, special=("",), help="split of the final evaluation (\"\" = none)")
     train_subset: int = setting(0, ge=0, help="train on a fixed, seeded random subset of N images (0 = all)")
     val_subset: int = setting(0, ge=0, help="validate and test on a fixed, seeded random subset of N images (0 = all)")
 
@@ -139,7 +139,7 @@ class TrainConfig:
     channels_last: bool | str = setting("auto", choices=(True, False, "auto"),
                                         help="channels-last memory format (auto: on for CPU and CUDA)")
     compile: bool = setting(False, help="torch.compile, falling back to eager with a warning")
-    device: str = setting("", **DEVICE, help="\"\" = cuda:LOCAL_RANK when available, else cpu")
+    device: str = setting("", **DEVICE, special=("",), help="\"\" = cuda:LOCAL_RANK when available, else cpu")
     threads: int = setting(0, ge=0, help="torch threads (0 = leave as configured)")
     stall_steps: int = setting(1000, ge=0, help="warn when the loss is still above 0.95 ln C after this many "
                                                 "steps (0 = off)")
@@ -160,7 +160,7 @@ class TrainConfig:
                                                          "missing cache")
     deterministic: bool = setting(False, help="deterministic kernels only: a resumed GPU run repeats bit for bit")
     # Fine-tuning (alexnet.train.init_from; a fresh run only, a resume keeps its own weights):
-    init_from: str = setting("", path="checkpoint", help="start from the layers of this checkpoint that match by "
+    init_from: str = setting("", path="checkpoint", special=("",), help="start from the layers of this checkpoint that match by "
                                                          "name and shape (docs/finetuning.md)")
     freeze_loaded: bool = setting(False, help="loaded layers: frozen, no optimiser group (no lr, no decay)")
     loaded_lr_scale: float = setting(1.0, ge=0, help="loaded layers: their own parameter groups at this multiple "
@@ -172,7 +172,7 @@ class RunConfig:
     """Where the run folder goes."""
 
     out: str = setting("runs", path="out-dir", help="parent folder of the run folders")
-    name: str = setting("", **NAME, help="run folder name (\"\" = <preset or data>-<yyyymmdd-hhmmss>)")
+    name: str = setting("", **NAME, special=("",), help="run folder name (\"\" = <preset or data>-<yyyymmdd-hhmmss>)")
     progress: bool = setting(True, help="progress bars (also off when stderr is not a terminal)")
     plots: bool = setting(True, help="PNG plots of the curves beside the logs")
     resume: str = setting("", choices=("", "auto"), help="auto: resume RUN.OUT/RUN.NAME when it holds a "
@@ -181,7 +181,7 @@ class RunConfig:
 
 @dataclass
 class Config:
-    preset: str = ""
+    preset: str = setting("", help="the preset (or TOML file) the settings started from: a label, not compared on resume")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -191,6 +191,18 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        """What the run is of, for its default folder name and its plot: the preset, or, when a built-in
+        preset's recipe is pointed at other data (``--data.source my_photos/``), that data's name."""
+        d = self.data
+        presets = preset_files()
+        if self.preset not in presets:
+            return self.preset or d.name or source_name(d.cache or d.source or "run")
+        own = tomllib.loads(presets[self.preset].read_text()).get("data", {})
+        if (d.source, d.cache, d.name) == (own.get("source", ""), own.get("cache", ""), own.get("name", "")):
+            return self.preset
+        return d.name or source_name(d.cache or d.source)
 
     def cache_dir(self) -> Path:
         """The cache folder this config reads (and builds with `prepare` when missing): ``data.cache``,
@@ -351,7 +363,7 @@ def validate(config: Config) -> None:
     check_model_options(config.model.name, config.model.kwargs)
 
 
-# How far the batch size may move from the preset's before its learning rate is questioned.
+# How far the batch size may move from the preset's (a factor, either way) before its lr is questioned.
 BATCH_RATIO_WARNED = 4
 
 
@@ -362,7 +374,7 @@ def warn_about_changes(preset: Config, config: Config) -> None:
     if o.lr == 0:
         warn_once("optim.lr = 0: the weights will not change (the run only measures)")
     b, b0 = config.train.batch_size, preset.train.batch_size
-    if not o.scale_lr and o.lr == before.lr and max(b, b0) >= BATCH_RATIO_WARNED * min(b, b0):
+    if not o.scale_lr and o.lr == before.lr and max(b, b0) > BATCH_RATIO_WARNED * min(b, b0):
         warn_once(f"train.batch_size {b} is far from the preset's {b0}, and optim.lr {o.lr:g} was tuned for "
                   f"{b0}: consider --optim.lr {o.lr * b / b0:.3g} (the linear scaling rule) or "
                   f"--optim.scale_lr true")
@@ -478,6 +490,22 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
+def key_table() -> str:
+    """Every setting as a Markdown table (key, type, default, what it allows, what it means), made from
+    the declarations: docs/training.md holds it between ``<!-- settings -->`` markers, checked by a
+    test, which prints the table to paste when a setting changes."""
+    defaults = _flatten({k: v for k, v in Config().to_dict().items() if k != "preset"})
+    rows = ["| setting | type | default | allowed | what it is |", "| --- | --- | --- | --- | --- |"]
+    for key, spec in SETTINGS.items():
+        if key == "preset":
+            continue
+        ruled = spec.choices or spec.pattern or spec.path or any(b is not None for b in (spec.ge, spec.gt, spec.le, spec.lt))
+        cells = [f"`{key}`", type_name(spec.type), f"`{_toml_value(defaults[key])}`",
+                 spec.describe() if ruled else "", spec.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def to_toml(config: Config) -> str:
     """The resolved config as TOML that :func:`load_config` reads back unchanged."""
     lines = [f"preset = {_toml_value(config.preset)}"]
@@ -487,3 +515,4 @@ def to_toml(config: Config) -> str:
         lines.append(f"\n[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+

@@ -69,7 +69,7 @@ from . import restart, rundir
 from .checkpoints import RunCheckpoints, seed_everything, unwrap
 from .config import Config, _merge, check_launch, load_config, parse_overrides, resume_config, validate
 from .epoch import EpochLoop
-from .init_from import apply_init_from, save_record as save_init_record
+from .init_from import apply_init_from, check_before_data as check_init_from, save_record as save_init_record
 from .run_data import RunData
 from .schedule import LRSchedule, build_optimizer
 from .state import TrainState
@@ -150,6 +150,8 @@ class Trainer:
                                      what="train.precision")
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
+        if self.resume_dir is None:
+            check_init_from(c)           # a checkpoint that cannot start this run: refused before any prepare
         self.data = data = RunData.open(c, ctx, self.quiet)
         if c.train.batch_size % ctx.world_size:
             raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by {ctx.world_size} processes")
@@ -328,5 +330,5 @@ class Trainer:
         summary["machine"] = machine_description()
         if ctx.is_main:
             rundir.write_outputs(self.run_dir, summary, epochs, plots=c.run.plots,
-                                 title=f"{c.preset}: {c.model.name} ({self.run_dir.name})")
+                                 title=f"{c.label()}: {c.model.name} ({self.run_dir.name})")
         return TrainResult(self.run_dir, summary, unwrap(self.model))
