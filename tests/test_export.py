@@ -276,7 +276,7 @@ def _one_error_line(proc, *fragments):
 
 def test_cli_bad_input_one_line_nothing_written(cli, small_checkpoint, tmp_path):
     _one_error_line(cli("export", tmp_path / "missing.safetensors", "--format", "onnx", "-o", tmp_path / "x.onnx"),
-                    "missing.safetensors", "no such checkpoint")
+                    "missing.safetensors", "no such file")
     _one_error_line(cli("export", small_checkpoint, "--format", "tflite", "-o", tmp_path / "x.tfl"), "tflite")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -17,9 +17,13 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
+import tarfile
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -336,3 +340,124 @@ def test_conform_is_the_one_typed_checker():
 
 def test_path_kinds_are_documented():
     assert set(PATH_KINDS) >= {"file", "dir", "checkpoint", "output", "out-dir"}
+
+
+# ----------------------------------------------------------------------------- real subprocesses
+
+def cli_run(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alexnet", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "ALEXNET_CACHE": str(cwd / "cache-root"), **(env or {})})
+
+
+ONCE_BROKEN = {   # what each did before: a traceback, or exit 0 with a wrong result
+    "negative lr": (["train", "--optim.lr", "-0.1"], "--optim.lr"),
+    "nan lr": (["train", "--optim.lr", "nan"], "--optim.lr"),
+    "negative momentum": (["train", "--optim.momentum", "-0.5"], "--optim.momentum"),
+    "negative threads": (["train", "--train.threads", "-1"], "--train.threads"),
+    "negative val subset": (["train", "--data.val_subset", "-5"], "--data.val_subset"),
+    "unwritable run.out": (["train", "--run.out", "@/a-file/runs"], "--run.out"),
+    "top -1": (["predict", "@/ok.safetensors", "@/image.png", "--top", "-1"], "--top"),
+    "features batch 0": (["features", "@/ok.safetensors", "--data", "@/cache", "-o", "@/f.npy", "--batch-size", "0"],
+                         "--batch-size"),
+    "features batch -4": (["features", "@/ok.safetensors", "--data", "@/cache", "-o", "@/f.npy", "--batch-size", "-4"],
+                          "--batch-size"),
+    "neighbors batch 0": (["experiment", "neighbors", "@/ok.safetensors", "--data", "@/cache", "--query",
+                           "@/image.png", "--batch-size", "0"], "--batch-size"),
+    "filters scale -1": (["experiment", "filters", "--model", "alexnet", "--scale", "-1"], "--scale"),
+    "eval out-dir under a file": (["eval", "@/ok.safetensors", "--data", "@/cache", "--out-dir", "@/a-file/x"],
+                                  "--out-dir"),
+    "a pickle to predict": (["predict", "@/tv.pth", "@/image.png"], "alexnet import torchvision"),
+    "a pickle to eval": (["eval", "@/tv.pth", "--data", "@/cache"], "alexnet import torchvision"),
+    "a pickle to export": (["export", "@/tv.pth", "--format", "onnx"], "alexnet import torchvision"),
+    "a pickle to --init-from": (["train", "--init-from", "@/tv.pth"], "alexnet import torchvision"),
+    "a pickle as train.init_from": (["train", "--train.init_from", "@/tv.pth"], "alexnet import torchvision"),
+}
+
+
+# These as real processes (the rest run in this process: the same entry point, without the start-up cost).
+AS_PROCESSES = ("negative lr", "top -1", "features batch 0", "filters scale -1", "a pickle to --init-from")
+
+
+@pytest.mark.parametrize("case", ONCE_BROKEN)
+def test_what_once_broke_is_one_line(case, world, tmp_path, capsys, monkeypatch):
+    args, named = ONCE_BROKEN[case]
+    argv = [str(a).replace("@", str(world)) for a in args]
+    if case in AS_PROCESSES:
+        before = listing(world)
+        proc = cli_run(*argv, cwd=tmp_path)
+        status, out, err = proc.returncode, proc.stdout, proc.stderr
+        assert listing(world) == before
+    else:
+        monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache-root"))
+        status, out, err = run_main(argv, capsys, tmp_path, world)
+    assert_refused(status, out, err, named)
+    assert list(tmp_path.iterdir()) == []                   # nothing written, nothing prepared
+
+
+def test_a_truncated_torchvision_file_is_one_line(tmp_path):
+    """torchvision publishes the legacy (non-zip) pickle format; cut short, it once ended in struct.error."""
+    model = build_model("alexnet_owt", num_classes=10)
+    state = {k: v[:2].clone() if v.ndim else v for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "full.pth", _use_new_zipfile_serialization=False)
+    for cut in (723, 4000, (tmp_path / "full.pth").stat().st_size // 2):
+        (tmp_path / "cut.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:cut])
+        proc = cli_run("import", "torchvision", tmp_path / "cut.pth", "-o", tmp_path / "out" / "x.safetensors",
+                       cwd=tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path / "cut.pth") in lines[0], (cut, proc.stderr)
+        assert not (tmp_path / "out" / "x.safetensors").exists()
+
+
+def test_init_from_matching_no_layer_is_refused_before_any_prepare(world, tmp_path, fashion_mnist_dir):
+    """A checkpoint of another architecture: refused before the (missing) cache is prepared."""
+    other = tmp_path / "owt.safetensors"
+    save_model(other, build_model("alexnet_owt", num_classes=10), name="alexnet_owt", num_classes=10, in_channels=3)
+    proc = cli_run("train", "fashion-mnist", "--init-from", other, "--data.source", fashion_mnist_dir,
+                   "--data.cache", tmp_path / "cache", "--run.out", tmp_path / "runs", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "no layer" in lines[0] and str(other) in lines[0], proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "cache-root").exists()
+
+
+def test_predicting_with_an_untrained_classifier_warns(shared_data, tmp_path, world):
+    """theano_alexnet's released weights are conv1-conv5 only: predictions from it mean nothing, and say so."""
+    ckpt = tmp_path / "theano.safetensors"
+    made = cli_run("import", "theano-alexnet", shared_data / "theano-alexnet-conv", "-o", ckpt, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    with tarfile.open(shared_data / "imagewoof2-160.tar") as tar:
+        member = next(m for m in tar if m.isfile() and m.name.endswith(".JPEG"))
+        (tmp_path / "dog.JPEG").write_bytes(tar.extractfile(member).read())
+    proc = cli_run("predict", ckpt, tmp_path / "dog.JPEG", "--json", cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["top"], proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("alexnet: warning: ")]
+    assert len(warnings) == 1 and "fc6" in warnings[0] and "fc8" in warnings[0], proc.stderr
+
+
+def test_every_checkpoint_has_the_same_file_mode(world, tmp_path):
+    """safetensors creates its files 0600 and a copy gets 0644: every checkpoint now has the umask's mode."""
+    from alexnet.checkpoint import save_checkpoint
+    model = build_model("alexnet_small", num_classes=2, widths=[8, 8, 8, 8, 8], hidden=8)
+    written = [save_checkpoint(tmp_path / "a.safetensors", model=model, meta={}),
+               save_model(tmp_path / "b.safetensors", model, name="alexnet_small", num_classes=2, in_channels=3,
+                          kwargs={"widths": [8, 8, 8, 8, 8], "hidden": 8})]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~mask)}
+
+
+def test_output_folders_that_do_not_exist_are_created(tmp_path, capsys):
+    """`prepare SRC a/b/cache`, `-o a/b/x`: the folders above an output are made (docs/cli.md)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "pics" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "pics" / cls / f"{i}.png")
+    assert cli.main(["prepare", str(tmp_path / "pics"), str(tmp_path / "a" / "b" / "cache"), "--size", "16",
+                     "--quiet", "--workers", "1"]) == 0
+    assert (tmp_path / "a" / "b" / "cache" / "meta.json").is_file()
+    capsys.readouterr()
+    assert cli.main(["experiment", "filters", "--model", "alexnet_small", "-o", str(tmp_path / "c" / "d" / "f.png"),
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["png"] == str(tmp_path / "c" / "d" / "f.png")

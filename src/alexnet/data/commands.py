@@ -7,7 +7,7 @@ import os
 
 from ..console import info
 from ..errors import UserError
-from ..options import Spec
+from ..options import Spec, make_parents
 from . import download
 from .cache import open_cache, read_meta, verify_cache
 from .resolve import default_cache_dir
@@ -40,6 +40,7 @@ def _prepare(args) -> int:
         if download.known(source):
             raise UserError(f"{source}: no such file or directory; add --download to fetch "
                             f"{download.resolve(source).title} from its official source")
+    make_parents(out)            # OUT itself is made by prepare, atomically; the folders above it here
     summary = prepare(source, out, size=size or DEFAULT_SIZE, storage=args.format, quality=args.quality,
                       skip_bad=args.skip_bad, workers=args.workers, quiet=args.quiet, labels=args.labels,
                       classes=args.classes, limit=args.limit, channels=args.channels, overwrite=args.overwrite)

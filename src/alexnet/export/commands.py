@@ -16,12 +16,12 @@ def _export(args) -> int:
     size_mb = path.stat().st_size / 1e6
     shape = "x".join(str(v) for v in meta["input_shape"])
     info(f"wrote {path} ({args.format}, {size_mb:.1f} MB): input {meta['input']!r} {shape}, "
-         f"{meta['num_classes']} classes", quiet=args.quiet or args.json)
+         f"{meta['num_classes']} classes", quiet=args.quiet)
     result = check_export(path, args.checkpoint, args.format) if args.check else None
     if args.json:
         print(json.dumps({"path": str(path), "format": args.format, "input": meta["input"],
                           "input_shape": meta["input_shape"], "num_classes": meta["num_classes"],
-                          **({"check": result} if result is not None else {})}, indent=2))
+                          **(result or {})}, indent=2))
     elif result is not None:
         print(f"{path}: max |logit difference| {result['max_abs_diff']:.3g} against PyTorch "
               f"(logits up to {result['max_abs_logit']:.3g}, relative {result['relative']:.2g}; "

@@ -116,7 +116,7 @@ class ScheduleConfig:
 
     kind: str = setting("plateau", choices=("plateau", "step", "cosine", "onecycle", "constant"),
                         help="plateau (paper): x factor when the val error stalls; step; cosine; onecycle; constant")
-    factor: float = setting(0.1, gt=0, le=1, help="plateau, step: multiply the lr by this (paper: 0.1)")
+    factor: float = setting(0.1, gt=0, help="plateau, step: multiply the lr by this (paper: 0.1)")
     patience: int = setting(1, ge=0, help="plateau: epochs without improvement before a drop")
     threshold: float = setting(0.0, ge=0, lt=1, help="plateau: improvement of the error fraction that counts")
     max_drops: int = setting(3, ge=0, help="plateau: at most this many drops (paper: 3)")
