@@ -461,3 +461,26 @@ def test_output_folders_that_do_not_exist_are_created(tmp_path, capsys):
     assert cli.main(["experiment", "filters", "--model", "alexnet_small", "-o", str(tmp_path / "c" / "d" / "f.png"),
                      "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["png"] == str(tmp_path / "c" / "d" / "f.png")
+
+
+def test_a_pickle_is_told_apart_from_a_checkpoint(tmp_path):
+    """The sniff that names `alexnet import torchvision` never misreads a safetensors file, whose first
+    byte is its header length's lowest (0x80 included, as pickles start), and catches every pickle format."""
+    import pickle as pickle_module
+    from safetensors.torch import save_file
+    from alexnet.options import checkpoint_problem
+    first_bytes = set()
+    for n in range(300):
+        path = tmp_path / f"s{n}.safetensors"
+        save_file({"t": torch.zeros(n % 5 + 1)}, str(path), metadata={"pad": "a" * n})
+        first_bytes.add(path.read_bytes()[0])
+        assert checkpoint_problem(path) is None, n
+    assert 0x80 in first_bytes                        # the case that once read as a pickle
+    state = {"w": torch.zeros(2)}
+    for i, save in enumerate((lambda p: torch.save(state, p),
+                              lambda p: torch.save(state, p, _use_new_zipfile_serialization=False),
+                              *(lambda p, k=k: p.write_bytes(pickle_module.dumps({"w": [1]}, protocol=k))
+                                for k in (2, 3, 4, 5)))):
+        path = tmp_path / f"p{i}.pth"
+        save(path)
+        assert "alexnet import torchvision" in checkpoint_problem(path), i

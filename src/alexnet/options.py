@@ -302,10 +302,13 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except OSError:
         return None
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length (any first byte, 0x80 included), then "{".
+    if head[8:9] == b"{":
+        return None
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return (f"{path} is a PyTorch pickle (a .pth state dict), not an alexnet checkpoint: import it first with "
                 f"'alexnet import torchvision {path} -o {path.with_suffix('.safetensors').name}'")
     if path.suffix == ".caffemodel":

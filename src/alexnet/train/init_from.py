@@ -47,7 +47,9 @@ from torch import nn
 
 from .. import checkpoint as ckpt_io
 from ..console import info, warn
+from ..data.cache import read_meta
 from ..data.preprocess import InputSpec
+from ..data.resolve import is_cache
 from ..errors import UserError
 from ..models import build_model
 from . import rundir
@@ -234,14 +236,17 @@ def check_before_data(config) -> None:
     """Refuse a ``train.init_from`` checkpoint that cannot start this run before any data is prepared
     (a prepare can take hours): the settings, and whether any layer matches. The data decides only
     the class count (fc8) and the input channels (conv1), so the model is built here with the
-    checkpoint's own: when nothing matches even then, nothing will."""
+    prepared cache's, or before a prepare with the checkpoint's own: when nothing matches even
+    then, nothing will."""
     t = config.train
     check_options(t)
     if not t.init_from:
         return
     ckpt = ckpt_io.load_checkpoint(Path(os.path.expanduser(t.init_from)))
     m = ckpt.meta["model"]
-    model = build_model(config.model.name, num_classes=m["num_classes"], in_channels=m["in_channels"],
+    cache = read_meta(config.cache_dir()) if is_cache(config.cache_dir()) else {}   # the data's, when prepared
+    classes = len(cache.get("classes") or []) or m["num_classes"]
+    model = build_model(config.model.name, num_classes=classes, in_channels=cache.get("channels") or m["in_channels"],
                         **config.model.kwargs)
     if not match_layers(model, ckpt)[1]:
         _refuse_unmatched(ckpt, model, config.model.name)
