@@ -287,7 +287,7 @@ def test_eval_predict_and_features_on_cuda_match_the_cpu(cpu_run, raw_cache, tre
     for a, b in zip(predict(ckpt, images, device="cpu"), predict(ckpt, images, device="cuda")):
         assert [t["class"] for t in a["top"]][:1] == [t["class"] for t in b["top"]][:1]
         np.testing.assert_allclose([t["prob"] for t in a["top"]], [t["prob"] for t in b["top"]], atol=1e-3)
-    cli("features", ckpt, "--data", raw_cache, "--split", "val", "--out", tmp_path / "cuda.npy", "--device", "cuda",
+    cli("features", ckpt, "--data", raw_cache, "--split", "val", "-o", tmp_path / "cuda.npy", "--device", "cuda",
         "--quiet", check=True)
     extract_features(ckpt, raw_cache, tmp_path / "cpu.npy", split="val", device="cpu")
     np.testing.assert_allclose(np.load(tmp_path / "cuda.npy"), np.load(tmp_path / "cpu.npy"), rtol=1e-3, atol=1e-3)

@@ -284,7 +284,7 @@ def test_cli_prepare_real_subprocess(tmp_path, woof, cli):
     assert proc.returncode == 0, proc.stderr
     assert "train 6 images" in proc.stdout and "skipped 1 bad file(s) (listed in skipped.csv)" in proc.stdout
     assert f"skipped {tmp_path / 'src' / rel}: corrupt or truncated JPEG" in proc.stderr
-    for args, expected in [(("prepare", tmp_path / "nope", tmp_path / "o2", "--size", "big"), "--size 'big'"),
+    for args, expected in [(("prepare", tmp_path / "src", tmp_path / "o2", "--size", "big"), "--size: got 'big'"),
                            (("cache-info", tmp_path / "src"), "not a prepared cache")]:
         proc = cli(*args)
         assert proc.returncode == 2

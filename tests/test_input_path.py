@@ -150,7 +150,7 @@ def test_every_command_resolves_a_source_to_the_same_cache(image_tree, cache_and
     env = {"ALEXNET_CACHE": str(root)}
     proc = run_cli("eval", ckpt, "--data", image_tree, "--workers", "0", env=env)
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("features", ckpt, "--data", image_tree, "--out", tmp_path / "f.npy", "--quiet", env=env)
+    proc = run_cli("features", ckpt, "--data", image_tree, "-o", tmp_path / "f.npy", "--quiet", env=env)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in root.iterdir()) == [expected.name]
     assert (expected / "meta.json").stat().st_mtime_ns == stamp      # reused, never re-prepared

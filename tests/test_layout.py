@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet"
 FLOORS: list[set[str]] = [
     {"errors"},                                                     # the one user-error type
     {"console", "signals", "runtime", "locations", "files"},        # basics
-    {"report"},                                                     # logs, tables, plots (atomic writes)
+    {"report", "options"},          # logs, tables, plots (atomic writes); one declaration per option, the one-line parser
     {"models"},
     {"data"},
     {"checkpoint"},

@@ -19,7 +19,7 @@ from alexnet import runtime
 def test_bench_quick_smoke_writes_wellformed_json(cli, tmp_path):
     out = tmp_path / "bench.json"
     proc = cli("bench", "--quick", "--batch", "2", "--image-size", "63", "--rounds", "1",
-               "--only", "limits,lrn,train,infer,scaling", "--json", out, timeout=300)
+               "--only", "limits,lrn,train,infer,scaling", "-o", out, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert {"machine", "settings", "rows", "scaling", "limits_gflops", "notes", "elapsed_s"} <= set(report)
@@ -63,13 +63,18 @@ def test_bench_quick_smoke_writes_wellformed_json(cli, tmp_path):
 
 def test_bench_opt_out_and_bad_options(cli, tmp_path):
     out = tmp_path / "b.json"
-    proc = cli("bench", "--only", "limits", "--json", out, env={"ALEXNET_ALLOCATOR": "system"}, timeout=120)
+    out = tmp_path / "new" / "b.json"         # -o creates its folder (docs/cli.md)
+    proc = cli("bench", "--only", "limits", "-o", out, "--json", env={"ALEXNET_ALLOCATOR": "system"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["settings"]["suite_allocator"] == "system"
+    assert json.loads(proc.stdout) == json.loads(out.read_text())       # --json: standard output is the report
     bad = cli("bench", "--only", "nonsense")
-    assert bad.returncode == 2 and bad.stderr.startswith("alexnet: error: --only") and "Traceback" not in bad.stderr
-    bad = cli("bench", "--json", tmp_path / "missing" / "x.json")
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("alexnet: error:") and "--only" in bad.stderr
+    assert "nonsense" in bad.stderr and "Traceback" not in bad.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = cli("bench", "-o", blocker / "x.json")
+    assert bad.returncode == 2 and str(blocker) in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -79,7 +84,7 @@ def test_bench_memory_rows_time_each_mechanism_with_and_without(cli, tmp_path, s
     (each really runs the one it is named after), and the loader rows time fresh against reused outputs."""
     out = tmp_path / "memory.json"
     proc = cli("bench", "--only", "memory", "--quick", "--batch", "2", "--image-size", "63", "--rounds", "1",
-               "--json", out, env={"ALEXNET_SHARED": str(shared_data.parent)}, timeout=600)
+               "-o", out, env={"ALEXNET_SHARED": str(shared_data.parent)}, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     workers = report["memory_workers"]
@@ -95,3 +100,9 @@ def test_bench_memory_rows_time_each_mechanism_with_and_without(cli, tmp_path, s
     for row in rows.values():
         assert row["ours"] > 0 and row["reference"] > 0 and row["group"] == "memory"
     assert rows[("train_step_allocator", "glibc")]["unit"] == "images/s"
+
+
+def test_the_command_knows_every_group_of_the_suite():
+    """`alexnet bench --only` declares the suite's groups without importing it (torch): the same list."""
+    from alexnet.perf import commands, suite
+    assert commands.GROUPS == suite.GROUPS

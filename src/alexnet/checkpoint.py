@@ -41,6 +41,7 @@ from .data.preprocess import InputSpec
 from .errors import UserError
 from .files import atomic_write_with
 from .models import build_model
+from .options import checkpoint_problem
 
 FORMAT = "alexnet-checkpoint/1"
 
@@ -190,6 +191,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise UserError(f"{path}: folder holds no checkpoint (last.safetensors / best.safetensors)")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    foreign = checkpoint_problem(path)      # a .pth or .caffemodel: say how to import it
+    if foreign:
+        raise UserError(foreign)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -268,7 +272,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     arguments), ``classes``, ``class_names``, ``input_spec`` (the
     :class:`~alexnet.data.preprocess.InputSpec` it was trained with), ``input_size``
     (crop), ``cache_size`` (the stored side S), ``mean`` (mean mode), ``stats`` (numpy
-    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from).
+    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from),
+    ``not_loaded`` (layers an imported partial checkpoint holds at their initialisation).
     """
     ckpt = load_checkpoint(path)
     m = ckpt.meta["model"]
@@ -289,6 +294,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         "stats": stats,
         "input_spec": InputSpec.from_checkpoint({"channels": m["in_channels"], **data}, stats) if data.get("size") and data.get("crop") else None,
         "source": ckpt.meta.get("source"),
+        "not_loaded": list(ckpt.meta.get("not_loaded") or []),   # layers an importer left at their initialisation
         "epoch": ckpt.meta.get("epoch"), "step": ckpt.meta.get("step"),
         "code_version": ckpt.meta.get("code_version"),
     }

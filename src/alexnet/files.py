@@ -31,6 +31,12 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc).rsplit(": ", 1)[-1] or type(exc).__name__
 
 
+def _umask() -> int:
+    mask = os.umask(0)     # read by setting: there is no other way; set straight back
+    os.umask(mask)
+    return mask
+
+
 def fsync_folder(folder: str | os.PathLike) -> None:
     """Make a rename (or a new file) in ``folder`` survive a power cut."""
     fd = os.open(folder, os.O_RDONLY)
@@ -69,6 +75,7 @@ def atomic_write_with(path: str | os.PathLike, write_to: Callable[[Path], None],
         for stale in path.parent.glob(f"{path.name}.tmp-*"):   # left by a killed writer
             stale.unlink(missing_ok=True)
         write_to(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())     # every file we write has the umask's mode (a library may make 0600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

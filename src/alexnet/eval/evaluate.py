@@ -16,6 +16,7 @@ evaluated cache). A ``--data`` argument becomes a cache by the one rule of
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ..console import progress as progress_bar
 from ..data import build_loader
 from ..data.resolve import resolve_cache
 from ..errors import UserError
+from ..options import warn_once
 from ..runtime import default_device
 from ..data.preprocess import input_spec_of
 from .metrics import ClassificationMeter, view_average
@@ -143,6 +145,7 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        _warn_if_replacing(out / "metrics.json", result)
         report.write_json(out / "metrics.json", result)
         report.write_csv(out / "per_class.csv", [
             {"class": c, "name": n, "images": int(meter.confusion[i].sum()), "accuracy": a}
@@ -152,6 +155,20 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
             report.plot_confusion(meter.confusion.numpy(), list(names), out / "confusion.png", title=title)
         result["out"] = str(out)
     return result
+
+
+def _warn_if_replacing(path: Path, result: dict) -> None:
+    """An earlier evaluation of other data (another cache, split, subset or checkpoint) in the same
+    folder is replaced: say so once, naming what it was."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    keys = ("cache", "split", "views", "count", "checkpoints")
+    differ = [k for k in keys if before.get(k) != result.get(k)]
+    if differ:
+        warn_once(f"{path} held an evaluation of other data ({', '.join(f'{k} {before.get(k)!r}' for k in differ)}); "
+                  f"it is replaced (give --out-dir to keep both)")
 
 
 def format_result(result: dict, max_classes: int = 20) -> str:

@@ -26,6 +26,7 @@ from ..console import info, progress as progress_bar
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.preprocess import input_spec_of, read_square, square_from_bytes, to_network_input
 from ..errors import UserError
+from ..options import warn_once
 from ..runtime import default_device
 from .metrics import view_average
 
@@ -41,6 +42,10 @@ class Predictor:
     def __init__(self, checkpoint: str | os.PathLike, *, device: str | None = None, views: str = "center"):
         self.device = default_device(device)
         self.model, self.info = load_model(checkpoint, device=self.device)
+        if self.info["not_loaded"]:
+            warn_once(f"{self.info['path']}: {', '.join(self.info['not_loaded'])} hold their initialisation, not "
+                      f"trained weights (an imported partial checkpoint, for features and fine-tuning): these "
+                      f"predictions mean nothing")
         self.spec = input_spec_of(self.info)
         self.views = views
         self.classes = self.info["classes"] or [str(i) for i in range(self.info["num_classes"])]

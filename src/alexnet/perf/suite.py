@@ -497,7 +497,7 @@ def format_table(report: dict) -> str:
 
 
 def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dict:
-    """Run the suite, print the table, write the JSON report; returns the report."""
+    """Run the suite and write the JSON report to ``json_out``; returns the report (``format_table`` prints it)."""
     groups = kwargs.pop("groups", None) or GROUPS
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -517,5 +517,4 @@ def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dic
     report = suite.run(checkpoint=save)   # partial results survive an interrupted run
     report["command"] = command
     save(report)
-    print(format_table(report))
     return report

@@ -11,24 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-_positive_int.__name__ = "positive integer"     # argparse names the type in its error line
-_port.__name__ = "port (0-65535)"
+from ..options import DEVICE, Spec
 
 
 def _runs(args) -> int:
@@ -77,9 +60,12 @@ def register(sub) -> None:
                     "validation top-1 / top-5 error and status (running, finished, interrupted, crashed). "
                     "--compare RUN RUN ... prints the settings that differ between them and draws their curves "
                     "into one PNG (-o, default compare.png).")
-    p.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="folder of run folders (default: runs)")
-    p.add_argument("--compare", nargs="+", metavar="RUN", help="runs to compare: run folders, or names under DIR")
-    p.add_argument("-o", "--output", metavar="FILE.png", help="with --compare: the PNG to draw (default compare.png)")
+    p.add_argument("dir", nargs="?", default="runs", metavar="DIR", type=Spec(path="dir"),
+                   help="folder of run folders (default: runs)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", type=Spec(pattern=r".+", what="a run folder or a name under DIR"),
+                   help="runs to compare: run folders, or names under DIR")
+    p.add_argument("-o", "--output", metavar="FILE.png", type=Spec(path="output"),
+                   help="with --compare: the PNG to draw (default compare.png)")
     p.add_argument("--json", action="store_true", help="print the table (or the comparison) as JSON")
     p.set_defaults(func=_runs)
 
@@ -90,12 +76,14 @@ def register(sub) -> None:
                     "its curves, updating while it trains (the newest checkpoint is reloaded). JSON API: POST "
                     "/predict with the image as multipart field 'image'. Listens on 127.0.0.1 unless --host "
                     "says otherwise.")
-    p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port, printed)")
-    p.add_argument("--device", help="e.g. cpu, cuda:0 (default: cuda when available)")
-    p.add_argument("--max-upload-mb", type=_positive_int, default=20, metavar="MB",
+    p.add_argument("checkpoint", type=Spec(path="checkpoint"), help="checkpoint file or run folder")
+    p.add_argument("--host", default="127.0.0.1", type=Spec(pattern=r"[A-Za-z0-9_.:-]+", what="a host name or address"),
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=Spec(int, ge=0, le=65535), default=8000,
+                   help="port (default 8000; 0: any free port, printed)")
+    p.add_argument("--device", type=Spec(**DEVICE), help="e.g. cpu, cuda:0 (default: cuda when available)")
+    p.add_argument("--max-upload-mb", type=Spec(int, ge=1), default=20, metavar="MB",
                    help="largest upload accepted, in MiB (default 20)")
-    p.add_argument("--max-pixels", type=_positive_int, default=50_000_000, metavar="N",
+    p.add_argument("--max-pixels", type=Spec(int, ge=1), default=50_000_000, metavar="N",
                    help="largest image accepted, width x height (default 50,000,000)")
     p.set_defaults(func=_serve)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from ..data import Cache, build_loader, open_cache
 from ..data.preprocess import InputSpec
 from ..data.resolve import ensure_prepared, is_cache
+from ..options import warn_once
 from . import distributed as dist_utils
 from .config import Config
 
@@ -74,6 +75,10 @@ class RunData:
     def open(cls, config: Config, ctx: dist_utils.DistContext, quiet: bool = False) -> "RunData":
         c = config
         cache = open_training_cache(c, ctx, quiet)
+        if cache.num_classes < 2 and ctx.is_main:
+            warn_once(f"{cache.path}: one class only ({', '.join(cache.classes)}): every image has the same label, "
+                      f"so the loss drops to 0 and there is nothing to learn; a folder of images needs one "
+                      f"subfolder per class")
         # a split without labels (the ILSVRC-2012 test set) can neither validate nor test
         val_split, test_split, notes = choose_splits(c, [s for s in cache.splits if cache.labelled(s)])
         limits = {c.data.train_split: c.data.train_subset}

@@ -61,8 +61,9 @@ LOGS = ("steps.jsonl", "epochs.jsonl")
 
 
 def run_folder(config: Config, ctx: dist_utils.DistContext) -> Path:
-    """RUN.OUT/RUN.NAME, the name defaulting to <preset>-<yyyymmdd-hhmmss>; every rank gets rank 0's."""
-    name = config.run.name or f"{config.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """RUN.OUT/RUN.NAME, the name defaulting to <preset or data>-<yyyymmdd-hhmmss> (Config.label); every
+    rank gets rank 0's."""
+    name = config.run.name or f"{config.label()}-{time.strftime('%Y%m%d-%H%M%S')}"
     name = dist_utils.broadcast_object(name, ctx)
     return Path(config.run.out).expanduser() / name
 

@@ -74,7 +74,7 @@ from ..signals import StopFlag
 from . import distributed as dist_utils
 from . import tensorboard_log
 from .config import Config, apply_overrides, check_launch, load_config, resume_config
-from .init_from import apply_init_from, save_record as save_init_record
+from .init_from import apply_init_from, check_before_data as check_init_from, save_record as save_init_record
 from .run_data import RunData
 from .rundir import RunFolder, RunLogs, run_folder
 from .schedule import LRSchedule, build_optimizer
@@ -163,6 +163,8 @@ class Trainer:
                                      what="train.precision")
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
+        if self.resume_dir is None:
+            check_init_from(c)           # a checkpoint that cannot start this run: refused before any prepare
         self.data = data = RunData.open(c, ctx, self.quiet)
         if c.train.batch_size % ctx.world_size:
             raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by {ctx.world_size} processes")
@@ -564,7 +566,7 @@ class Trainer:
         summary["machine"] = machine_description()
         if ctx.is_main:
             self.folder.write_outputs(summary, epochs, plots=c.run.plots,
-                                      title=f"{c.preset}: {c.model.name} ({self.folder.path.name})")
+                                      title=f"{c.label()}: {c.model.name} ({self.folder.path.name})")
         return TrainResult(self.folder.path, summary, unwrap(self.model))
 
 
