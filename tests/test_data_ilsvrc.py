@@ -267,7 +267,7 @@ def test_the_whole_path_on_the_miniature(mini, tmp_path, cli):
     assert (summary["test"]["split"], summary["test"]["views"], summary["test"]["count"]) == ("val", "ten", 12)
 
     proc = cli("eval", runs / "mini", "--data", cache, "--split", "val", "--views", "ten", "--json",
-               "--out", tmp_path / "eval-val", "--quiet", "--workers", "0")
+               "--out-dir", tmp_path / "eval-val", "--quiet", "--workers", "0")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["count"] == 12 and result["top1_err"] == pytest.approx(summary["test"]["top1_err"])

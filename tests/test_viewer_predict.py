@@ -73,8 +73,8 @@ def test_a_folder_becomes_one_csv_row_per_image(trained_run, photo_folder, tmp_p
         assert row["error"] == ""
 
 
-def test_json_and_csv_agree_and_csv_is_the_same_option(trained_run, photo_folder, tmp_path):
-    proc = run_cli("predict", trained_run, photo_folder / "b", "--json", "--csv", tmp_path / "b.csv", env=CLI_ENV)
+def test_json_and_csv_agree(trained_run, photo_folder, tmp_path):
+    proc = run_cli("predict", trained_run, photo_folder / "b", "--json", "-o", tmp_path / "b.csv", env=CLI_ENV)
     assert proc.returncode == 1, proc.stderr           # b/text.jpg
     results = json.loads(proc.stdout)
     rows = rows_of(tmp_path / "b.csv")
