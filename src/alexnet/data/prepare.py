@@ -26,21 +26,16 @@ non-image files, or nothing).
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import errno
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import sys
 import time
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +48,7 @@ from ..files import FileLock, atomic_write, fsync_folder, human_size
 from ..signals import StopFlag
 from . import cache as layout
 from .decode import BadImage, decode_square, resize_square
+from .process_pool import ProcessPool, WorkerDied
 from .sources import GRAY_MODES, ArraySplit, Source, open_source, read_payload
 
 CHECKPOINT_SECONDS = float(os.environ.get("ALEXNET_PREPARE_CHECKPOINT_SECONDS", "10"))  # tests shorten it
@@ -118,10 +114,10 @@ def _init_worker(config: dict) -> None:
     if config.get("pool"):
         torch.set_num_threads(1)  # one process per core: the resize must not spawn threads of its own
         # Ctrl-C reaches the whole process group: the parent stops between chunks and ends the
-        # workers itself; a worker killed mid-task by KeyboardInterrupt would end the pool early.
+        # workers itself; a worker killed mid-task by KeyboardInterrupt would look like a crash.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # Forked while the parent's StopFlag was installed, a worker would inherit its SIGTERM
-        # handler and outlive a SIGTERM; the executor ends workers with SIGTERM.
+        # A SIGTERM ends a worker, even one forked from a process with a StopFlag installed
+        # (prepare called by a training run), whose handler it would otherwise inherit.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -687,85 +683,15 @@ def _tasks(src: Source, writer: _Writer):
             yield "encoded", (split, [(int(i), content[i].name, content[i].ref) for i in pending[start:start + step]])
 
 
-class _DecodingPool:
-    """The decoding processes: a ``ProcessPoolExecutor`` that prepare watches, and stops at once.
-
-    Not ``multiprocessing.Pool``: when one of its workers dies (SIGKILL, the kernel's
-    out-of-memory killer, a segfault in a decoder) it starts another, the dead one's task is
-    lost, and prepare waited for its result forever. The executor fails every pending task
-    with BrokenProcessPool instead (and ends the other workers, whose queue locks the dead
-    one may hold); prepare then stops with one line saying how the worker died. Results are
-    awaited in slices of POLL_SECONDS, so that SIGINT/SIGTERM is seen even while none comes
-    (a decoder stuck on a file). The worker processes are noted as they start, to name the
-    dead one and to kill them all when prepare stops early.
-    """
-
-    def __init__(self, workers: int, config: dict, where: str):
-        self.where = where                  # the partial cache, for the messages
-        self.before = {p.pid for p in multiprocessing.active_children()}
-        self.processes: dict[int, multiprocessing.Process] = {}
-        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(),
-                                            initializer=_init_worker, initargs=({**config, "pool": True},))
-
-    def _note_processes(self) -> None:
-        """Remember the workers started so far (the executor starts them at the first submits)."""
-        for p in multiprocessing.active_children():
-            if p.pid not in self.before:
-                self.processes.setdefault(p.pid, p)
-
-    def submit(self, function, task, stop: StopFlag) -> Future:
-        try:
-            future = self.executor.submit(function, task)
-        except BrokenProcessPool:
-            stop.check()
-            raise self._died() from None
-        self._note_processes()
-        return future
-
-    def result(self, future: Future, stop: StopFlag):
-        while True:
-            try:
-                return future.result(timeout=POLL_SECONDS)
-            except concurrent.futures.TimeoutError:
-                stop.check()
-            except BrokenProcessPool:
-                stop.check()     # SIGTERM to the whole process group ends the workers too: a stop
-                raise self._died() from None
-
-    def _died(self) -> UserError:
-        """The one line for a worker that died: which one, and how (its exit status)."""
-        deadline = time.monotonic() + 1.0
-        while True:
-            # The executor sends SIGTERM to the other workers once one has died; the one that
-            # died first ended otherwise (unless SIGTERM killed it: then all look alike).
-            # A status reaped by the executor's thread meanwhile shows on the next look.
-            ended = [(pid, p.exitcode) for pid, p in self.processes.items() if p.exitcode is not None]
-            first = [e for e in ended if e[1] != -signal.SIGTERM]
-            if first or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        pid, code = (first or ended or [(None, None)])[0]
-        if code is None:
-            how, why = "how is unknown", ""
-        elif code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else "unknown"
-            how, why = f"signal {-code}, {name}, process {pid}", ""
-            if code == -signal.SIGKILL:
-                why = ": killed by hand or by the kernel's out-of-memory killer (fewer --workers need less memory)"
-            elif code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT, -signal.SIGILL, -signal.SIGFPE):
-                why = ": a crash in an image decoder"
-        else:
-            how, why = f"exit status {code}, process {pid}", ""
-        return UserError(f"{self.where}: a decoding worker died ({how}){why}; the partial cache is kept and "
-                         f"a re-run resumes it")
-
-    def close(self, kill: bool) -> None:
-        """Wait for the workers to end; ``kill``: end them now (SIGKILL: a stopped or stuck worker too)."""
-        if kill:
-            self._note_processes()
-            for p in self.processes.values():
-                p.kill()          # nothing of theirs is lost: only results received count as done
-        self.executor.shutdown(wait=True)
+def _died_line(partial: str, exc: WorkerDied) -> str:
+    """The one line for a decoding worker that died: how, and what that usually means."""
+    why = ""
+    if exc.exitcode == -signal.SIGKILL:
+        why = ": killed by hand or by the kernel's out-of-memory killer (fewer --workers need less memory)"
+    elif exc.signal_name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE"):
+        why = ": a crash in an image decoder"
+    return (f"{partial}: a decoding worker died ({exc.how}, process {exc.pid}){why}; the partial cache is kept "
+            f"and a re-run resumes it")
 
 
 def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: bool, quiet: bool,
@@ -774,7 +700,7 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
     functions = {"encoded": _work_encoded, "arrays": _work_arrays}
     pool = None
     if workers > 1:
-        pool = _DecodingPool(workers, config, writer.root)
+        pool = ProcessPool(workers, initializer=_init_worker, initargs=({**config, "pool": True},))
     else:
         _init_worker(config)
     decoded = 0
@@ -833,17 +759,15 @@ def _drive(src: Source, writer: _Writer, functions: dict, pool, workers: int, ha
                 writer.checkpoint(fingerprint)
                 last_checkpoint = time.monotonic()
     else:
-        in_flight: deque = deque()     # results are handled in the order of the tasks
-        window = 4 * workers
-        for kind, task in _tasks(src, writer):
-            in_flight.append(pool.submit(functions[kind], task, stop))
-            while len(in_flight) >= window:
-                handle(pool.result(in_flight.popleft(), stop))
+        work = ((functions[kind], task) for kind, task in _tasks(src, writer))
+        try:
+            for result in pool.imap(work, stop.check, window=4 * workers, poll=POLL_SECONDS):
+                handle(result)
                 stop.check()
-            if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                writer.checkpoint(fingerprint)
-                last_checkpoint = time.monotonic()
-        while in_flight:
-            handle(pool.result(in_flight.popleft(), stop))
-            stop.check()
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    writer.checkpoint(fingerprint)
+                    last_checkpoint = time.monotonic()
+        except WorkerDied as exc:
+            stop.check()     # a SIGTERM to the whole process group ends the workers too: that is a stop
+            raise UserError(_died_line(writer.root, exc)) from None
     stop.check()
