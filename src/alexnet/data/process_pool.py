@@ -6,7 +6,7 @@ while it writes a result (the kernel's out-of-memory killer does not wait for a 
 end) leaves half a message in that pipe, and the thread waits for the rest forever; the
 parent then waits forever for its results, and a Ctrl-C is never looked at. ``Pool`` also
 replaces a dead worker and silently loses its task. (Both hangs were seen with ``alexnet
-prepare``, the second in about one try in ten.)
+prepare`` and a worker killed mid-run: Pool's every time, the executor's now and then.)
 
 Here each worker has two pipes of its own, one for its tasks and one for its results, and
 the parent has no helper thread: it writes tasks and reads results without ever blocking
@@ -210,7 +210,9 @@ class ProcessPool:
     def __init__(self, processes: int, initializer: Callable | None = None, initargs: tuple = (),
                  context=None, depth: int = 2):
         ctx = context or multiprocessing.get_context()
-        self.depth = depth                       # tasks a worker holds at once (the next one waits in its pipe)
+        # Tasks a worker holds at once: with 2, its next task already waits in its pipe when it
+        # sends a result, so it does not idle while this process handles that result.
+        self.depth = depth
         self.workers: list[_Worker] = []
         try:
             for _ in range(processes):
