@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import UserError
 from alexnet.train import config as config_module
 from alexnet.train.config import ALLOWED, RESUME_CHANGEABLE, load_config, resume_config
-from alexnet.train.restart import auto_resume
+from alexnet.train.rundir import RunFolder
 from train_support import checkpoint_tensors, last_step, one_line_error, tiny_kwargs_arg, wait_for
 
 pytestmark = pytest.mark.slow
@@ -290,11 +289,11 @@ def nested(key: str, value) -> dict:
 
 def test_resume_auto_and_resume_dir_agree_on_every_setting(references):
     """For every setting of the configuration, changed alone on a real run folder: ``--resume auto``'s
-    check (auto_resume) and ``--resume RUN``'s (resume_config) give the same verdict, and it is the
+    check (RunFolder.auto_resume) and ``--resume RUN``'s (resume_config) give the same verdict, and it is the
     allow-list's - continue for the keys of RESUME_CHANGEABLE, refuse naming the key for all others."""
     run_dir = references("single")
     toml = run_dir / "config.toml"
-    assert auto_resume(run_dir, load_config(toml).to_dict()) is True       # unchanged: the same run
+    assert RunFolder(run_dir).auto_resume(load_config(toml).to_dict()) is True       # unchanged: the same run
     flat = config_module._flatten(load_config(toml).to_dict())
     flat.pop("preset")
     checked, verdicts = set(), {}
@@ -305,7 +304,9 @@ def test_resume_auto_and_resume_dir_agree_on_every_setting(references):
         overrides = nested(key, new)
         wanted = load_config(toml, overrides)
         outcomes = []
-        for check in (lambda: auto_resume(run_dir, wanted.to_dict()), lambda: resume_config(run_dir, overrides)):
+        checks = (lambda wanted=wanted: RunFolder(run_dir).auto_resume(wanted.to_dict()),
+                  lambda overrides=overrides: resume_config(run_dir, overrides))
+        for check in checks:
             try:
                 check()
                 outcomes.append("continue")
@@ -372,7 +373,7 @@ def test_two_torchrun_agents_on_one_machine_equal_one_two_process_node(fmnist_ca
             if a.poll() is None:
                 os.killpg(a.pid, signal.SIGKILL)
                 a.wait()
-    for a, (_, err) in zip(agents, outputs):
+    for a, (_, err) in zip(agents, outputs, strict=True):
         assert a.returncode == 0, err[-4000:]
     summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * STEPS_PER_EPOCH

@@ -120,3 +120,14 @@ def test_an_installed_package_predicts_imported_torchvision_weights_with_ilsvrc_
     wnids, names = zip(*[ln.split()[1:3] for ln in (shared_data / "imagenet-classes.txt").read_text().splitlines()], strict=True)
     assert [t["class"] for t in top] == [wnids[i] for i in order]
     assert [t["name"] for t in top] == [names[i].replace("_", " ") for i in order]
+
+
+def test_the_serve_page_ships_as_package_data(installed, tmp_path):
+    venv, _ = installed
+    code = ("from importlib import resources; import alexnet.serve.app as a; "
+            "print(str(a.__file__).count('site-packages'), 'id=\"top5\"' in "
+            "resources.files('alexnet.serve').joinpath('page.html').read_text())")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "True"]

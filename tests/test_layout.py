@@ -26,7 +26,7 @@ FLOORS: list[set[str]] = [
     {"fastpath", "weights"},   # weights: the importers (checkpoint, data, models below them)
     {"eval"},
     {"train"},
-    {"analysis", "perf", "export"},
+    {"analysis", "perf", "export", "serve"},
     {"entry"},      # cli.py, __main__.py and the package root's re-exports
 ]
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}

@@ -57,7 +57,7 @@ def test_bench_quick_smoke_writes_wellformed_json(cli, tmp_path):
     assert all(x in header for x in report["machine"]["vector_extensions"])
     assert ("avx2" in report["machine"]["vector_extensions"]) == (" avx2" in flags)
     # Our entry point put the allocator in place for the suite's own process.
-    expected = "jemalloc" if runtime.find_jemalloc() else "glibc"
+    expected = "jemalloc" if runtime.find_jemalloc() else "system"
     assert report["settings"]["suite_allocator"] == expected
 
 
@@ -70,3 +70,28 @@ def test_bench_opt_out_and_bad_options(cli, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("alexnet: error: --only") and "Traceback" not in bad.stderr
     bad = cli("bench", "--json", tmp_path / "missing" / "x.json")
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_bench_memory_rows_time_each_mechanism_with_and_without(cli, tmp_path, shared_data):
+    """The allocator rows run the same training step in workers that differ only in the allocator
+    (each really runs the one it is named after), and the loader rows time fresh against reused outputs."""
+    out = tmp_path / "memory.json"
+    proc = cli("bench", "--only", "memory", "--quick", "--batch", "2", "--image-size", "63", "--rounds", "1",
+               "--json", out, env={"ALEXNET_SHARED": str(shared_data.parent)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    workers = report["memory_workers"]
+    assert workers["system"]["allocator"] == "system" and not workers["system"]["glibc_tunables"]
+    assert workers["glibc"]["allocator"] == "system" and "glibc.malloc.hugetlb=1" in workers["glibc"]["glibc_tunables"]
+    if runtime.find_jemalloc():
+        assert workers["jemalloc"]["allocator"] == "jemalloc" and "dirty_decay_ms:-1" in workers["jemalloc"]["malloc_conf"]
+    rows = {(r["name"], r["variant"]): r for r in report["rows"]}
+    expected = {("train_step_allocator", "glibc"), ("loader_output_reuse_system", "reused")}
+    if runtime.find_jemalloc():
+        expected |= {("train_step_allocator", "jemalloc"), ("loader_output_reuse_jemalloc", "reused")}
+    assert set(rows) == expected
+    for row in rows.values():
+        assert row["ours"] > 0 and row["reference"] > 0 and row["group"] == "memory"
+    assert rows[("train_step_allocator", "glibc")]["unit"] == "images/s"

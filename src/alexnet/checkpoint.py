@@ -206,6 +206,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, meta, tensors)
 
 
+def read_meta(path: str | os.PathLike) -> dict | None:
+    """A checkpoint file's JSON metadata (status, epoch, step, ...) from its header alone: no tensor is
+    read and nothing is verified, so it costs the same for any model size (what a listing of runs
+    needs). None for a missing, unreadable or foreign file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header["alexnet"])
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError):
+        return None
+
+
 def check_compatible(ckpt: Checkpoint, name: str, num_classes: int, in_channels: int) -> None:
     m = ckpt.meta["model"]
     if (m["name"], m["num_classes"], m["in_channels"]) != (name, num_classes, in_channels):

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "alexnet.perf.commands",
     "alexnet.export.commands",
     "alexnet.weights.commands",
+    "alexnet.serve.commands",
 )
 
 

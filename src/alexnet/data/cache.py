@@ -140,6 +140,11 @@ class JpegImages:
             self._data = np.memmap(self.bin_path, dtype=np.uint8, mode="r") if os.path.getsize(self.bin_path) else np.zeros(0, np.uint8)
         return self._data
 
+    def encoded(self, rows) -> list[np.ndarray]:
+        """The JPEG bytes of images ``rows`` (views of the memory-mapped file)."""
+        data = self._bytes()
+        return [data[o: o + n] for o, n in self.index[np.asarray(rows, dtype=np.int64)]]
+
     def decode_one(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         offset, length = self.index[i]
         a = decode_jpeg(self._bytes()[offset: offset + length].tobytes(), self.channels)
@@ -172,6 +177,16 @@ class _IndexedImages:
 
     def __getitem__(self, key):
         return self.base[self.index[key]]
+
+
+def storage_rows(images, rows) -> tuple[object, np.ndarray]:
+    """(the memmap or :class:`JpegImages` under a split's ``images``, ``rows`` as row numbers in it),
+    through any subset views: for readers that fetch whole rows from the storage itself."""
+    rows = np.asarray(rows, dtype=np.int64)
+    while isinstance(images, _IndexedImages):
+        rows = np.asarray(images.index, dtype=np.int64)[rows]
+        images = images.base
+    return images, rows
 
 
 @dataclass

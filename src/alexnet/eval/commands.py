@@ -23,17 +23,24 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import format_predictions, predict
-    results = predict(args.checkpoint, args.images, topk=args.top, views=args.views, device=args.device)
+    from .predict import check_writable, format_predictions, predict, write_csv
+    if args.output:
+        check_writable(args.output)        # before any work: nothing half-written
+    results = predict(args.checkpoint, args.images, topk=args.top, views=args.views, device=args.device,
+                      batch_size=args.batch_size, progress=True)
     failed = [r for r in results if "error" in r]
     for r in failed:
         sys.stderr.write(f"alexnet: error: {r['error']}\n")
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
+    elif not args.output:
         text = format_predictions(results)
         if text:
             print(text)
+    if args.output:
+        path = write_csv(results, args.output, args.top)
+        sys.stderr.write(f"alexnet: {len(results) - len(failed)} of {len(results)} image(s) predicted; "
+                         f"one row per image in {path}\n")
     if args.panel:
         try:
             from .panels import prediction_panel
@@ -46,6 +53,16 @@ def _predict(args) -> int:
     if failed:
         return 2 if len(failed) == len(results) else 1
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive integer"     # argparse names the type in its error line
 
 
 def register(sub) -> None:
@@ -75,13 +92,17 @@ def register(sub) -> None:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
-        "predict", help="top-5 classes with probabilities for image files",
-        description="Classify image files with a trained checkpoint: the top classes with names and probabilities. "
-                    "Each unreadable image gets one error line; the others are still predicted "
-                    "(exit status 1 if some failed, 2 if all did).")
+        "predict", help="top-5 classes with probabilities for image files and folders",
+        description="Classify image files (a folder: the images in it and below it) with a trained checkpoint, in "
+                    "batches: the top classes with names and probabilities, printed or written as CSV (-o). "
+                    "Each unreadable image gets one error line and is skipped; the others are still predicted "
+                    "(exit status 1 if some were skipped, 2 if all were).")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="how many classes to show (default 5)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--top", type=_positive_int, default=5, metavar="K", help="how many classes to show (default 5)")
+    p.add_argument("-o", "--output", "--csv", metavar="FILE.csv", help="write one CSV row per image (path, then "
+                   "class, name and probability of each of the top K, then the error of an unreadable one)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="images per batch (default 32)")
     p.add_argument("--views", choices=("center", "ten"), default="center")
     p.add_argument("--device", help="e.g. cpu, cuda:0")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, help="batch size (default 128, --quick 32)")
     p.add_argument("--image-size", type=int, help="input size in pixels (default 224)")
     p.add_argument("--rounds", type=int, help="timed rounds per benchmark (default 5, --quick 3)")
-    p.add_argument("--only", help="comma-separated groups: limits,lrn,train,infer,scaling,data")
+    p.add_argument("--only", help="comma-separated groups: limits,lrn,train,infer,scaling,data,memory,loop")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (adds minutes)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",

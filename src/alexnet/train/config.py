@@ -22,6 +22,7 @@ and ``config.json``; a resumed run may change only the settings of
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -60,6 +61,7 @@ class DataConfig:
     mean: str = "image"         # "image" (paper: per-pixel mean), "channel" or "none"
     scale: str = "none"         # "none" (paper: raw 0..255 values minus the mean) or "std" (divide by channel std)
     workers: int = 2            # loader worker processes
+    path: str = "auto"          # data path: "auto" (host on a CPU, device on CUDA), "host" or "device" (any device)
     train_split: str = "train"
     val_split: str = "val"      # falls back to the test split when the cache has no "val"
     test_split: str = "test"    # "" = no final test evaluation
@@ -144,6 +146,7 @@ class RunConfig:
     name: str = ""                # "" = <preset>-<yyyymmdd-hhmmss>
     progress: bool = True         # tqdm bars (also off when stderr is not a terminal)
     plots: bool = True
+    tensorboard: bool = True      # TensorBoard event files in the run folder (where the package is installed)
     resume: str = ""              # "auto": resume RUN.OUT/RUN.NAME when it holds a checkpoint, else start it
 
 
@@ -172,6 +175,7 @@ class Config:
 ALLOWED = {
     ("data", "mean"): ("image", "channel", "none"),
     ("data", "scale"): ("none", "std"),
+    ("data", "path"): ("auto", "host", "device"),
     ("model", "parallel"): ("none", "towers"),
     ("schedule", "kind"): ("plateau", "step", "cosine", "onecycle", "constant"),
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
@@ -343,7 +347,7 @@ def check_launch(config: Config, world_size: int) -> None:
 # ----------------------------------------------------------------------------- resuming
 
 # The one rule for "the same run, which may continue": both ways of resuming - ``--resume RUN``
-# (resume_config) and ``run.resume = "auto"`` (alexnet.train.restart.auto_resume, the cluster
+# (resume_config) and ``run.resume = "auto"`` (alexnet.train.rundir.RunFolder.auto_resume, the cluster
 # restart) - call check_resumable with this list.
 #
 # A checkpoint records a position in a replay: the data order and augmentation are functions of
@@ -357,10 +361,10 @@ def check_launch(config: Config, world_size: int) -> None:
 RESUME_CHANGEABLE = frozenset({
     "train.epochs",        # go on for longer (or stop earlier); cosine/onecycle: a warning, their curve stretches
     "train.max_steps",     # a step limit for this invocation
-    "train.log_every", "train.stall_steps", "run.progress", "run.plots",   # reporting only
+    "train.log_every", "train.stall_steps", "run.progress", "run.plots", "run.tensorboard",   # reporting only
     "train.val_every",     # when to validate (the plateau rule requires 1 anyway: validate())
     "train.test_views", "data.test_split",   # the final evaluation only, after training
-    "train.threads", "data.workers", "train.compile", "train.channels_last",   # speed, not what is computed
+    "train.threads", "data.workers", "data.path", "train.compile", "train.channels_last",   # speed, not what is computed
     "train.device",        # move the run to another device of the same kind or machine
     "train.dist_timeout", "train.prepare_timeout",   # how long to wait for other processes
     # How this start found the folder: a plain start later restarted with --resume auto, or the same
@@ -452,3 +456,12 @@ def to_toml(config: Config) -> str:
         lines.append(f"\n[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def apply_overrides(config: Config, overrides: dict | list[str]) -> Config:
+    """A copy of ``config`` with ``overrides`` (a nested dict or ``--key value`` tokens) merged in and
+    validated; ``config`` stays as it was."""
+    merged = copy.deepcopy(config)
+    _merge(merged, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "overrides")
+    validate(merged)
+    return merged

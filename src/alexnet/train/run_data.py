@@ -98,7 +98,8 @@ class RunData:
         extra = dict(flip=c.data.flip, pca_std=c.data.pca_std) if train else dict(views=views)
         return build_loader(self.selection, split, batch_size=batch_size, train=train, seed=c.train.seed,
                             rank=ctx.rank, world_size=ctx.world_size, workers=self.workers, device=ctx.device,
-                            input_spec=self.input_spec, with_index=train and c.train.log_samples, **extra)
+                            input_spec=self.input_spec, with_index=train and c.train.log_samples,
+                            data_path=c.data.path, **extra)
 
 
 def choose_splits(config: Config, splits) -> tuple[str, str, list[str]]:
