@@ -11,12 +11,17 @@ file, checked by ``alexnet cache-info OUT --verify``). Progress is checkpointed 
 few seconds (which images are done, the running statistics), so an interrupted run
 continues where it stopped when re-run with the same source and options; with
 anything different it starts over. One ``prepare`` at a time writes a given ``OUT``: it
-holds a POSIX lock on ``OUT.lock`` (released by the kernel when the process ends, however
-it ends), and a second one refuses with one line. Raw images are written with ordinary
+holds the :class:`~alexnet.files.FileLock` ``OUT.lock`` (released by the kernel when the
+process ends, however it ends), and a second one refuses with one line. Every file of the
+cache but the raw images goes through :func:`~alexnet.files.atomic_write` (the progress
+file, the labels, the reports, ``meta.json``); raw images are written with ordinary
 ``pwrite`` calls, never through a memory map, so a full disk is an error (``ENOSPC``) and
-not a SIGBUS, and the partial cache stays resumable. Bad files stop the run with one line
-naming the file (default) or are skipped and listed in ``skipped.csv`` (``skip_bad=True``);
-so do class folders that hold no image (only stray or non-image files, or nothing).
+not a SIGBUS, and the partial cache stays resumable. A decoding worker that dies (killed,
+out of memory, a crash in a decoder) stops the run with one line saying how, and so does
+SIGINT/SIGTERM, even while no result comes; both keep the partial cache for a re-run. Bad
+files stop the run with one line naming the file (default) or are skipped and listed in
+``skipped.csv`` (``skip_bad=True``); so do class folders that hold no image (only stray or
+non-image files, or nothing).
 """
 
 from __future__ import annotations
@@ -26,13 +31,11 @@ import errno
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,15 +44,18 @@ from PIL import Image
 
 from ..console import progress
 from ..errors import UserError
+from ..files import FileLock, atomic_write, fsync_folder, human_size
 from ..signals import StopFlag
 from . import cache as layout
 from .decode import BadImage, decode_square, resize_square
+from .process_pool import ProcessPool, WorkerDied
 from .sources import GRAY_MODES, ArraySplit, Source, open_source, read_payload
 
 CHECKPOINT_SECONDS = float(os.environ.get("ALEXNET_PREPARE_CHECKPOINT_SECONDS", "10"))  # tests shorten it
 ARRAY_CHUNK = 512          # decoded-array sources (CIFAR, IDX): images per task
 ENCODED_CHUNK = 32         # encoded images per task (at most)
 STREAM_CHUNK_BYTES = 1 << 20  # ... or this many streamed bytes
+POLL_SECONDS = 0.2         # a result is awaited in slices this long, to see a stop request meanwhile
 
 
 def default_workers() -> int:
@@ -83,7 +89,7 @@ class PrepareSummary:
             return f"{self.out}: already prepared ({counts}); nothing to do"
         rate = f"{self.decoded / self.seconds:,.0f} images/s" if self.seconds > 0 and self.decoded else "-"
         parts = [f"prepared {self.out}: {counts} images, {self.classes} classes, "
-                 f"{self.size}x{self.size}x{self.channels} {self.storage}, {_human(self.bytes)}",
+                 f"{self.size}x{self.size}x{self.channels} {self.storage}, {human_size(self.bytes)}",
                  f"skipped {len(self.skipped)} bad file(s)" + (" (listed in skipped.csv)" if self.skipped else ""),
                  f"ignored {len(self.ignored)} stray/non-image file(s)" + (" (listed in ignored.csv)" if self.ignored else "")]
         if self.warnings:
@@ -92,14 +98,6 @@ class PrepareSummary:
             parts.append(f"resumed after {self.resumed_from:,} images")
         parts.append(f"{self.seconds:.1f} s ({rate})")
         return "; ".join(parts)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000.0
-    return f"{n:.1f} TB"
 
 
 # --------------------------------------------------------------------------------------
@@ -115,9 +113,12 @@ def _init_worker(config: dict) -> None:
     _CONFIG.update(config)
     if config.get("pool"):
         torch.set_num_threads(1)  # one process per core: the resize must not spawn threads of its own
-        # Ctrl-C reaches the whole process group: the parent stops between chunks and terminates
-        # the pool; a worker killed mid-task by KeyboardInterrupt would leave its result pending.
+        # Ctrl-C reaches the whole process group: the parent stops between chunks and ends the
+        # workers itself; a worker killed mid-task by KeyboardInterrupt would look like a crash.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A SIGTERM ends a worker, even one forked from a process with a StopFlag installed
+        # (prepare called by a training run), whose handler it would otherwise inherit.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _close_raw_files() -> None:
@@ -276,7 +277,10 @@ class _Writer:
 
     # -- results -----------------------------------------------------------------------
     def _pwrite(self, split: str, row: int, data) -> None:
-        """Write ``data`` at row ``row`` of the split's raw file, all of it or an OSError."""
+        """Write ``data`` at row ``row`` of the split's raw file, all of it or an OSError.
+
+        Not through files.atomic_write: the pixels are many writes into one large file, each at
+        its row, made durable by the checkpoint's fsync before the progress file counts them."""
         _pwrite_all(self.raw_files[split], data, row * self.row_bytes)
 
     def store(self, split: str, index: int, img: np.ndarray | None, blob: bytes | None) -> None:
@@ -327,9 +331,12 @@ class _Writer:
             arrays[f"done.{split}"] = self.done[split]
             arrays[f"valid.{split}"] = self.valid[split]
             arrays[f"jpeg_index.{split}"] = self.jpeg_index[split]
-        tmp = os.path.join(self.root, "progress.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(self.root, "progress.npz"))
+        try:
+            atomic_write(os.path.join(self.root, "progress.npz"), lambda f: np.savez(f, **arrays),
+                         what="the progress file")
+        except UserError as exc:     # the previous progress file is intact (atomic_write)
+            raise UserError(f"{exc}; the partial cache is kept and a re-run resumes it from its last "
+                            f"checkpoint") from None
 
     def load_checkpoint(self, fingerprint: str) -> bool:
         path = os.path.join(self.root, "progress.npz")
@@ -361,15 +368,20 @@ class _Writer:
     def finish(self, meta: dict) -> dict:
         """Drop the holes left by skipped files, write labels, names, stats, reports and meta.json."""
         final_counts = {}
+        if self.storage == "raw" and not all(v.all() for v in self.valid.values()):
+            # Compacting moves rows in place, which a second pass would repeat on moved rows: once
+            # it starts, the progress file no longer describes the file, so it goes first (a run
+            # stopped from here on starts over instead of resuming into a scrambled cache).
+            self._remove_progress()
         for split in self.counts:
             keep = np.flatnonzero(self.valid[split])
             final_counts[split] = len(keep)
             content = self.source.splits[split]
             labels = content.labels if isinstance(content, ArraySplit) else np.array([it.label for it in content], dtype=np.int64)
             names = content.names if isinstance(content, ArraySplit) else [it.name for it in content]
-            np.save(os.path.join(self.root, layout.labels_file(split)), labels[keep].astype(np.int64))
-            with open(os.path.join(self.root, layout.files_file(split)), "w", encoding="utf-8") as f:
-                f.write("\n".join(names[i].replace("\n", " ") for i in keep))
+            self._write(layout.labels_file(split), _npy(labels[keep].astype(np.int64)), "the labels")
+            self._write(layout.files_file(split), "\n".join(names[i].replace("\n", " ") for i in keep),
+                        "the list of image names")
             if self.storage == "raw":
                 fd = self.raw_files[split]
                 for dst, src in enumerate(keep):  # compact in place: rows only move towards the start
@@ -378,14 +390,14 @@ class _Writer:
                 os.ftruncate(fd, len(keep) * self.row_bytes)   # also sizes a file whose last rows were skipped
                 os.fsync(fd)
             else:
-                np.save(os.path.join(self.root, layout.jpeg_index_file(split)), self.jpeg_index[split][keep])
+                self._write(layout.jpeg_index_file(split), _npy(self.jpeg_index[split][keep]), "the JPEG index")
         self.close_files()
         stats = self.statistics()
         if stats:
-            np.savez(os.path.join(self.root, "stats.npz"), **stats)
-        _write_csv(os.path.join(self.root, "skipped.csv"), ("path", "reason"), self.skipped)
-        _write_csv(os.path.join(self.root, "ignored.csv"), ("path", "reason"), self.source.ignored)
-        _write_csv(os.path.join(self.root, "warnings.csv"), ("path", "warning"), self.warnings)
+            self._write("stats.npz", lambda f: np.savez(f, **stats), "the train statistics")
+        self._write("skipped.csv", _csv(("path", "reason"), self.skipped), "the list of skipped files")
+        self._write("ignored.csv", _csv(("path", "reason"), self.source.ignored), "the list of ignored files")
+        self._write("warnings.csv", _csv(("path", "warning"), self.warnings), "the list of warnings")
         meta["splits"] = {k: {"count": v, **({"labelled": False} if k in self.source.unlabelled else {})}
                           for k, v in final_counts.items()}
         meta["skipped"], meta["ignored"], meta["warnings"] = len(self.skipped), len(self.source.ignored), len(self.warnings)
@@ -393,17 +405,22 @@ class _Writer:
                           **{k: stats[k].tolist() for k in ("channel_mean", "channel_std", "eigval", "eigvec")}}
                          if stats else None)
         meta["complete"] = True
-        for name in ("progress.npz", "progress.tmp.npz"):
-            if os.path.exists(os.path.join(self.root, name)):
-                os.remove(os.path.join(self.root, name))
+        self._remove_progress()
         meta["files"] = layout.checksum_files(self.root, quiet=self.quiet)
-        tmp = os.path.join(self.root, "meta.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.root, "meta.json"))
+        # meta.json last: "complete": true is what makes the folder a cache (once renamed to OUT)
+        self._write("meta.json", json.dumps(meta, indent=1), "the cache metadata")
         return final_counts
+
+    def _write(self, name: str, data, what: str) -> None:
+        """One file of the cache, by the package's one atomic write (a failure: one line naming it)."""
+        atomic_write(os.path.join(self.root, name), data, what=what)
+
+    def _remove_progress(self) -> None:
+        """The progress file and any temporary file a killed writer left: not part of the cache."""
+        for name in os.listdir(self.root):
+            if name in ("progress.npz", "progress.tmp.npz") or ".tmp-" in name:   # progress.tmp.npz: older versions
+                os.remove(os.path.join(self.root, name))
+        fsync_folder(self.root)
 
     def statistics(self) -> dict:
         """The paper's statistics from the train split's accumulated sums (float64)."""
@@ -427,11 +444,18 @@ class _Writer:
                 "covariance": cov, "images": np.int64(self.stat_images)}
 
 
-def _write_csv(path: str, header: tuple, rows: list) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+def _csv(header: tuple, rows: list) -> str:
+    """A report's text, as ``csv`` writes it (CRLF line ends)."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows(rows)
+    return text.getvalue()
+
+
+def _npy(array: np.ndarray):
+    """A writer of ``array`` in ``.npy`` format, for :func:`atomic_write`."""
+    return lambda f: np.save(f, array)
 
 
 def _probe_channels(source: Source, probes: int = 64) -> int:
@@ -457,58 +481,6 @@ def _probe_channels(source: Source, probes: int = 64) -> int:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
-class _OutputLock:
-    """``OUT.lock``, locked with ``lockf`` for as long as one ``prepare`` writes ``OUT``.
-
-    A second ``prepare`` of the same ``OUT`` refuses in one line instead of deleting the
-    first one's partial output. The kernel drops the lock when its process ends (even by
-    SIGKILL), so a killed run never leaves a stale lock; forked decoding processes do not
-    inherit it. The file is removed on release; a waiter that opened the removed file
-    notices (its inode is no longer the path's) and tries again.
-    """
-
-    def __init__(self, out: str):
-        self.path = out + ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> "_OutputLock":
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise UserError(f"{self.path}: cannot create the lock file ({exc.strerror})") from None
-            try:
-                os.lockf(fd, os.F_TLOCK, 0)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    os.close(fd)
-                    raise UserError(f"{self.path}: cannot lock ({exc.strerror})") from None
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise UserError(f"{self.path[:-5]}: another 'alexnet prepare' (process {holder}) is writing "
-                                f"this cache; wait for it to finish or choose another path") from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                self.fd = fd
-                return self
-            os.close(fd)   # the holder removed it as we opened it: lock the new one
-
-    def __exit__(self, *exc) -> bool:
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-        return False
-
-
 def _display(source: Source, name: str) -> str:
     """Where an image is, for a message: ``FOLDER/a/b.jpg``, ``ARCHIVE:member``, ``FOLDER/ARCHIVE:member``."""
     if source.kind == "folder" or (source.kind == "ilsvrc" and os.path.isdir(source.location)):
@@ -530,10 +502,19 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise UserError(f"{parent}: no such directory")
-    with _OutputLock(out):   # first: a second prepare of OUT refuses before it spends time listing
+    # First: a second prepare of OUT refuses before it spends time listing, instead of deleting the
+    # first one's partial output. The kernel drops the lock however this process ends.
+    lock = FileLock(out + ".lock", remove=True)
+    holder = lock.acquire()
+    if holder is not None:
+        raise UserError(f"{out}: another 'alexnet prepare' ({holder}) is writing this cache; "
+                        f"wait for it to finish or choose another path")
+    try:
         return _prepare_locked(source, out, parent, size=size, storage=storage, quality=int(quality),
                                skip_bad=skip_bad, workers=workers, quiet=quiet, labels=labels, classes=classes,
                                limit=limit, channels=channels, overwrite=overwrite, started=started)
+    finally:
+        lock.release()
 
 
 def _prepare_locked(source, out: str, parent: str, *, size, storage: str, quality: int, skip_bad: bool, workers,
@@ -592,8 +573,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
         need = total * size * size * channels
         free = shutil.disk_usage(parent).free + (_dir_bytes(partial) if resume else 0)
         if need > free:
-            raise UserError(f"{out}: needs {_human(need)} for {total:,} images at {size}x{size}x{channels}, "
-                            f"only {_human(free)} free (try --format jpeg, or a smaller --size)")
+            raise UserError(f"{out}: needs {human_size(need)} for {total:,} images at {size}x{size}x{channels}, "
+                            f"only {human_size(free)} free (try --format jpeg, or a smaller --size)")
     for folder in src.empty_folders:  # --skip-bad: said and listed, never silently dropped
         row = (_display(src, folder), "empty class folder (no images); no class made for it")
         if row not in writer.skipped:
@@ -622,7 +603,7 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
     except BaseException as exc:
         try:
             writer.checkpoint(fingerprint)
-        except OSError:
+        except (OSError, UserError):
             pass  # the disk that failed the write may fail the checkpoint too; the cache stays partial
         finally:
             writer.close_files()
@@ -635,6 +616,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
     except OSError as exc:
         raise UserError(f"{partial}: cannot write the cache ({exc.strerror or exc})") from None
 
+    # A folder, not one file: it cannot go through atomic_write. Every file in it is on disk
+    # (atomic_write, the fsync'd raw files) and meta.json says complete, so one rename publishes it.
     if os.path.exists(out):  # --overwrite: swap the new cache in, then remove the old one
         old = out + ".old"
         if os.path.exists(old):
@@ -700,13 +683,24 @@ def _tasks(src: Source, writer: _Writer):
             yield "encoded", (split, [(int(i), content[i].name, content[i].ref) for i in pending[start:start + step]])
 
 
+def _died_line(partial: str, exc: WorkerDied) -> str:
+    """The one line for a decoding worker that died: how, and what that usually means."""
+    why = ""
+    if exc.exitcode == -signal.SIGKILL:
+        why = ": killed by hand or by the kernel's out-of-memory killer (fewer --workers need less memory)"
+    elif exc.signal_name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE"):
+        why = ": a crash in an image decoder"
+    return (f"{partial}: a decoding worker died ({exc.how}, process {exc.pid}){why}; the partial cache is kept "
+            f"and a re-run resumes it")
+
+
 def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: bool, quiet: bool,
          fingerprint: str, total: int) -> int:
     bar = progress(total, "prepare", "img", initial=writer.done_count(), disable=quiet)
     functions = {"encoded": _work_encoded, "arrays": _work_arrays}
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=({**config, "pool": True},))
+        pool = ProcessPool(workers, initializer=_init_worker, initargs=({**config, "pool": True},))
     else:
         _init_worker(config)
     decoded = 0
@@ -739,13 +733,16 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
 
     try:
         with StopFlag(second_interrupts=False) as stop:
-            _drive(src, writer, functions, pool, workers, handle, stop, fingerprint)
+            finished = False
+            try:
+                _drive(src, writer, functions, pool, workers, handle, stop, fingerprint)
+                finished = True
+            finally:
+                if pool is not None:     # still under the StopFlag: a second Ctrl-C cannot cut this short
+                    pool.close(kill=not finished)
     finally:
         bar.close()
         _close_raw_files()      # the rows written in this process (workers=1)
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return decoded
 
 
@@ -762,19 +759,15 @@ def _drive(src: Source, writer: _Writer, functions: dict, pool, workers: int, ha
                 writer.checkpoint(fingerprint)
                 last_checkpoint = time.monotonic()
     else:
-        in_flight: deque = deque()
-        window = 4 * workers
-        for kind, task in _tasks(src, writer):
-            in_flight.append((kind, pool.apply_async(functions[kind], (task,))))
-            while len(in_flight) >= window:
-                k, r = in_flight.popleft()
-                handle(r.get())
+        work = ((functions[kind], task) for kind, task in _tasks(src, writer))
+        try:
+            for result in pool.imap(work, stop.check, window=4 * workers, poll=POLL_SECONDS):
+                handle(result)
                 stop.check()
-            if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                writer.checkpoint(fingerprint)
-                last_checkpoint = time.monotonic()
-        while in_flight:
-            k, r = in_flight.popleft()
-            handle(r.get())
-            stop.check()
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    writer.checkpoint(fingerprint)
+                    last_checkpoint = time.monotonic()
+        except WorkerDied as exc:
+            stop.check()     # a SIGTERM to the whole process group ends the workers too: that is a stop
+            raise UserError(_died_line(writer.root, exc)) from None
     stop.check()

@@ -120,6 +120,6 @@ def choose_splits(config: Config, splits) -> tuple[str, str, list[str]]:
         # Like `alexnet eval`: no test split (Imagewoof, ILSVRC) -> the final evaluation, with
         # the configured views, runs on the validation split instead of silently not at all.
         test_split = val_split
-        notes.append(f"the cache has no '{c.data.test_split}' split: the final "
+        notes.append(f"the cache has no '{c.data.test_split}' split with labels: the final "
                      f"{c.train.test_views}-view evaluation runs on '{val_split}'")
     return val_split, test_split, notes
