@@ -39,11 +39,11 @@ def test_round_trip_restores_model_optimizer_and_every_rng(tmp_path):
     ck = load_checkpoint(path)
     clone = small_model(seed=1)
     clone.load_state_dict(ck.model_state)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), clone.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), clone.state_dict().values(), strict=True))
     opt2 = build_optimizer(clone, OptimConfig(), lr=0.01)
     restore_optimizer(ck, opt2)
-    for p, q in zip(opt.param_groups, opt2.param_groups):
-        for a, b in zip(p["params"], q["params"]):
+    for p, q in zip(opt.param_groups, opt2.param_groups, strict=True):
+        for a, b in zip(p["params"], q["params"], strict=True):
             assert torch.equal(opt.state[a]["momentum_buffer"], opt2.state[b]["momentum_buffer"])
     restore_rng(ck.meta["rng"]["0"], ck.group("rng.0"))
     draw = (torch.rand(3), __import__("numpy").random.rand(2), __import__("random").random())
@@ -101,7 +101,7 @@ def test_a_channels_last_run_resumes_bit_identically_through_the_fused_optimizer
     assert build_optimizer(small_model(), OptimConfig(), lr=0.02).param_groups[0].get("fused"), \
         "no fused SGD on this machine: the case this guards does not arise"
     whole, resumed = six_steps(None), six_steps(3)
-    assert all(torch.equal(a, b) for a, b in zip(whole, resumed))
+    assert all(torch.equal(a, b) for a, b in zip(whole, resumed, strict=True))
 
 
 def test_load_model_rebuilds_and_checks(tmp_path):

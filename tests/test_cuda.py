@@ -227,7 +227,7 @@ def test_loader_pinned_non_blocking_copies_equal_the_cpu_batches(raw_cache):
     assert loader.pin_memory
     loader.set_epoch(1)
     gpu = list(loader)
-    for (cx, cy, ci), (gx, gy, gi) in zip(_cpu_batches(cache, "train", **kwargs), gpu):
+    for (cx, cy, ci), (gx, gy, gi) in zip(_cpu_batches(cache, "train", **kwargs), gpu, strict=True):
         assert gx.is_cuda and gy.is_cuda
         assert torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy) and torch.equal(gi, ci)
 
@@ -255,7 +255,7 @@ def test_device_data_path_on_cuda_equals_the_host_path(raw_cache, views):
         gpu = list(loader)
         reference = _cpu_batches(cache, split, **kwargs)
         assert len(gpu) == len(reference) > 1
-        for (cx, cy, ci), (gx, gy, gi) in zip(reference, gpu):
+        for (cx, cy, ci), (gx, gy, gi) in zip(reference, gpu, strict=True):
             assert gx.is_cuda and torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy) and torch.equal(gi, ci)
 
 
@@ -269,9 +269,9 @@ def test_nvjpeg_decoding_is_close_to_the_cpu_decoder(jpeg_cache):
     cpu = _cpu_batches(cache, "val", **kwargs)
     loader = device_loader(cache, "val", "device-nvjpeg", **kwargs)
     gpu = list(loader)
-    diff = torch.cat([(g[0].cpu() - c[0]).abs().flatten() for c, g in zip(cpu, gpu)])
+    diff = torch.cat([(g[0].cpu() - c[0]).abs().flatten() for c, g in zip(cpu, gpu, strict=True)])
     assert diff.mean() < 2.0, f"mean |nvJPEG - CPU| = {diff.mean():.2f} levels, max {diff.max():.0f}"
-    assert all(torch.equal(g[1].cpu(), c[1]) for c, g in zip(cpu, gpu))
+    assert all(torch.equal(g[1].cpu(), c[1]) for c, g in zip(cpu, gpu, strict=True))
 
 
 # ----------------------------------------------------------------------------- eval, predict, features
@@ -284,7 +284,7 @@ def test_eval_predict_and_features_on_cuda_match_the_cpu(cpu_run, raw_cache, tre
     assert abs(on_gpu["top1_err"] - on_cpu["top1_err"]) <= 0.01     # at most one near-tie flips
     assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-3)
     images = sorted((tree / "val").rglob("*.JPEG"))[:6]
-    for a, b in zip(predict(ckpt, images, device="cpu"), predict(ckpt, images, device="cuda")):
+    for a, b in zip(predict(ckpt, images, device="cpu"), predict(ckpt, images, device="cuda"), strict=True):
         assert [t["class"] for t in a["top"]][:1] == [t["class"] for t in b["top"]][:1]
         np.testing.assert_allclose([t["prob"] for t in a["top"]], [t["prob"] for t in b["top"]], atol=1e-3)
     cli("features", ckpt, "--data", raw_cache, "--split", "val", "-o", tmp_path / "cuda.npy", "--device", "cuda",

@@ -254,10 +254,13 @@ def test_device_check_dry_run(shared_data, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--cpu", "--skip", "tests",
-                           "--out", str(tmp_path), "--shared", str(shared_data.parent), "--budget", "100"],
-                          env=env, capture_output=True, text=True, timeout=240)
+                           "--out", str(tmp_path), "--shared", str(shared_data.parent)],
+                          env=env, capture_output=True, text=True, timeout=1800)    # a safety net only
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
+    # a dry run has no clock: whatever it left out, it left out for a reason that is not the time
+    assert "time budget" not in json.dumps(report), [line for line in json.dumps(report, indent=0).splitlines()
+                                                     if "time budget" in line]
     step = report["step"]
     measured = {(r["model"], r["precision"], r["channels_last"], r["compiled"]) for r in step if r.get("img_per_s", 0) > 0}
     assert ("alexnet", "fp32", False, False) in measured and ("alexnet", "bf16", True, True) in measured

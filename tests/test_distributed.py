@@ -94,7 +94,7 @@ def test_a_dead_rank_stops_the_job_with_an_error(fmnist_cache, tmp_path):
         _, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError("the job hung after a rank died")
+        raise AssertionError("the job hung after a rank died") from None
     assert proc.returncode != 0
     assert time.time() - start < 120
     assert "Signal 9 (SIGKILL)" in err or "exitcode" in err, err[-2000:]

@@ -63,7 +63,7 @@ def hand_probs(ckpt, cache, split, indices, views: str) -> np.ndarray:
 
 def hand_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     top1 = top5 = 0
-    for p, y in zip(probs, labels):
+    for p, y in zip(probs, labels, strict=True):
         order = sorted(range(len(p)), key=lambda c: -p[c])
         top1 += order[0] == y
         top5 += y in order[:5]
@@ -118,7 +118,7 @@ def test_topk_counts_against_brute_force():
     labels = torch.randint(0, 7, (200,), generator=g)
     hits = topk_correct(scores, labels, ks=(1, 3, 5, 10))
     for k in (1, 3, 5, 10):
-        brute = sum(int(y) in sorted(range(7), key=lambda c: -float(s[c]))[:k] for s, y in zip(scores, labels))
+        brute = sum(int(y) in sorted(range(7), key=lambda c: -float(s[c]))[:k] for s, y in zip(scores, labels, strict=True))
         assert hits[k] == brute
     meter = ClassificationMeter(7)
     meter.update(scores[:120], labels[:120])

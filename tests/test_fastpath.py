@@ -99,7 +99,7 @@ def test_bfloat16_autocast_trains_the_small_network_on_cpu():
     assert logits.dtype == torch.bfloat16 and ref_logits.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(map(math.isfinite, low)) and low[-1] < 0.75 * low[0], low
-    assert all(abs(a - b) <= 0.03 * b for a, b in zip(low, ref)), (low, ref)
+    assert all(abs(a - b) <= 0.03 * b for a, b in zip(low, ref, strict=True)), (low, ref)
 
 
 def test_compile_failure_falls_back_to_the_eager_model(monkeypatch, capfd):
@@ -148,7 +148,7 @@ def test_fused_sgd_matches_the_per_tensor_loop_to_rounding(nesterov):
             opt.step()
     moved = 0.0
     for (name, a), b, before in zip(fused_model.named_parameters(), loop_model.parameters(),
-                                    build_model_state(0).values()):
+                                    build_model_state(0).values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9, msg=name)
         buf_fused, buf_loop = fused.state[a]["momentum_buffer"], loop.state[b]["momentum_buffer"]
         # a buffer's entries near zero have no relative precision: tolerance on its scale

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from alexnet.errors import UserError
 from alexnet.files import FileLock, atomic_copy, atomic_write, human_size, lock_holder
 
 
@@ -109,3 +108,24 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
                                     (1536, "1.5 KiB"), (5 * 2**30, "5.0 GiB"), (3 * 2**40, "3.0 TiB")])
 def test_human_size(n, text):
     assert human_size(n) == text
+
+
+def test_no_hand_written_atomic_write_outside_the_basics_module():
+    """Every rename-over-a-file in the package goes through alexnet.files (one rule, one place).
+
+    ``os.replace``/``os.rename`` elsewhere is allowed only where it moves a whole folder or a
+    resumable partial download into place, named in ALLOWED with the reason."""
+    src = Path(__file__).resolve().parents[1] / "src" / "alexnet"
+    allowed = {
+        "data/download.py": "a resumable .part file, verified, renamed to its final name",
+        "data/prepare.py": "a finished cache folder renamed into place",
+    }
+    found = []
+    for path in src.rglob("*.py"):
+        rel = path.relative_to(src).as_posix()
+        if rel == "files.py" or rel in allowed:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "os.replace(" in line or "os.rename(" in line or "fsync(" in line:
+                found.append(f"{rel}:{number}: {line.strip()}")
+    assert not found, "use alexnet.files.atomic_write / atomic_copy:\n" + "\n".join(found)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from alexnet.errors import UserError
-from alexnet.models import AlexNet, build_model, get_model_info, list_models
+from alexnet.models import build_model, get_model_info, list_models
 from alexnet.models.summary import layer_table, totals
 from data_helpers import TORCHVISION_LAYOUT
 
@@ -110,7 +110,7 @@ def test_every_model_trains_one_step(name, in_channels, at):
         assert torch.isfinite(loss)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
-        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
         model.eval()
         with torch.no_grad():
             assert model(x).shape == (4, 7)

@@ -57,7 +57,7 @@ def blob(array: np.ndarray, *, legacy: bool, packed: bool) -> bytes:
     out = b""
     if legacy:                      # num, channels, height, width: shapes padded on the left with 1s
         dims = (1,) * (4 - array.ndim) + array.shape
-        for field, d in zip((1, 2, 3, 4), dims):
+        for field, d in zip((1, 2, 3, 4), dims, strict=True):
             out += int_field(field, d)
     else:
         out += length_delimited(7, length_delimited(1, b"".join(varint(d) for d in array.shape)))

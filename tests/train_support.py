@@ -14,12 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from alexnet.data import prepare
-from alexnet.train.config import parse_override_value
 
 REPO = Path(__file__).resolve().parents[1]
 

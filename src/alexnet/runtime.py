@@ -158,7 +158,7 @@ def default_device(device: "str | None" = None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def describe() -> dict[str, str]:
+def describe_runtime() -> dict[str, str]:
     """The process settings, for benchmark reports and run metadata."""
     import torch   # lazy: configure_process runs before the re-exec, where importing torch would cost twice
     return {
@@ -202,7 +202,7 @@ def cpu_model() -> str:
 
 def machine_description() -> dict:
     """The machine a result was measured on: CPU model and vector extensions, cores, memory, GPU."""
-    import torch   # lazy: see describe()
+    import torch   # lazy: see describe_runtime()
     flags = cpu_flags()
     info = {"cpu": cpu_model(), "vector_extensions": [x for x in VECTOR_EXTENSIONS if x in flags],
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

@@ -206,7 +206,7 @@ def build_corpus(root: Path, shared_data: Path, *, per_class_train: int = 3, per
     for split, per_class in (("train", per_class_train), ("val", per_class_val)):
         for label in classes:
             (root / split / label).mkdir(parents=True, exist_ok=True)
-            for j in range(per_class):
+            for _ in range(per_class):
                 name = COLOUR_SOURCES[k]
                 rel = f"{split}/{label}/{name}"
                 (root / rel).write_bytes(photos[k])

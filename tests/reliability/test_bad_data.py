@@ -149,7 +149,7 @@ def test_prepare_default_one_line_per_bad_file(corpus, shared_data, tmp_path):
 
     results = run_many(argvs)
     failures = []
-    for case, out, res in zip(bad, outs, results):
+    for case, out, res in zip(bad, outs, results, strict=True):
         problem = one_line_error(res["rc"], res["stderr"], Path(case.relpath).name, crash=res["crash"])
         line = (res["stderr"].strip().splitlines() or [""])[-1]
         if problem is None and not any(w in line.lower() for w in case.reason_words):
@@ -186,7 +186,7 @@ def test_prepare_empty_class_folder(corpus, shared_data, tmp_path):
     (exit 2); ``--skip-bad`` -> the run continues and the folder is listed in skipped.csv.
     Every case and container in one ``run_many`` (one interpreter start)."""
     sources, argvs = {}, []
-    for case_id, (what, name, files) in EMPTY_CLASSES.items():
+    for case_id, (_what, name, files) in EMPTY_CLASSES.items():
         root = tmp_path / case_id / "data"
         build_corpus(root, shared_data, per_class_train=1, per_class_val=1, include=set())
         (root / "train" / name).mkdir()

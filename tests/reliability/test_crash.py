@@ -112,7 +112,7 @@ def test_kill9_and_resume_is_bit_identical(reference_run, tmp_path):
     try:
         for i, (where, predicate) in enumerate(points):
             proc = procs[i].go()
-            hit = wait_for(lambda: predicate(proc.pid) or proc.proc.poll() is not None, timeout=240, interval=0.0005)
+            hit = wait_for(lambda predicate=predicate, proc=proc: predicate(proc.pid) or proc.proc.poll() is not None, timeout=240, interval=0.0005)
             proc.kill()         # and the next resume starts at once (test_resume_right_after_kill9)
             landed = bool(hit) and hit != "late" and proc.proc.returncode == -9
             exact = "in the window" if landed else "late: after its window" if hit == "late" else "missed"
@@ -209,7 +209,7 @@ def test_kill9_prepare_never_leaves_a_cache_that_opens_wrong(corpus, tmp_path):
         for i, where in enumerate(kills):
             proc = procs[i].go()
             floor = done_at_kill
-            wait_for(lambda: (_progress(partial) or (0, 0))[0] > floor or proc.proc.poll() is not None, 120, 0.0005)
+            wait_for(lambda floor=floor, proc=proc: (_progress(partial) or (0, 0))[0] > floor or proc.proc.poll() is not None, 120, 0.0005)
             proc.kill()
             at_kill = _progress(partial)
             landed = proc.proc.returncode == -9 and not out.exists() and at_kill is not None \

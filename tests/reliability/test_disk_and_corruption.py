@@ -167,7 +167,7 @@ def test_corrupt_checkpoints_are_refused(reference_run, tmp_path):
         try:
             load_model(path)
             api = "LOADED"
-        except UserError as exc:
+        except UserError:
             api = None
         except Exception as exc:            # noqa: BLE001 - any other exception is a bug, not a user error
             api = f"{type(exc).__name__}: {exc}"

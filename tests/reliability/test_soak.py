@@ -101,7 +101,7 @@ def test_memory_and_files_stay_flat(small_cache, tmp_path):
         try:
             while len(samples) < EPOCHS and proc.poll() is None:
                 want = len(samples) + 1
-                if not wait_for(lambda: proc.poll() is not None or (epochs_file.exists() and len(
+                if not wait_for(lambda want=want: proc.poll() is not None or (epochs_file.exists() and len(
                         epochs_file.read_text().splitlines()) >= want), 120, 0.01):
                     break
                 if proc.poll() is not None:

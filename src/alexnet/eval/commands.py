@@ -33,7 +33,7 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import check_writable, format_predictions, predict, write_csv
+    from .predict import check_writable, format_predictions, predict, write_predictions_csv
     make_parents(args.panel)
     if args.output:
         check_writable(args.output)        # before any work: nothing half-written
@@ -49,7 +49,7 @@ def _predict(args) -> int:
         if ok:
             panel = str(prediction_panel(ok, args.panel) or args.panel)
     if args.output:
-        path = write_csv(results, args.output, args.top)
+        path = write_predictions_csv(results, args.output, args.top)
         sys.stderr.write(f"alexnet: {len(results) - len(failed)} of {len(results)} image(s) predicted; "
                          f"one row per image in {path}\n")
     if args.json:        # standard output holds the JSON and nothing else

@@ -132,7 +132,7 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     names = getattr(cache, "class_names", classes)
     result = {"split": split, "views": views, "cache": str(cache.path), "checkpoints": [i["path"] for _, i in loaded],
               **meter.result(), "accuracy": 1 - meter.result()["top1_err"],
-              "per_class_accuracy": dict(zip(classes, meter.per_class_accuracy())),
+              "per_class_accuracy": dict(zip(classes, meter.per_class_accuracy(), strict=True)),
               "confusion": meter.confusion.tolist(), "class_names": list(names)}
     if len(loaded) > 1:
         result["members"] = members
@@ -149,7 +149,7 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
         report.write_json(out / "metrics.json", result)
         report.write_csv(out / "per_class.csv", [
             {"class": c, "name": n, "images": int(meter.confusion[i].sum()), "accuracy": a}
-            for i, (c, n, a) in enumerate(zip(classes, names, meter.per_class_accuracy()))])
+            for i, (c, n, a) in enumerate(zip(classes, names, meter.per_class_accuracy(), strict=True))])
         if plots:
             title = f"{split}, {views} view{'s' if views == 'ten' else ''}: top-1 error {100 * result['top1_err']:.2f}%"
             report.plot_confusion(meter.confusion.numpy(), list(names), out / "confusion.png", title=title)
@@ -184,7 +184,7 @@ def format_result(result: dict, max_classes: int = 20) -> str:
                  f"view{'s' if result['views'] == 'ten' else ''}]")
     lines.append(f"top-1 error {100 * result['top1_err']:.2f}%  top-5 error {100 * result['top5_err']:.2f}%  "
                  f"(accuracy {100 * result['accuracy']:.2f}%)")
-    per_class = list(zip(result["class_names"], result["per_class_accuracy"].values()))
+    per_class = list(zip(result["class_names"], result["per_class_accuracy"].values(), strict=True))
     if len(per_class) <= max_classes:
         lines.append("per-class accuracy: " + ", ".join(
             f"{n} {'-' if a is None else f'{100 * a:.1f}%'}" for n, a in per_class))

@@ -1,7 +1,7 @@
 """Predictions for image files and folders: the top classes with names and probabilities.
 
     results = predict("runs/NAME", ["photos/", "cat.jpg"], topk=5, progress=True)
-    write_csv(results, "predictions.csv", topk=5)
+    write_predictions_csv(results, "predictions.csv", topk=5)
 
 Each image goes through the one input path (:mod:`alexnet.data.preprocess`): ``prepare``'s
 decode (short side to S, central S x S square), then the checkpoint's InputSpec (centre
@@ -15,6 +15,7 @@ predicted. :class:`Predictor` is the loaded model that all of it (and ``alexnet 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..console import info, progress as progress_bar
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.preprocess import input_spec_of, read_square, square_from_bytes, to_network_input
 from ..errors import UserError
+from ..files import atomic_write
 from ..options import warn_once
 from ..runtime import default_device
 from .metrics import view_average
@@ -142,27 +144,25 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
-def write_csv(results: list[dict], path: str | os.PathLike, topk: int) -> Path:
+def write_predictions_csv(results: list[dict], path: str | os.PathLike, topk: int) -> Path:
     """One row per image: ``path``, then ``class_R``, ``name_R``, ``prob_R`` for R = 1..topk (most probable
     first), then ``error`` (empty for a predicted image; the reason, with no classes, for one that could
     not be read). Written atomically: a failed write leaves no partial file."""
     path = check_writable(path)
     columns = ["path"] + [f"{what}_{r}" for r in range(1, topk + 1) for what in ("class", "name", "prob")] + ["error"]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for r in results:
-                row = [r["path"]]
-                for t in r.get("top", [])[:topk]:
-                    row += [t["class"], t["name"], f"{t['prob']:.6f}"]
-                row += [""] * (len(columns) - 1 - len(row)) + [r.get("error", "")]
-                writer.writerow(row)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    def write(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text)
+        writer.writerow(columns)
+        for r in results:
+            row = [r["path"]]
+            for t in r.get("top", [])[:topk]:
+                row += [t["class"], t["name"], f"{t['prob']:.6f}"]
+            row += [""] * (len(columns) - 1 - len(row)) + [r.get("error", "")]
+            writer.writerow(row)
+        text.flush()
+        text.detach()                      # the binary file stays open for atomic_write to sync
+    atomic_write(path, write, what="the predictions")
     return path
 
 

@@ -8,7 +8,7 @@ import re
 from ..errors import UserError
 from ..options import Spec
 from .registry import MODELS, build_model, get_model_info, list_models
-from .summary import format_table, layer_table, rows_as_dicts, totals
+from .summary import format_layer_table, layer_table, rows_as_dicts, totals
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -42,7 +42,7 @@ def _summary(args) -> int:
         print(json.dumps({"model": args.model, "input": size, "num_classes": args.num_classes,
                           "layers": rows_as_dicts(rows), "totals": totals(rows)}, indent=2))
     else:
-        print(format_table(rows, title=f"{args.model}  input {'x'.join(map(str, size))}  {args.num_classes} classes"))
+        print(format_layer_table(rows, title=f"{args.model}  input {'x'.join(map(str, size))}  {args.num_classes} classes"))
         if info.deviations:
             print("\ndepartures from the paper: " + "; ".join(info.deviations))
     return 0

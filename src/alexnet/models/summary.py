@@ -76,7 +76,7 @@ def totals(rows: list[LayerRow]) -> dict[str, int]:
     }
 
 
-def format_table(rows: list[LayerRow], title: str = "") -> str:
+def format_layer_table(rows: list[LayerRow], title: str = "") -> str:
     header = f"{'layer':<22}{'type':<20}{'output':>16}{'params':>14}{'mult-adds':>16}{'neurons':>11}"
     lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
     for r in rows:

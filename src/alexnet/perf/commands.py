@@ -36,10 +36,10 @@ def register(subparsers) -> None:
 
 
 def run_bench(args) -> int:
-    from .suite import format_table, run_suite   # lazy: the suite imports torch (~1 s) that other commands never need
+    from .suite import format_bench_table, run_suite   # lazy: the suite imports torch (~1 s) that other commands never need
     make_parents(args.output)
     report = run_suite(quick=args.quick, json_out=args.output, batch=args.batch, image_size=args.image_size,
                        rounds=args.rounds, groups=tuple(args.only) if args.only else None, device=args.device,
                        compile=args.compile, bf16=args.bf16, progress=not args.quiet and sys.stderr.isatty())
-    print(json.dumps(report, indent=1) if args.json else format_table(report))
+    print(json.dumps(report, indent=1) if args.json else format_bench_table(report))
     return 0

@@ -466,7 +466,7 @@ def _format_row(row: dict) -> str:
     return text
 
 
-def format_table(report: dict) -> str:
+def format_bench_table(report: dict) -> str:
     lines = []
     m = report["machine"]
     lines.append(f"machine: {machine_line(m)}; torch CPU capability {m.get('cpu_capability', '?')}; "
@@ -497,7 +497,7 @@ def format_table(report: dict) -> str:
 
 
 def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dict:
-    """Run the suite and write the JSON report to ``json_out``; returns the report (``format_table`` prints it)."""
+    """Run the suite and write the JSON report to ``json_out``; returns the report (``format_bench_table`` prints it)."""
     groups = kwargs.pop("groups", None) or GROUPS
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:

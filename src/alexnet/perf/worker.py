@@ -39,7 +39,7 @@ from torch import nn
 from ..fastpath import choose_fast_path
 from ..models import build_model
 from ..models.lrn import LocalResponseNorm
-from ..runtime import configure_process, describe
+from ..runtime import configure_process, describe_runtime
 from ..train.config import OptimConfig
 from ..train.schedule import build_optimizer
 from .limits import matmul_gflops, model_macs
@@ -165,7 +165,7 @@ class Case:
 
 def _info() -> dict:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    info = {"rss_peak_mb": rss_kb / 1024.0, "runtime": describe()}
+    info = {"rss_peak_mb": rss_kb / 1024.0, "runtime": describe_runtime()}
     if torch.cuda.is_available():
         info["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return info

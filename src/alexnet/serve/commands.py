@@ -15,7 +15,7 @@ from ..options import DEVICE, Spec
 
 
 def _runs(args) -> int:
-    from ..train.runs import (differing_settings, find_runs, format_differences, format_table, plot_comparison,
+    from ..train.runs import (differing_settings, find_runs, format_differences, format_runs_table, plot_comparison,
                               resolve_runs)
     if not args.compare:
         if args.output:
@@ -24,7 +24,7 @@ def _runs(args) -> int:
         if args.json:
             print(json.dumps([r.to_dict() for r in runs], indent=2))
         elif runs:
-            print(format_table(runs))
+            print(format_runs_table(runs))
         else:
             sys.stderr.write(f"alexnet: no run folders in {args.dir} (a run folder holds config.json)\n")
         return 0
@@ -39,7 +39,7 @@ def _runs(args) -> int:
     if args.json:
         print(json.dumps({"runs": [r.to_dict() for r in runs], "differences": differ, "plot": str(path)}, indent=2))
     else:
-        print(format_table(runs))
+        print(format_runs_table(runs))
         print()
         print(format_differences(runs, differ))
         sys.stderr.write(f"alexnet: curves of {len(runs)} runs in {path}\n")

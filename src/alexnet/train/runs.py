@@ -1,7 +1,7 @@
 """The run folders under a folder, as a table; what differs between runs; their curves in one plot.
 
     runs = find_runs("runs")                 # a RunInfo for every run folder below, by name
-    print(format_table(runs))
+    print(format_runs_table(runs))
     differing_settings(runs)                 # {"optim.lr": ["0.01", "0.02"], ...}
     plot_comparison(runs, "compare.png")
 
@@ -34,6 +34,7 @@ import numpy as np
 from .. import checkpoint as ckpt_io
 from .. import report
 from ..errors import UserError
+from ..files import atomic_write_with
 from . import rundir
 
 MAX_DEPTH = 4        # how deep below DIR run folders are looked for (experiments nest theirs)
@@ -168,7 +169,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def format_table(runs: list[RunInfo]) -> str:
+def format_runs_table(runs: list[RunInfo]) -> str:
     """A plain-text table: name, model, data, epochs done/total, best val top-1/top-5 (epoch), status."""
     header = ("run", "model", "data", "epochs", "best val top-1", "top-5", "at epoch", "status")
     rows = [(r.name, r.model, r.data, f"{r.epochs_done}/{r.epochs}", _percent(r.best_top1_err),
@@ -259,13 +260,8 @@ def plot_comparison(runs: list[RunInfo], out: str | os.PathLike) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle("runs compared: " + ", ".join(r.name for r in runs))
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{out}: cannot write the plot ({exc.strerror or exc})") from None
+        atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), what="the plot")
     finally:
         plt.close(fig)
     return out

@@ -158,7 +158,7 @@ def import_caffe(path: str | os.PathLike, out: str | os.PathLike, *, mean: str |
     model = build_model(net.model, num_classes=num_classes, in_channels=3, **net.kwargs)
     expected = model.state_dict()
     state = {}
-    for layer, target in zip(net.layers, TARGETS):
+    for layer, target in zip(net.layers, TARGETS, strict=True):
         state[f"{target}.weight"] = _fit(path, layer, 0, expected[f"{target}.weight"].shape)
         state[f"{target}.bias"] = _fit(path, layer, 1, expected[f"{target}.bias"].shape)
     # Caffe's images are BGR (OpenCV's order); ours are RGB.

@@ -104,7 +104,7 @@ def read_theano_alexnet(folder: str | os.PathLike, *, flip: bool = FLIP_KERNELS)
     epoch = _epoch(folder)
     files: dict[str, str] = {}
     state: dict[str, torch.Tensor] = {}
-    for i, (name, grouped) in enumerate(zip(CONV_NAMES, GROUPED)):
+    for i, (name, grouped) in enumerate(zip(CONV_NAMES, GROUPED, strict=True)):
         shape = C01B_SHAPES[i]
         if grouped:
             towers = [(_load(folder / f"W{t}_{i}_{epoch}.npy", shape, files),
