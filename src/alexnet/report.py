@@ -76,10 +76,11 @@ def truncate_jsonl(path: str | os.PathLike, keep: callable) -> None:
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in records), what="log")
 
 
-def write_csv(path: str | os.PathLike, records: Iterable[dict]) -> None:
+def write_csv(path: str | os.PathLike, records: Iterable[dict], columns: list[str] | None = None) -> None:
+    """``records`` as CSV, atomically: ``columns`` in that order (default: every key, in first-seen order)."""
     records = list(records)
-    keys: list[str] = []
-    for r in records:
+    keys: list[str] = list(columns or [])
+    for r in records if columns is None else ():
         keys += [k for k in r if k not in keys]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=keys)
@@ -217,6 +218,4 @@ def write_report(run_dir: str | os.PathLike, summary: dict, epochs: list[dict]) 
                          f"{r.get('epoch_time_s', 0):.0f} |")
     lines += ["", "Files: `curves.png` (plots), `epochs.jsonl` / `epochs.csv`, `steps.jsonl`, `summary.json`, "
               "`config.toml` (resolved config), `best.safetensors`, `last.safetensors`.", ""]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return atomic_write(run_dir / "report.md", "\n".join(lines), what="the run report")

@@ -148,12 +148,12 @@ def _damaged_copies(src: Path, folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow          # it needs the reference training run (conftest.reference_run)
-def test_corrupt_checkpoints_are_refused(reference_run, tmp_path):
+def test_corrupt_checkpoints_are_refused(reference_run, small_cache, tmp_path):
     src = reference_run["run_dir"] / "last.safetensors"
     damaged = _damaged_copies(src, tmp_path)
     argvs = []
     for path in damaged.values():
-        argvs.append(["eval", path, "--data", reference_run["config"].parent / "unused"])
+        argvs.append(["eval", path, "--data", small_cache])     # real data: the checkpoint is what is wrong
         argvs.append(["predict", path, src])
     results = run_many(argvs)
     failures = []

@@ -69,16 +69,23 @@ def feature_dim(model: nn.Module, spec: InputSpec, device) -> int:
         return int(model.embed(to_network_input(probe, spec, device=device)).shape[1])
 
 
+def open_model_and_data(checkpoint, cache_path, device, progress: bool):
+    """(model, its checkpoint info, its input spec, the cache's path, the open cache): the model as
+    trained and the data prepared at the model's input size (a cache, or a source prepared once)."""
+    model, info = load_model(checkpoint, device)
+    spec = input_spec_of(info)
+    cache_path = ensure_prepared(cache_path, spec.size, quiet=not progress)
+    cache = open_cache(cache_path)
+    check_cache_fits(spec, cache, cache_path)
+    return model, info, spec, cache_path, cache
+
+
 def extract_features(checkpoint: str | os.PathLike, cache_path: str | os.PathLike, out: str | os.PathLike, *,
                      split: str = "train", batch_size: int = 256, device: str | None = None, limit: int = 0,
                      progress: bool = False) -> dict:
     """fc7 of every image of ``split`` (in cache order) -> ``out`` (.npy, float32) + sidecar JSON."""
     device = default_device(device)
-    model, info = load_model(checkpoint, device)
-    spec = input_spec_of(info)
-    cache_path = ensure_prepared(cache_path, spec.size, quiet=not progress)   # a cache, or a source prepared once
-    cache = open_cache(cache_path)
-    check_cache_fits(spec, cache, cache_path)
+    model, info, spec, cache_path, cache = open_model_and_data(checkpoint, cache_path, device, progress)
     images = cache.split(split).images
     n = len(images) if not limit else min(limit, len(images))
     dim = feature_dim(model, spec, device)

@@ -31,15 +31,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
 from ..console import progress as progress_bar
-from ..data import open_cache
-from ..data.resolve import ensure_prepared
-from ..data.preprocess import input_spec_of
 from ..errors import UserError
+from ..files import atomic_write
 from ..report import write_csv
 from ..runtime import default_device
-from .features import check_cache_fits, embed_batches, load_features, load_query_images
+from .features import embed_batches, load_features, load_query_images, open_model_and_data
 
 METRICS = ("euclidean", "cosine")
 DEFAULT_CHUNK = 4096
@@ -139,11 +136,7 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
     if not query_paths:
         raise UserError("--query: give at least one image file")
     device = default_device(device)
-    model, info = load_model(checkpoint, device)
-    spec = input_spec_of(info)
-    cache_path = ensure_prepared(cache_path, spec.size, quiet=not progress)   # a cache, or a source prepared once
-    cache = open_cache(cache_path)
-    check_cache_fits(spec, cache, cache_path)
+    model, info, spec, cache_path, cache = open_model_and_data(checkpoint, cache_path, device, progress)
     sp = cache.split(split)
     query_images = load_query_images(query_paths, spec)
     q = embed_batches(model, spec, np.stack(query_images), batch_size, device)
@@ -181,7 +174,7 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
     table = Path(table) if table else out_png.with_suffix(".csv")
     try:
         write_csv(table, rows)
-        table.with_suffix(".md").write_text(markdown_table(rows), encoding="utf-8")
+        atomic_write(table.with_suffix(".md"), neighbors_markdown(rows), what="the neighbour table")
         plot_neighbors(query_images, query_paths, [sp.images[int(j)] for j in idx.ravel()], rows, k=idx.shape[1],
                        out=out_png, metric=metric)
     except OSError as exc:
@@ -190,7 +183,7 @@ def neighbors_figure(checkpoint, cache_path, query_paths: list[str], out_png, *,
             "memory_bound_bytes": memory_bound_bytes(chunk_size, q.shape[1], len(q), k)}
 
 
-def markdown_table(rows: list[dict]) -> str:
+def neighbors_markdown(rows: list[dict]) -> str:
     lines = ["| query | rank | index | class | distance | file |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['query']} | {r['rank']} | {r['index']} | {r['class']} | {r['distance']:.4f} | {r['file']} |")

@@ -14,20 +14,18 @@ predicted. :class:`Predictor` is the loaded model that all of it (and ``alexnet 
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import report
 from ..checkpoint import load_model
 from ..console import info, progress as progress_bar
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.preprocess import input_spec_of, read_square, square_from_bytes, to_network_input
 from ..errors import UserError
-from ..files import atomic_write
 from ..options import warn_once
 from ..runtime import default_device
 from .metrics import view_average
@@ -150,19 +148,13 @@ def write_predictions_csv(results: list[dict], path: str | os.PathLike, topk: in
     not be read). Written atomically: a failed write leaves no partial file."""
     path = check_writable(path)
     columns = ["path"] + [f"{what}_{r}" for r in range(1, topk + 1) for what in ("class", "name", "prob")] + ["error"]
-    def write(f) -> None:
-        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-        writer = csv.writer(text)
-        writer.writerow(columns)
-        for r in results:
-            row = [r["path"]]
-            for t in r.get("top", [])[:topk]:
-                row += [t["class"], t["name"], f"{t['prob']:.6f}"]
-            row += [""] * (len(columns) - 1 - len(row)) + [r.get("error", "")]
-            writer.writerow(row)
-        text.flush()
-        text.detach()                      # the binary file stays open for atomic_write to sync
-    atomic_write(path, write, what="the predictions")
+    rows = []
+    for r in results:
+        row = dict.fromkeys(columns, "") | {"path": r["path"], "error": r.get("error", "")}
+        for rank, t in enumerate(r.get("top", [])[:topk], 1):
+            row |= {f"class_{rank}": t["class"], f"name_{rank}": t["name"], f"prob_{rank}": f"{t['prob']:.6f}"}
+        rows.append(row)
+    report.write_csv(path, rows, columns=columns)
     return path
 
 
