@@ -100,7 +100,11 @@ class RunCheckpoints:
         if self.ctx.is_main:
             m = unwrap(self.model)
             weights = m.grouped_state_dict() if isinstance(m, dist_utils.TwoTowerModel) else m.state_dict()
-            stats = {f"stats.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.data.cache.stats.items()}
+            # The cache's statistics, with the mean the input spec subtracts (a fine-tuned run's may be its
+            # checkpoint's: data.stats_from), so that load_model feeds the model as it was trained.
+            spec_stats = self.data.input_spec.checkpoint_fields()[1]
+            stats = {f"stats.{k}": torch.from_numpy(np.ascontiguousarray(v))
+                     for k, v in {**self.data.cache.stats, **spec_stats}.items()}
             ckpt_io.save_checkpoint(self.run_dir / LAST, model=weights, optimizer=self.optimizer,
                                     meta=self._meta(state, status), rng=dict(enumerate(rng)), extra_tensors=stats)
             if self.periodic and status == "running":

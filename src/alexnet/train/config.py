@@ -37,6 +37,7 @@ from ..console import warn
 from ..errors import UserError
 from ..locations import preset_files
 from ..models.registry import check_model_options
+from .init_settings import check_settings, checkpoint_layer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,7 @@ class DataConfig:
     pca_std: float = 0.1        # PCA colour noise std (paper: 0.1; 0 disables)
     mean: str = "image"         # "image" (paper: per-pixel mean), "channel" or "none"
     scale: str = "none"         # "none" (paper: raw 0..255 values minus the mean) or "std" (divide by channel std)
+    stats_from: str = "data"    # mean and scale from the training split ("data") or train.init_from's ("checkpoint")
     workers: int = 2            # loader worker processes
     train_split: str = "train"
     val_split: str = "val"      # falls back to the test split when the cache has no "val"
@@ -134,6 +136,7 @@ class TrainConfig:
     init_from: str = ""           # checkpoint whose layers matching by name and shape start this run
     freeze_loaded: bool = False   # loaded layers: requires_grad False, no optimiser group (no lr, no decay)
     loaded_lr_scale: float = 1.0  # loaded layers: their own parameter groups at this multiple of the lr
+    freeze_epochs: int = 0        # loaded layers frozen for the first N epochs, then trained (at loaded_lr_scale)
 
 
 @dataclass
@@ -172,6 +175,7 @@ class Config:
 ALLOWED = {
     ("data", "mean"): ("image", "channel", "none"),
     ("data", "scale"): ("none", "std"),
+    ("data", "stats_from"): ("data", "checkpoint"),
     ("model", "parallel"): ("none", "towers"),
     ("schedule", "kind"): ("plateau", "step", "cosine", "onecycle", "constant"),
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
@@ -291,7 +295,8 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def load_config(preset: str | os.PathLike | None = None, overrides: dict | list[str] | None = None) -> Config:
-    """The resolved configuration: defaults (the paper) <- preset file <- overrides.
+    """The resolved configuration: defaults (the paper) <- preset file <- the checkpoint of
+    ``train.init_from``, if any <- overrides.
 
     ``preset`` is a path or a preset name (``"cifar10"``); ``overrides`` is a nested dict
     (``{"optim": {"lr": 0.02}}``) or command-line tokens (``["--optim.lr", "0.02"]``).
@@ -303,11 +308,19 @@ def load_config(preset: str | os.PathLike | None = None, overrides: dict | list[
         raise UserError(f"{path}: not valid TOML ({exc})") from None
     config = Config(preset=path.stem)
     _merge(config, values, str(path))
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    # Fine-tuning (--init-from CKPT): the checkpoint's model and input between the preset and the
+    # command line (alexnet.train.init_settings). A resolved configuration (a run's config.toml, which
+    # names its preset) already holds them: a resumed run never reads the checkpoint again.
+    layer = checkpoint_layer(values, overrides or {}, config.preset) if "preset" not in values else None
+    if layer is not None:
+        config.model.kwargs = {}          # the checkpoint's builder arguments replace the preset's
+        _merge(config, layer.values, layer.where)
     if overrides:
-        if isinstance(overrides, list):
-            overrides = parse_overrides(overrides)
         _merge(config, overrides, "command line")
     validate(config)
+    check_settings(config, layer, overrides or {}, quiet=not config.run.progress)
     return config
 
 

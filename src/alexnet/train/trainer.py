@@ -150,7 +150,7 @@ class Trainer:
                                      what="train.precision")
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
-        self.data = data = RunData.open(c, ctx, self.quiet)
+        self.data = data = RunData.open(c, ctx, self.quiet, resume_dir=self.resume_dir)
         if c.train.batch_size % ctx.world_size:
             raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by {ctx.world_size} processes")
         self.local_batch = c.train.batch_size // ctx.world_size
@@ -169,7 +169,7 @@ class Trainer:
         # only which were loaded, for the same frozen set and parameter groups).
         self.init_from = apply_init_from(model, c, run_dir=self.resume_dir,
                                          resuming=self.resume_dir is not None, input_spec=data.input_spec,
-                                         is_main=ctx.is_main, quiet=self.quiet)
+                                         is_main=ctx.is_main, quiet=self.quiet, world_size=ctx.world_size)
         if c.model.parallel == "towers":
             model = dist_utils.TwoTowerModel(model, tuple(c.model.devices or (str(ctx.device), str(ctx.device))))
             self.model = model.to(memory_format=torch.channels_last) if self.fast.channels_last else model
@@ -245,6 +245,7 @@ class Trainer:
         status, epoch = "finished", start_epoch
         with StopFlag(announce="finishing this step and saving a checkpoint") as stop:
             for epoch in range(start_epoch, c.train.epochs):
+                self.init_from.at_epoch(epoch, self.quiet)      # train.freeze_epochs: loaded layers frozen or not
                 outcome = loop.run(model, epoch, skip, stop)
                 skip = 0
                 if outcome == "stopped":
