@@ -58,8 +58,9 @@ def train_parser(prog: str = "alexnet train") -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint; "
                    "'auto' (with a fixed --run.name): continue that run if it has a checkpoint, else start it - "
                    "the same command then survives restarts (torchrun --max-restarts)")
-    p.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the layers of CKPT that match by name "
-                   "and shape (the same as --train.init_from CKPT; see docs/finetuning.md)")
+    p.add_argument("--init-from", metavar="CKPT", help="fine-tune from CKPT: its model and input normalisation, its "
+                   "trained layers, a new output layer for the data's classes (the same as --train.init_from CKPT; "
+                   "see docs/finetuning.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return p
 

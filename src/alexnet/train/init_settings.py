@@ -130,7 +130,7 @@ def checkpoint_layer(preset_values: dict, overrides: dict, preset: str) -> Check
         given = overrides.get("train") or {}
         for dotted, value in FINETUNE_DEFAULTS.items():
             section, key = dotted.split(".")
-            if section == "train" and any(k in given for k in LOADED_TRAINING):
+            if section == "train" and ("freeze_loaded" in given or "loaded_lr_scale" in given):
                 continue           # the command line says how the loaded layers train
             values.setdefault(section, {})[key] = value
             layer.origin[dotted] = "fine-tuning default"
@@ -256,10 +256,17 @@ def check_settings(config, layer: CheckpointLayer | None, overrides: dict, quiet
             where = "defaults"
         groups.setdefault(where, []).append(f"{key} {_shown(flat[key])}")
     m = layer.header.meta["model"]
-    kwargs = ", ".join(f"{k} = {_shown(v)}" for k, v in config.model.kwargs.items())
-    info(f"fine-tuning from {layer.path}: model {m['name']}" + (f" ({kwargs})" if kwargs else "")
-         + " as the checkpoint's, a new output layer for the data's classes; "
-         + "; ".join(f"{where}: {', '.join(items)}" for where, items in groups.items()), quiet)
+    by_origin: dict[str, list[str]] = {}
+    for k, v in config.model.kwargs.items():
+        origin = ("command line" if f"model.kwargs.{k}" in given else
+                  "preset" if layer.origin.get(f"model.kwargs.{k}") == "preset" else "checkpoint")
+        by_origin.setdefault(origin, []).append(f"{k} = {_shown(v)}")
+    own = ", ".join(by_origin.pop("checkpoint", [])) or "its builder's defaults"
+    head = "".join(f"; {'the command line' if o == 'command line' else f'preset {layer.preset}'}: {', '.join(items)}"
+                   for o, items in by_origin.items())
+    info(f"fine-tuning from {layer.path}: model {m['name']} as the checkpoint's ({own}{head}), a new output layer "
+         f"for the data's classes; " + "; ".join(f"{where}: {', '.join(items)}" for where, items in groups.items()),
+         quiet)
     replaced = []
     layer_flat = flatten(layer.values)
     for key, value in given.items():
