@@ -238,6 +238,7 @@ def check_settings(config, layer: CheckpointLayer | None, overrides: dict, quiet
                         "(--init-from CKPT), and none is given")
     if layer is None:
         return
+    quiet = quiet or os.environ.get("RANK", "0") != "0"      # under torchrun, every rank resolves it: one says it
     given = flatten(overrides)
     new_fc = _check_model(config, layer, given)
     _check_input(config, layer)
