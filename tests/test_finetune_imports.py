@@ -38,7 +38,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Real imports of full-size AlexNets (61M parameters) and real runs: about a minute each on a quiet machine.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow, pytest.mark.shared]
 
 RECIPE = "imagewoof-finetune"
 PER_CLASS = 2                     # 20 train and 20 val images: two steps of 10 per epoch
