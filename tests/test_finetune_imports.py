@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from alexnet import create_model
 from alexnet.checkpoint import load_checkpoint
 from alexnet.eval.predict import read_square
 from alexnet.train.config import resolve_preset
-from alexnet.weights import load_pretrained
 from conftest import run_cli
 from data_helpers import TORCHVISION_LAYOUT, tar_members
 from test_weights_caffe import blob, bgr_mean_image, caffemodel, reference
@@ -88,8 +88,7 @@ def layer_names(run_dir):
 
 def network_input_of(run_dir, photo) -> torch.Tensor:
     """What the fine-tuned run's own checkpoint feeds the network for ``photo`` (its centre crop)."""
-    _, preprocess = load_pretrained(run_dir / "last.safetensors")
-    return preprocess([photo])
+    return create_model(weights=run_dir / "last.safetensors").preprocess([photo])
 
 
 def centre(square: np.ndarray, crop: int) -> torch.Tensor:

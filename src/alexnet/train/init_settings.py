@@ -210,9 +210,11 @@ def _check_input(config, layer: CheckpointLayer) -> None:
         try:
             model(torch.empty(1, int(m["in_channels"]), d.crop, d.crop))
         except RuntimeError:
-            raise UserError(f"data.crop {d.crop}: too small for {config.model.name} with the checkpoint's "
-                            f"geometry (its maps shrink to nothing before fc6); the checkpoint was trained on "
-                            f"{(layer.header.meta.get('data') or {}).get('crop', '?')} px crops") from None
+            trained = (layer.header.meta.get("data") or {}).get("crop")
+            hint = (f"the checkpoint was trained on {trained} px crops" if trained else
+                    "it records no crop of its own; give a larger --data.size and --data.crop")
+            raise UserError(f"data.crop {d.crop}: too small for {config.model.name} as {layer.path} builds it "
+                            f"(its maps shrink to nothing before fc6); {hint}") from None
     if d.stats_from != "checkpoint":
         return
     data = layer.header.meta.get("data") or {}
