@@ -18,11 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from PIL import Image
+
 from alexnet.checkpoint import load_checkpoint, save_model
 from alexnet.data.preprocess import InputSpec
 from alexnet.errors import UserError
 from alexnet.models import build_model
-from alexnet.train.config import load_config
+from alexnet.train.config import load_config, to_toml
 from alexnet.train.init_from import apply_init_from
 from alexnet.train.schedule import LRSchedule, build_optimizer
 from conftest import run_cli
@@ -41,16 +43,25 @@ def layer_of(key: str) -> str:
     return key.rsplit(".", 2)[-2]          # "features.conv1.weight" -> "conv1"
 
 
-def write_source(path, *, seed=123, num_classes=SOURCE_CLASSES, in_channels=1, kwargs=TINY, meta=None):
-    """A real checkpoint of alexnet_small whose weights differ from any seed-0 initialisation."""
+def write_source(path, *, seed=123, num_classes=SOURCE_CLASSES, in_channels=1, kwargs=TINY, meta=None, spec=None):
+    """A real checkpoint of alexnet_small whose weights differ from any seed-0 initialisation
+    (with ``spec``, the input description its weights were trained with)."""
     torch.manual_seed(seed)
     model = build_model("alexnet_small", num_classes=num_classes, in_channels=in_channels, **kwargs)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)                    # not a fresh init of any seed
     save_model(path, model, name="alexnet_small", num_classes=num_classes, in_channels=in_channels,
-               kwargs=dict(kwargs), meta=meta)
+               kwargs=dict(kwargs), meta=meta, input_spec=spec)
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def source_spec(size=32, crop=24, scale=None):
+    """An input description unlike the Fashion-MNIST cache's: another size and crop, a mean image that
+    varies along the rows, raw or scaled inputs."""
+    mean = np.repeat(np.linspace(60.0, 90.0, size, dtype=np.float32)[:, None, None], size, axis=1)
+    return InputSpec(size=size, crop=crop, channels=1, mean="image", mean_image=mean,
+                     scale=None if scale is None else (scale,))
 
 
 def fresh_init(num_classes=10, seed=0):
@@ -89,8 +100,8 @@ def test_loaded_layers_equal_the_checkpoint_and_the_others_a_fresh_seeded_init(f
         assert torch.equal(value, expected), key
     assert not torch.equal(built["classifier.fc8.weight"], fresh_init(seed=1)["classifier.fc8.weight"])
     lines = [ln for ln in proc.stderr.splitlines() if "init from" in ln]
-    assert lines == [f"alexnet: init from {path}: loaded conv1, conv2, conv3, conv4, conv5, fc6, fc7; left at their "
-                     f"initialisation: fc8 (10x64 here, {SOURCE_CLASSES}x64 in the checkpoint)"], proc.stderr
+    assert lines == [f"alexnet: init from {path}: loaded conv1, conv2, conv3, conv4, conv5, fc6, fc7 (lr x0.1); left at "
+                     f"their initialisation: fc8 (10x64 here, {SOURCE_CLASSES}x64 in the checkpoint)"], proc.stderr
     record = json.loads((tmp_path / "ft" / "init_from.json").read_text())
     assert [layer_of(n + ".x") for n in record["loaded"]] == LOADED and list(record["left"]) == ["classifier.fc8"]
 
@@ -118,12 +129,13 @@ def test_real_theano_convolutions_load_into_a_full_width_alexnet(shared_data, tm
     kwargs = dict(load_checkpoint(ckpt).meta["model"]["kwargs"], hidden=64, pool_out=2, widths=[96, 256, 384, 384, 256])
     config = load_config("imagewoof", ["--train.init_from", str(ckpt), "--model.kwargs",
                                        "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in kwargs.items()) + "}"])
+    capsys.readouterr()                    # the settings lines of load_config (tested below)
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=10, in_channels=3, **config.model.kwargs)
     spec = InputSpec(size=128, crop=112, mean="none", scale=(1 / 64, 1 / 64, 1 / 64))
     result = apply_init_from(model, config, run_dir=None, resuming=False, input_spec=spec)
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == (f"alexnet: init from {ckpt}: loaded conv1, conv2, conv3, conv4, conv5; left at their "
+    assert err[0] == (f"alexnet: init from {ckpt}: loaded conv1, conv2, conv3, conv4, conv5 (lr x0.1); left at their "
                       f"initialisation: fc6, fc7, fc8 (not trained in the checkpoint)")
     assert len(err) == 2 and "trained on raw 0..255 values" in err[1] and "--data.scale none" in err[1]
     theirs = load_checkpoint(ckpt).model_state
@@ -135,6 +147,7 @@ def test_model_arguments_that_change_the_loaded_layers_are_warned_about(fmnist_c
     path = tmp_path / "lrn.safetensors"
     write_source(path, kwargs={**TINY, "lrn_k": 1.0})
     config = config_for(fmnist_cache, tmp_path, "--train.init_from", str(path))
+    capsys.readouterr()
     torch.manual_seed(0)
     apply_init_from(build_model("alexnet_small", num_classes=10, in_channels=1, **TINY), config,
                     run_dir=None, resuming=False)
@@ -199,20 +212,104 @@ def test_lr_scale_makes_its_own_groups_that_follow_the_schedule(fmnist_cache, so
 
 # ----------------------------------------------------------------------------- one-line refusals
 
-def test_checkpoint_of_another_architecture_is_refused_in_one_line(fmnist_cache, tmp_path):
+def test_a_model_of_another_architecture_or_channel_count_is_refused_in_one_line(fmnist_cache, tmp_path):
+    # The Python API: a model built without the checkpoint's arguments (the CLI builds the checkpoint's).
     other = tmp_path / "other.safetensors"
-    write_source(other, in_channels=3, kwargs={"widths": [4, 8, 12, 12, 8], "hidden": 32})
-    proc = run_cli(*train_args(fmnist_cache, tmp_path, "x", *FAST, "--init-from", other), env=ENV)
-    one_line_error(proc, str(other), "no layer of the checkpoint", "alexnet_small with 7 classes and 3 input channels",
-                   "conv1 8x1x5x5")
+    write_source(other, kwargs={"widths": [4, 8, 12, 12, 8], "hidden": 32})
+    config = load_config("fashion-mnist", ["--data.cache", str(fmnist_cache), "--train.init_from", str(other)])
+    model = build_model("alexnet_small", num_classes=10, in_channels=1, **TINY)
+    with pytest.raises(UserError) as caught:
+        apply_init_from(model, config, run_dir=None, resuming=False, quiet=True)
+    message = str(caught.value)
+    assert "no layer of the checkpoint" in message and "alexnet_small with 7 classes and 1 input channels" in message
+    assert "conv1 8x1x5x5" in message
+    # RGB weights, grey data: one line naming the channels (the CLI, after the cache is opened).
+    write_source(other, in_channels=3)
+    one_line_error(run_cli(*train_args(fmnist_cache, tmp_path, "x", *FAST, "--init-from", other), env=ENV),
+                   str(other), "conv1 takes 3-channel images", "1 channels")
     assert not (tmp_path / "x" / "last.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra, names", [
+    (("--model.kwargs.widths", "[4, 8, 12, 12, 8]"), ("model.kwargs.widths [4, 8, 12, 12, 8]", "conv1 4x1x5x5 here, 8x1x5x5")),
+    (("--model.name", "alexnet"), ("model.name alexnet", "holds an alexnet_small model")),
+    (("--data.crop", "8"), ("data.crop 8", "too small")),
+    (("--data.scale", "std"), ("data.scale std", "trained on unscaled inputs")),
+    (("--data.mean", "channel"), None),     # works: the average of the checkpoint's mean image
+], ids=["widths", "model", "crop", "scale", "channel-mean"])
+def test_settings_that_cannot_work_with_the_checkpoint_are_refused_before_any_data_is_prepared(
+        tmp_path, extra, names):
+    path = tmp_path / "src.safetensors"
+    write_source(path, num_classes=10, kwargs=TINY, spec=source_spec())
+    cache_root = tmp_path / "caches"
+    proc = run_cli("train", "fashion-mnist", "--init-from", path, "--run.out", tmp_path, "--run.name", "x",
+                   "--train.max_steps", "1", "--data.train_subset", "32", "--data.val_subset", "32",
+                   "--train.batch_size", "32", "--train.threads", "1", "--train.epochs", "1", *extra,
+                   env={**ENV, "ALEXNET_CACHE": str(cache_root)})
+    if names is None:
+        assert proc.returncode == 0, proc.stderr
+        meta = load_checkpoint(tmp_path / "x" / "last.safetensors").meta["data"]
+        assert (meta["mean"], meta["input_scale"]) == ("channel", None)
+        return
+    one_line_error(proc, *names)
+    assert not cache_root.exists() or not any(cache_root.iterdir())      # nothing prepared
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_checkpoint_brings_its_model_and_input_and_the_command_line_wins_in_one_line(tmp_path, capsys):
+    path = tmp_path / "src.safetensors"
+    write_source(path, num_classes=10, kwargs={**TINY, "lrn_k": 1.0}, spec=source_spec(scale=0.02))
+    config = load_config("fashion-mnist", ["--train.init_from", str(path)])
+    # The preset's model (widths 32-64-..., hidden 512) and input (28 px, channel mean, std) are replaced.
+    assert (config.model.name, config.model.kwargs) == ("alexnet_small", {**TINY, "lrn_k": 1.0})
+    assert (config.data.size, config.data.crop, config.data.mean, config.data.scale, config.data.stats_from) == \
+        (32, 24, "image", "std", "checkpoint")
+    assert (config.optim.lr, config.train.loaded_lr_scale) == (0.002, 0.1)       # not the preset's 0.05
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"alexnet: fine-tuning from {path}: model alexnet_small as the checkpoint's (")
+    for fragment in ("from the checkpoint: data.size 32, data.crop 24", "fine-tuning defaults: optim.lr 0.002"):
+        assert fragment in lines[0], lines[0]
+    config = load_config("fashion-mnist", ["--train.init_from", str(path), "--data.crop", "20", "--optim.lr", "0.03",
+                                           "--model.kwargs.dropout", "0.3", "--train.freeze_loaded", "true"])
+    assert (config.data.crop, config.optim.lr, config.model.kwargs["dropout"]) == (20, 0.03, 0.3)
+    assert (config.train.freeze_loaded, config.train.loaded_lr_scale) == (True, 1.0)   # no default scale beside it
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"alexnet: fine-tuning from {path}: the command line wins: ")
+    for fragment in ("data.crop 20 (the checkpoint's: 24)", "optim.lr 0.03 (fine-tuning default: 0.002)",
+                     "model.kwargs.dropout 0.3 (the checkpoint's: 0.5)"):
+        assert fragment in lines[1], lines[1]
+    # A resolved run configuration (a run's config.toml) is read as it is, without
+    # the checkpoint.
+    saved = tmp_path / "config.toml"
+    saved.write_text(to_toml(config))
+    path.unlink()
+    assert load_config(saved, paths=False).to_dict() == config.to_dict()      # as resume_config reads it
+
+
+def test_the_run_feeds_its_images_as_the_checkpoint_was_trained(fmnist_cache, tmp_path):
+    path = tmp_path / "src.safetensors"
+    spec = source_spec(scale=0.02)
+    write_source(path, num_classes=10, kwargs=TINY, spec=spec)
+    run_cli(*train_args(fmnist_cache, tmp_path, "ft", *FAST, "--init-from", path, epochs=1), env=ENV, check=True)
+    meta = load_checkpoint(tmp_path / "ft" / "last.safetensors").meta["data"]
+    assert (meta["size"], meta["crop"], meta["mean"], meta["input_scale"]) == (28, 24, "image", [0.02])
+    stored = load_file(str(tmp_path / "ft" / "last.safetensors"))["extra.stats.mean_image"].numpy()
+    # The checkpoint's 32 px mean resized to the cache's 28 px: the rows' ramp, resampled (PIL, a second
+    # implementation of the antialiased bilinear resize).
+    expected = np.asarray(Image.fromarray(spec.mean_image[:, :, 0], mode="F").resize((28, 28), Image.BILINEAR))
+    np.testing.assert_allclose(stored[:, :, 0], expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("extra, fragments", [
     (("--train.init_from", "SRC", "--train.freeze_loaded", "true", "--train.loaded_lr_scale", "0.1"),
      ["train.freeze_loaded", "train.loaded_lr_scale", "choose one"]),
+    (("--train.init_from", "SRC", "--train.freeze_loaded", "true", "--train.freeze_epochs", "2"),
+     ["train.freeze_loaded", "train.freeze_epochs", "choose one"]),
     (("--train.loaded_lr_scale", "0.1"), ["train.loaded_lr_scale", "train.init_from", "none is given"]),
+    (("--train.freeze_epochs", "1"), ["train.freeze_epochs", "train.init_from", "none is given"]),
+    (("--data.stats_from", "checkpoint"), ["data.stats_from", "train.init_from", "none is given"]),
     (("--train.init_from", "SRC", "--train.loaded_lr_scale", "-1"), ["train.loaded_lr_scale", "-1.0"]),
+    (("--train.init_from", "SRC", "--train.freeze_epochs", "-1"), ["train.freeze_epochs", "-1"]),
     (("--train.init_from", "MISSING"), ["MISSING", "no such file"]),
 ])
 def test_bad_fine_tuning_settings_are_one_line(fmnist_cache, source, tmp_path, extra, fragments):
@@ -235,11 +332,12 @@ def test_init_from_with_resume_is_refused(tmp_path, source):
 # ----------------------------------------------------------------------------- resume
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [("--train.loaded_lr_scale", "0.3"), ("--train.freeze_loaded", "true")],
-                         ids=["lr_scale", "frozen"])
+@pytest.mark.parametrize("how", [("--train.loaded_lr_scale", "0.3"), ("--train.freeze_loaded", "true"),
+                                 ("--train.freeze_epochs", "1", "--train.loaded_lr_scale", "0.3")],
+                         ids=["lr_scale", "frozen", "frozen_first"])
 def test_resumed_fine_tuned_run_equals_an_uninterrupted_one(fmnist_cache, tmp_path, how):
     path = tmp_path / "src.safetensors"
-    write_source(path)
+    write_source(path, spec=source_spec())    # the resume takes the input statistics from the run, not from here
     args = (*FAST, "--init-from", str(path), *how, "--optim.lr", "0.02")
     run_cli(*train_args(fmnist_cache, tmp_path, "full", *args, epochs=2), env=ENV, check=True)
     proc = popen_cli(*train_args(fmnist_cache, tmp_path, "cut", *args, epochs=2), env=ENV)
@@ -264,3 +362,22 @@ def test_resumed_fine_tuned_run_equals_an_uninterrupted_one(fmnist_cache, tmp_pa
         assert len(groups["weights"]["params"]) == 1 and len(groups["loaded weights"]["params"]) == 7
     else:
         assert sum(len(g["params"]) for g in groups.values()) == 2
+
+
+def test_freeze_epochs_keeps_the_loaded_layers_fixed_then_trains_them(fmnist_cache, source, tmp_path):
+    path, src = source
+    args = (*FAST, "--init-from", path, "--train.freeze_epochs", "1", "--train.loaded_lr_scale", "0.5",
+            "--optim.lr", "0.05")
+    run_cli(*train_args(fmnist_cache, tmp_path, "ff", *args, "--train.max_steps", str(STEPS_PER_EPOCH), epochs=2),
+            env=ENV, check=True)
+    run_dir = tmp_path / "ff"
+    after_first = model_tensors(run_dir)
+    for key, value in after_first.items():
+        if layer_of(key) in LOADED:
+            assert torch.equal(value, src[key]), key          # frozen: neither a step nor weight decay
+    assert not torch.equal(after_first["classifier.fc8.weight"], fresh_init()["classifier.fc8.weight"])
+    groups = {g["name"]: g for g in load_checkpoint(run_dir / "last.safetensors").meta["optimizer"]["param_groups"]}
+    assert groups["loaded weights"]["lr_mult"] == 0.5 and len(groups["loaded weights"]["params"]) == 7
+    run_cli("train", "--resume", run_dir, "--quiet", env=ENV, check=True)     # the second epoch: they train
+    after_second = model_tensors(run_dir)
+    assert all(not torch.equal(after_second[k], src[k]) for k in after_second if layer_of(k) in LOADED)

@@ -408,14 +408,15 @@ def test_a_truncated_torchvision_file_is_one_line(tmp_path):
         assert not (tmp_path / "out" / "x.safetensors").exists()
 
 
-def test_init_from_matching_no_layer_is_refused_before_any_prepare(world, tmp_path, fashion_mnist_dir):
-    """A checkpoint of another architecture: refused before the (missing) cache is prepared."""
+def test_init_from_that_cannot_take_the_data_is_refused_before_any_prepare(world, tmp_path, fashion_mnist_dir):
+    """A checkpoint brings its architecture (docs/finetuning.md): one whose network cannot take the preset's
+    28 px crops is refused, naming the setting and the checkpoint, before the (missing) cache is prepared."""
     other = tmp_path / "owt.safetensors"
     save_model(other, build_model("alexnet_owt", num_classes=10), name="alexnet_owt", num_classes=10, in_channels=3)
     proc = cli_run("train", "fashion-mnist", "--init-from", other, "--data.source", fashion_mnist_dir,
                    "--data.cache", tmp_path / "cache", "--run.out", tmp_path / "runs", cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "no layer" in lines[0] and str(other) in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and "data.crop" in lines[0] and str(other) in lines[0], proc.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
     assert not (tmp_path / "cache-root").exists()
 

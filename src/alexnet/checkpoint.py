@@ -179,21 +179,65 @@ class Checkpoint:
         return f"{m['name']} with {m['num_classes']} classes and {m['in_channels']} input channels"
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read and verify a checkpoint (UserError for a missing, torn, foreign or altered file)."""
+def _checkpoint_file(path: str | os.PathLike) -> Path:
+    """The file a checkpoint argument names: itself, or a run folder's last (else best) checkpoint."""
     path = Path(path)
     if path.is_dir():
         for name in ("last.safetensors", "best.safetensors"):
             if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise UserError(f"{path}: folder holds no checkpoint (last.safetensors / best.safetensors)")
+                return path / name
+        raise UserError(f"{path}: folder holds no checkpoint (last.safetensors / best.safetensors)")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     foreign = checkpoint_problem(path)      # a .pth or .caffemodel: say how to import it
     if foreign:
         raise UserError(foreign)
+    return path
+
+
+@dataclass
+class CheckpointHeader:
+    """A checkpoint's metadata and the shape of every tensor, read without its tensors."""
+
+    path: Path
+    meta: dict
+    shapes: dict[str, tuple[int, ...]]
+
+    def describe(self) -> str:
+        m = self.meta["model"]
+        return f"{m['name']} with {m['num_classes']} classes and {m['in_channels']} input channels"
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor, read from the file alone (unverified, like the header)."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{self.path}: cannot read {name} ({exc})") from None
+
+
+def read_header(path: str | os.PathLike) -> CheckpointHeader:
+    """What a checkpoint holds, in milliseconds (the JSON document and the tensor shapes; UserError for a
+    missing, unreadable or foreign file). Its tensors are not read, so not verified either:
+    :func:`load_checkpoint` does that when they are needed."""
+    path = _checkpoint_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a readable checkpoint (truncated or not safetensors: {exc})") from None
+    if "alexnet" not in header:
+        raise UserError(f"{path}: not an alexnet checkpoint (no alexnet metadata)")
+    meta = json.loads(header["alexnet"])
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
+    return CheckpointHeader(path, meta, shapes)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and verify a checkpoint (UserError for a missing, torn, foreign or altered file)."""
+    path = _checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -237,7 +281,7 @@ _IMPLEMENTATION_KEYS = ("fused", "foreach")
 def restore_optimizer(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> None:
     own = [{k: group[k] for k in _IMPLEMENTATION_KEYS if k in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(_unflatten_optimizer(ckpt.meta["optimizer"], ckpt.group("optim")))
-    for group, keep in zip(optimizer.param_groups, own):
+    for group, keep in zip(optimizer.param_groups, own, strict=True):
         group.update(keep)
         for param in group["params"]:
             state = optimizer.state.get(param, {})

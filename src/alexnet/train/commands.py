@@ -31,8 +31,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "continue that run if it has a checkpoint, else start it - the same command then survives "
                         "restarts (torchrun --max-restarts)")
     p.add_argument("--init-from", metavar="CKPT", type=Spec(path="checkpoint"),
-                   help="fine-tune: start from the layers of CKPT that match by name and shape (the same as "
-                        "--train.init_from CKPT; see docs/finetuning.md)")
+                   help="fine-tune from CKPT: its model and input normalisation, its trained layers, a new "
+                        "output layer for the data's classes (the same as --train.init_from CKPT; see "
+                        "docs/finetuning.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 

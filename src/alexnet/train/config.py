@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..locations import preset_files
 from ..models.registry import check_model_options, list_models
 from ..options import DEVICE, NAME, SPLIT, Spec, setting, settings_of, spec_of, type_name, warn_once
+from .init_settings import check_settings, checkpoint_layer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +77,9 @@ class DataConfig:
                         help="mean subtracted: per pixel (paper), per channel, or none")
     scale: str = setting("none", choices=("none", "std"),
                          help="none: raw 0..255 values minus the mean (paper); std: divided by the channel std")
+    stats_from: str = setting("data", choices=("data", "checkpoint"),
+                              help="whose mean and scale the input uses: the training split's (data) or "
+                                   "train.init_from's (checkpoint: what --init-from sets; docs/finetuning.md)")
     workers: int = setting(2, ge=0, help="loader worker processes (0 = in the training process)")
     path: str = setting("auto", choices=("auto", "host", "device"),
                         help="data path: auto (host on a CPU, device on CUDA), host or device (on any device)")
@@ -162,11 +166,13 @@ class TrainConfig:
                                                          "missing cache")
     deterministic: bool = setting(False, help="deterministic kernels only: a resumed GPU run repeats bit for bit")
     # Fine-tuning (alexnet.train.init_from; a fresh run only, a resume keeps its own weights):
-    init_from: str = setting("", path="checkpoint", special=("",), help="start from the layers of this checkpoint that match by "
-                                                         "name and shape (docs/finetuning.md)")
+    init_from: str = setting("", path="checkpoint", special=("",), help="fine-tune from this checkpoint: its model and input, its "
+                                                         "layers that match by name and shape (docs/finetuning.md)")
     freeze_loaded: bool = setting(False, help="loaded layers: frozen, no optimiser group (no lr, no decay)")
     loaded_lr_scale: float = setting(1.0, ge=0, help="loaded layers: their own parameter groups at this multiple "
                                                      "of the lr")
+    freeze_epochs: int = setting(0, ge=0, help="loaded layers: frozen for the first N epochs, then trained (at "
+                                               "loaded_lr_scale)")
 
 
 @dataclass
@@ -304,7 +310,8 @@ def parse_overrides(args: list[str]) -> dict:
 
 def load_config(preset: str | os.PathLike | None = None, overrides: dict | list[str] | None = None, *,
                 paths: bool = True) -> Config:
-    """The resolved configuration: defaults (the paper) <- preset file <- overrides.
+    """The resolved configuration: defaults (the paper) <- preset file <- the checkpoint of
+    ``train.init_from``, if any <- overrides.
 
     ``preset`` is a path or a preset name (``"cifar10"``); ``overrides`` is a nested dict
     (``{"optim": {"lr": 0.02}}``) or command-line tokens (``["--optim.lr", "0.02"]``). Every value
@@ -318,13 +325,23 @@ def load_config(preset: str | os.PathLike | None = None, overrides: dict | list[
         raise UserError(f"{path}: not valid TOML ({exc})") from None
     config = Config(preset=path.stem)
     _merge(config, values, str(path), paths=paths)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    # Fine-tuning (--init-from CKPT): the checkpoint's model and input between the preset and the
+    # command line (alexnet.train.init_settings). A resolved configuration (a run's config.toml, which
+    # names its preset) already holds them: a resumed run never reads the checkpoint again.
+    if overrides:       # every command-line value checked against its declaration before the checkpoint is read
+        _merge(copy.deepcopy(config), overrides, "command line", paths=paths)
+    layer = checkpoint_layer(values, overrides or {}, config.preset) if "preset" not in values else None
+    if layer is not None:
+        config.model.kwargs = {}          # the checkpoint's builder arguments replace the preset's
+        _merge(config, layer.values, layer.where, paths=paths)
     from_preset = copy.deepcopy(config)
     if overrides:
-        if isinstance(overrides, list):
-            overrides = parse_overrides(overrides)
         _merge(config, overrides, "command line", paths=paths)
     adopt_cache_size(config, explicit=_flatten(overrides or {}))
     validate(config)
+    check_settings(config, layer, overrides or {}, quiet=not config.run.progress)
     if overrides:
         warn_about_changes(from_preset, config)
     return config

@@ -18,6 +18,7 @@ import datetime
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -27,6 +28,7 @@ from ..data.resolve import ensure_prepared, is_cache
 from ..options import warn_once
 from . import distributed as dist_utils
 from .config import Config
+from .init_from import checkpoint_input_spec
 
 # Seconds rank 0 waits before preparing a missing cache: tests make a small prepare outlast the
 # collective timeout with it (tests/test_train_safety.py); 0 otherwise.
@@ -72,7 +74,8 @@ class RunData:
     input_spec: InputSpec     # how images become network input (stored with every checkpoint)
 
     @classmethod
-    def open(cls, config: Config, ctx: dist_utils.DistContext, quiet: bool = False) -> "RunData":
+    def open(cls, config: Config, ctx: dist_utils.DistContext, quiet: bool = False,
+             resume_dir: Path | None = None) -> "RunData":
         c = config
         cache = open_training_cache(c, ctx, quiet)
         if cache.num_classes < 2 and ctx.is_main:
@@ -86,9 +89,13 @@ class RunData:
         subset = any(limits.values())
         selection = cache.subset(limits, seed=c.train.seed) if subset else cache
         # How images become network input: stored with every checkpoint, so that eval, predict
-        # and features feed the model exactly this way.
-        input_spec = InputSpec.from_stats(cache.stats, size=cache.size, crop=c.data.crop, channels=cache.channels,
-                                          mean=c.data.mean, scale=c.data.scale)
+        # and features feed the model exactly this way. Fine-tuning: the mean and scale the loaded
+        # weights were trained with (data.stats_from = "checkpoint", alexnet.train.init_from).
+        if c.data.stats_from == "checkpoint":
+            input_spec = checkpoint_input_spec(c, cache, resume_dir)
+        else:
+            input_spec = InputSpec.from_stats(cache.stats, size=cache.size, crop=c.data.crop, channels=cache.channels,
+                                              mean=c.data.mean, scale=c.data.scale)
         return cls(c, ctx, cache, selection, 0 if subset else c.data.workers, val_split, test_split, notes,
                    input_spec)
 

@@ -165,7 +165,7 @@ class Trainer:
             torch.set_num_threads(c.train.threads)
         if self.resume_dir is None:
             check_init_from(c)           # a checkpoint that cannot start this run: refused before any prepare
-        self.data = data = RunData.open(c, ctx, self.quiet)
+        self.data = data = RunData.open(c, ctx, self.quiet, resume_dir=self.resume_dir)
         if c.train.batch_size % ctx.world_size:
             raise UserError(f"train.batch_size {c.train.batch_size} is not divisible by {ctx.world_size} processes")
         self.local_batch = c.train.batch_size // ctx.world_size
@@ -184,7 +184,7 @@ class Trainer:
         # only which were loaded, for the same frozen set and parameter groups).
         self.init_from = apply_init_from(model, c, run_dir=self.resume_dir,
                                          resuming=self.resume_dir is not None, input_spec=data.input_spec,
-                                         is_main=ctx.is_main, quiet=self.quiet)
+                                         is_main=ctx.is_main, quiet=self.quiet, world_size=ctx.world_size)
         if c.model.parallel == "towers":
             model = dist_utils.TwoTowerModel(model, tuple(c.model.devices or (str(ctx.device), str(ctx.device))))
             self.model = model.to(memory_format=torch.channels_last) if self.fast.channels_last else model
@@ -257,6 +257,7 @@ class Trainer:
         try:
             with StopFlag(announce="finishing this step and saving a checkpoint") as stop:
                 for epoch in range(s.epoch, c.train.epochs):
+                    self.init_from.at_epoch(epoch, self.quiet)      # train.freeze_epochs: loaded layers frozen or not
                     totals = self.train_one_epoch(model, epoch, stop)
                     if totals is None:
                         status = "interrupted"
@@ -462,7 +463,11 @@ class Trainer:
         rng = dist_utils.all_gather_objects(ckpt_io.capture_rng(), self.ctx)
         if self.ctx.is_main:
             weights = m.grouped_state_dict() if isinstance(m, dist_utils.TwoTowerModel) else m.state_dict()
-            stats = {f"stats.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.data.cache.stats.items()}
+            # The cache's statistics, with the mean the input spec subtracts (a fine-tuned run's may be its
+            # checkpoint's: data.stats_from), so that load_model feeds the model as it was trained.
+            spec_stats = self.data.input_spec.checkpoint_fields()[1]
+            stats = {f"stats.{k}": torch.from_numpy(np.ascontiguousarray(v))
+                     for k, v in {**self.data.cache.stats, **spec_stats}.items()}
             self.folder.save_checkpoint(step=s.step, keep_copy=self.periodic and status == "running",
                                         keep=self.config.train.keep_checkpoints, model=weights,
                                         optimizer=self.optimizer, meta=self._meta(status), rng=dict(enumerate(rng)),
