@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from alexnet.data import open_cache
-from alexnet.data.cache import read_meta
+from alexnet.data.cache import read_cache_meta
 from alexnet.errors import UserError
 
 from .corpus import cifar_python_tar, decode_rgb, escaping_tar, pickle_payload, reference_square, torch_zip_payload
@@ -155,7 +155,7 @@ def test_archive_never_writes_or_reads_outside(escape_results):
             # A refused run leaves no cache, so nothing can leak from it; but a folder that
             # says it is a complete cache and does not open is a failure, not "no leak".
             # (Any other exception is a bug and fails the test.)
-            if (read_meta(str(folder)) or {}).get("complete"):
+            if (read_cache_meta(str(folder)) or {}).get("complete"):
                 leaked.append(f"{folder.name}: complete cache that does not open")
             continue
         for s in cache.splits:

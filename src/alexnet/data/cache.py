@@ -301,7 +301,7 @@ class Cache:
         return f"Cache({self.path!r}: {counts}; {self.num_classes} classes; {self.size}x{self.size}x{self.channels} {self.storage})"
 
 
-def read_meta(path: str) -> dict | None:
+def read_cache_meta(path: str) -> dict | None:
     try:
         with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
             return json.load(f)
@@ -317,7 +317,7 @@ def open_cache(path) -> Cache:
         hint = f" (an interrupted prepare left {partial}; re-run 'alexnet prepare' to finish it)" if os.path.isdir(partial) else \
             " (create it with 'alexnet prepare SOURCE OUT')"
         raise UserError(f"{path}: no such cache{hint}")
-    meta = read_meta(path)
+    meta = read_cache_meta(path)
     if meta is None:
         raise UserError(f"{path}: not a prepared cache (no readable meta.json)")
     if meta.get("format") != CACHE_FORMAT:

@@ -9,7 +9,7 @@ from ..console import info
 from ..errors import UserError
 from ..options import Spec, make_parents
 from . import download
-from .cache import open_cache, read_meta, verify_cache
+from .cache import open_cache, read_cache_meta, verify_cache
 from .resolve import default_cache_dir
 from .sources import SHORTHANDS
 
@@ -27,7 +27,7 @@ def _prepare(args) -> int:
                 info(f"--size {size}: the {dataset.preset} preset's (give --size to choose another)", args.quiet)
         if out is None:
             out = str(default_cache_dir(dataset.name, size))   # what resolve_cache(NAME) opens
-            existing = read_meta(out) if os.path.isdir(out) else None
+            existing = read_cache_meta(out) if os.path.isdir(out) else None
             if existing and existing.get("complete") and not args.overwrite:
                 origin = (existing.get("source") or {}).get("location", "?")
                 print(f"{out}: already prepared (from {origin}); nothing downloaded "

@@ -547,7 +547,7 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
     fingerprint = hashlib.sha256(json.dumps([src.fingerprint(), size, channels, storage, quality,
                                              layout.CACHE_VERSION]).encode()).hexdigest()[:32]
     counts = {k: src.count(k) for k in src.splits}
-    existing = layout.read_meta(out) if os.path.isdir(out) else None
+    existing = layout.read_cache_meta(out) if os.path.isdir(out) else None
     if os.path.exists(out):
         if existing and existing.get("complete") and existing.get("fingerprint") == fingerprint and not overwrite:
             return PrepareSummary(out, {k: v["count"] for k, v in existing["splits"].items()}, len(existing["classes"]),

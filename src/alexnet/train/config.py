@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..console import warn
-from ..data.cache import read_meta
+from ..data.cache import read_cache_meta
 from ..data.resolve import cache_dir_for, is_cache, source_name
 from ..errors import UserError
 from ..locations import preset_files
@@ -352,7 +352,7 @@ def adopt_cache_size(config: Config, explicit: dict | None = None) -> None:
     stored side: ``data.size`` becomes the cache's own size, as the run will read it. A ``data.size``
     set on the command line that contradicts it is refused; ``data.crop`` is then checked against it."""
     directory = config.cache_dir() if config.data.cache else None
-    meta = read_meta(directory) if directory is not None and is_cache(directory) else None
+    meta = read_cache_meta(directory) if directory is not None and is_cache(directory) else None
     size = (meta or {}).get("size")
     if not isinstance(size, int) or size == config.data.size:
         return

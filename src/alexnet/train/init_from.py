@@ -55,7 +55,7 @@ from torch import nn
 
 from .. import checkpoint as ckpt_io
 from ..console import info, warn
-from ..data.cache import read_meta
+from ..data.cache import read_cache_meta
 from ..data.preprocess import InputSpec
 from ..data.resolve import is_cache
 from ..errors import UserError
@@ -262,7 +262,7 @@ def check_before_data(config) -> None:
         return
     ckpt = ckpt_io.load_checkpoint(Path(os.path.expanduser(t.init_from)))
     m = ckpt.meta["model"]
-    cache = read_meta(config.cache_dir()) if is_cache(config.cache_dir()) else {}   # the data's, when prepared
+    cache = read_cache_meta(config.cache_dir()) if is_cache(config.cache_dir()) else {}   # the data's, when prepared
     classes = len(cache.get("classes") or []) or m["num_classes"]
     model = build_model(config.model.name, num_classes=classes, in_channels=cache.get("channels") or m["in_channels"],
                         **config.model.kwargs)

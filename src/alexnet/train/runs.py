@@ -183,13 +183,13 @@ def format_runs_table(runs: list[RunInfo]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+def settings_as_text(config: dict, prefix: str = "") -> dict[str, str]:
     """``{"optim": {"lr": 0.01}}`` -> ``{"optim.lr": "0.01"}`` (values as JSON text, comparable)."""
     flat = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
+            flat.update(settings_as_text(value, name + "."))
         else:
             flat[name] = json.dumps(value) if not isinstance(value, str) else value
     return flat
@@ -198,7 +198,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 def differing_settings(runs: list[RunInfo]) -> dict[str, list[str]]:
     """The settings whose values are not the same in every run (``-`` where a run lacks the key),
     in config order; the run's own name (run.name) is left out."""
-    flats = [flatten(r.config) for r in runs]
+    flats = [settings_as_text(r.config) for r in runs]
     keys: list[str] = []
     for flat in flats:
         keys += [k for k in flat if k not in keys]
