@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import re
 import tarfile
 from pathlib import Path
 
@@ -30,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
 DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
 VENV_BIN = Path(sys.executable).parent
-PHOTO = "n01440764_tench.JPEG"     # a real ILSVRC-2012 photo from ../shared's sample
+PHOTO = "n01440764_tench.JPEG"
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")     # a real ILSVRC-2012 photo from ../shared's sample
 
 pytestmark = pytest.mark.docs
 
@@ -72,7 +74,16 @@ def run_one(command: Command, sandbox: Path, env: dict) -> subprocess.CompletedP
             return reason
     if argv[:2] == ["source", ".venv/bin/activate"]:
         return "PATH already has the environment's bin folder"
+    env = dict(env)
+    while argv and ENV_ASSIGNMENT.match(argv[0]):         # VAR=value command ...: for this command only
+        name, _, value = argv.pop(0).partition("=")
+        if name != "PYTHONPATH":                           # the suite's own (the checkout's src) stays
+            env[name] = value
     program, rest = argv[0], argv[1:]
+    # A repository script named from the checkout (python benchmarks/X.py, python tests/X.py) is
+    # the checkout's file; the command still runs in the sandbox, so what it writes lands there.
+    if "python" in program and rest and not rest[0].startswith("-") and (REPO / rest[0]).is_file():
+        rest = [str(REPO / rest[0]), *rest[1:]]
     if program in FILE_TOOLS:
         return subprocess.run(["bash", "-c", command.source], cwd=sandbox, env=env, capture_output=True, text=True,
                               timeout=1800)
@@ -115,7 +126,8 @@ def test_every_command_of_the_document_runs(doc: Path, tmp_path: Path, docs_cach
         (sandbox / "photo.jpg").write_bytes(tar.extractfile(PHOTO).read())
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                ALEXNET_CACHE=str(docs_cache_root), ALEXNET_SHARED=str(tmp_path / "shared"),
-               PYTHONPATH=str(REPO / "src"), MPLBACKEND="Agg")
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]),   # `python -m benchmarks` too
+               MPLBACKEND="Agg")
     skipped = []
     for command in commands:
         where = f"{command.doc}:{command.line}: {command.text}"

@@ -362,3 +362,39 @@ def test_hub_loads_an_imported_torchvision_checkpoint(tmp_path):
         torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
     assert model.checkpoint_info["name"] == "alexnet_owt" and model.input_spec.crop == 224
     assert model.preprocess.spec.describe() == model.input_spec.describe()
+
+
+# imagewoof-finetune builds the model its --init-from checkpoint describes: no model of its own
+PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "src" / "alexnet" / "presets").glob("*.toml")
+                 if p.stem != "imagewoof-finetune")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_presets_model_exports_to_onnx_at_its_crop(preset, tmp_path):
+    """The model each preset trains, at the preset's crop, exports to ONNX and gives PyTorch's logits.
+    (Fashion-MNIST's 28 px reach the adaptive pool at 3 x 3 for an output of 2 x 2, which ONNX's
+    pool cannot express: export's FixedAveragePool stands in, exactly.)"""
+    from alexnet.train.config import load_config
+    config = load_config(preset)
+    channels = 1 if preset == "fashion-mnist" else 3
+    model = build_model(config.model.name, num_classes=NUM_CLASSES, in_channels=channels, **config.model.kwargs)
+    _random_weights(model, seed=len(preset))
+    crop = config.data.crop
+    spec = InputSpec(size=crop, crop=crop, channels=channels, mean="none", scale=(1 / 64,) * channels)
+    checkpoint = save_model(tmp_path / "model.safetensors", model, name=config.model.name, num_classes=NUM_CLASSES,
+                            in_channels=channels, kwargs=config.model.kwargs, input_spec=spec)
+    path, _ = export_model(checkpoint, "onnx", tmp_path / "model.onnx")
+    run, meta = load_exported(path, "onnx")
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, channels, crop, crop)).astype(np.float32)
+    loaded, info = load_model(checkpoint)
+    with torch.no_grad():
+        expected = loaded(torch.from_numpy(pixels) / 64).numpy()
+    scale = np.abs(expected).max()
+    assert np.abs(run(pixels) - expected).max() <= RELATIVE_TOLERANCE * scale
+
+
+@pytest.mark.parametrize("size,out", [((3, 3), (2, 2)), ((13, 13), (6, 6)), ((7, 5), (3, 4)), ((6, 6), (6, 6)), ((1, 1), (2, 2))])
+def test_fixed_average_pool_is_the_adaptive_pool(size, out):
+    from alexnet.export import FixedAveragePool
+    x = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(FixedAveragePool(size, out)(x), nn.AdaptiveAvgPool2d(out)(x), rtol=1e-6, atol=1e-6)

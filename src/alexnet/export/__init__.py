@@ -72,6 +72,59 @@ class CentreCropInput(nn.Module):
         return self.network(normalise_(pixels.clone(), self.shift, None, self.scale))
 
 
+class FixedAveragePool(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for one known input size, as two matrix products.
+
+    ONNX has no adaptive pool whose output size does not divide its input size (a model
+    trained at 28 px reaches its pool at 3 x 3 for an output of 2 x 2, say). PyTorch's
+    adaptive pool averages rows ``floor(i*H/h) .. ceil((i+1)*H/h) - 1`` for output row i
+    (the same for columns): that is ``P_h @ x @ P_w^T`` with those averaging matrices,
+    which every format exports. Equal to the adaptive pool up to float32 rounding
+    (``alexnet export --check`` and tests/test_export.py compare them).
+    """
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]):
+        super().__init__()
+        self.register_buffer("rows", self.averaging(in_size[0], out_size[0]))
+        self.register_buffer("cols_t", self.averaging(in_size[1], out_size[1]).t().contiguous())
+
+    @staticmethod
+    def averaging(n_in: int, n_out: int) -> torch.Tensor:
+        m = torch.zeros(n_out, n_in)
+        for i in range(n_out):
+            start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+            m[i, start:end] = 1.0 / (end - start)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rows @ x @ self.cols_t
+
+
+def with_fixed_pools(module: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """``module`` with each adaptive average pool whose output size does not divide its input
+    size (at ``sample``'s size) replaced by :class:`FixedAveragePool` (in place; returned)."""
+    seen: dict[str, tuple[int, int]] = {}
+    pools = {name: m for name, m in module.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)}
+    def record(name: str):
+        def hook(_module, args, _out) -> None:      # None: the output stays as it was
+            seen[name] = tuple(args[0].shape[-2:])
+        return hook
+    hooks = [m.register_forward_hook(record(name)) for name, m in pools.items()]
+    try:
+        module(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, pool in pools.items():
+        out = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+        size = seen.get(name)
+        if size is None or all(s % o == 0 for s, o in zip(size, out, strict=True)):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent_name) if parent_name else module, child, FixedAveragePool(size, out))
+    return module
+
+
 def export_metadata(info: dict, preprocess: bool) -> dict:
     """The JSON document every exported file carries (model, classes, input description)."""
     spec: InputSpec | None = info["input_spec"]
@@ -182,6 +235,8 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     input_name = "pixels" if meta["input"] == "pixels" else "input"
     meta_json = json.dumps(meta, sort_keys=True)
     with torch.no_grad():
+        if fmt == "onnx":
+            module = with_fixed_pools(module, sample)
         atomic_write(out, lambda f: WRITERS[fmt](module, sample, input_name, meta_json, f), what="the export")
     return out, meta
 

@@ -60,9 +60,14 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun started for this job (1 outside torchrun), known before joining."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: str = "", timeout_s: float = 300.0) -> DistContext:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a 1-process context."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)

@@ -116,6 +116,8 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
                         f"got {config.run.resume!r}")
     if config.run.resume == "auto" and not config.run.name:
         raise UserError("run.resume = \"auto\" needs a fixed --run.name: a restarted job must find the same run folder")
+    # Before joining the process group: every rank refuses on its own, none waits for another.
+    check_launch(config, dist_utils.launched_world_size())
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if config.train.deterministic:
         # cuBLAS reads this when it starts: set before any CUDA work of this process.
@@ -124,7 +126,6 @@ def train(config: Config | str | os.PathLike | None = None, *, resume: str | os.
         torch.backends.cudnn.benchmark = False
     ctx = dist_utils.setup(config.train.device, config.train.dist_timeout)
     try:
-        check_launch(config, ctx.world_size)
         return Trainer(config, ctx, Path(resume) if resume is not None else None).run()
     except Exception as exc:
         if ctx.distributed and dist_utils.is_communication_failure(exc):
