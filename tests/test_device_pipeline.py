@@ -248,6 +248,7 @@ def test_bad_data_path_setting_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow      # minutes of real runs: the second lane
 def test_device_check_dry_run(shared_data, tmp_path):
     """``benchmarks/gpu_check.py --cpu``: every part of the device check at tiny sizes, on the CPU
     (its ``tests`` part left out here: it would run this file again)."""

@@ -73,6 +73,7 @@ def test_bad_commands(tmp_path):
     assert not (tmp_path / "runs").exists(), "a failed start leaves no run folder"
 
 
+@pytest.mark.slow      # minutes of real runs: the second lane
 def test_a_busy_or_finished_run_folder_refuses(fmnist_cache, tmp_path):
     first = popen_cli(*train_args(fmnist_cache, tmp_path, "busy", "--train.threads", "1", epochs=30), env=CLI_ENV)
     try:
@@ -153,6 +154,7 @@ def photo_folder(shared_data: Path, root: Path, classes: int, per_split: dict[st
     return root
 
 
+@pytest.mark.slow      # minutes of real runs: the second lane
 def test_train_on_a_folder_of_your_own_images(shared_data, tmp_path):
     """The README's recipe on a real folder: prepared once at the preset's size, the run named after the
     folder, validated on its val/ images, and predict names the folder's classes."""

@@ -232,6 +232,7 @@ def _image_folder(root: Path, fashion_mnist_dir: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow      # minutes of real runs: the second lane
 def test_ranks_wait_for_a_prepare_longer_than_the_collective_timeout(fashion_mnist_dir, tmp_path):
     """Rank 0 prepares the missing cache (400 real images, made to take 4 s more) while the collective
     timeout is 2 s: rank 1 waits for it under train.prepare_timeout instead, and the job trains."""
