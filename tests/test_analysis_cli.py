@@ -234,11 +234,12 @@ def test_relu_tanh_on_a_cuda_convnet_net_end_to_end(tiny_cifar, tmp_path):
         ("cuda-convnet-19pct", 128, "fixed", 10000, "config", "mean")
     assert summary["search"] == "crossing" and summary["train_images"] == 200
     search = _csv(out / "lr_search.csv")
-    for act in ("relu", "tanh"):
-        lrs = sorted(float(r["lr"]) for r in search if r["activation"] == act)
-        assert {0.001, 0.002, 0.004} <= set(lrs)
-    pairs = {(n["relu_lr"], n["tanh_lr"]) for n in summary["neighbour_ratios"]}
     chosen = summary["lr"]
+    for act in ("relu", "tanh"):
+        # the walk starts at the grid's middle and ends with the chosen lr's neighbours both measured
+        lrs = {round(float(r["lr"]), 9) for r in search if r["activation"] == act}
+        assert 0.002 in lrs and {round(chosen[act] * 2, 9), round(chosen[act] / 2, 9)} <= lrs
+    pairs = {(n["relu_lr"], n["tanh_lr"]) for n in summary["neighbour_ratios"]}
     assert (chosen["relu"], chosen["tanh"]) in pairs and len(pairs) >= 5
     runs = sorted(p.name for p in (out / "runs").iterdir())
     # seed 0 at every lr tried is the search itself; seed 1 only at the chosen lrs

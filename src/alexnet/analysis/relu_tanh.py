@@ -41,6 +41,21 @@ What we run, and where it departs from the paper:
   reaches the target, or at ``max_epochs``; a tanh run that never gets there is
   reported as a lower bound on its epochs (and on the ratio).
 
+Krizhevsky's own CIFAR-10 nets (``Settings.net``, :data:`NETS`; the models in
+:mod:`alexnet.models.cuda_convnet`) are trained the way cuda-convnet trained them, which is
+also how its training error was printed (docs/models.md has the sources):
+
+* the configuration's own per-layer init (``init="config"``) and learning rates (biases at
+  twice the weights'), scaled together by the lr being searched (the files' own is 0.001);
+* batches of 128 taken in one fixed order every epoch (``order="fixed"``; the order is a
+  seeded permutation of the images, the same for every seed, like cuda-convnet's batch files);
+* the training error reported per 10,000 images (``report_every``; five points per epoch of
+  50,000), each the error over that block as it was trained on; epochs to 25% interpolated
+  between those points;
+* the lr chosen per activation by epochs to 25% (:func:`search_lr_by_crossing`): a x2 walk
+  from the files' lr, every run to the crossing or to ``max_epochs``, the cap; these seed-0
+  runs are also the first seed and give the ratio at the neighbouring lrs.
+
 Runs are resumable: each finished run is a JSON file in ``OUT/runs/`` and is
 re-used when the settings match (other settings in the same ``OUT`` are refused); the run in progress keeps its state after every epoch
 (``OUT/runs/*.partial.pt``), so an interrupted experiment loses at most one epoch.
@@ -434,20 +449,16 @@ class RunStore:
         self.partial(path).unlink(missing_ok=True)
 
 
-def grid_search(grid, error_of, max_extensions: int = 3, middle_first: bool = False) -> tuple[float, dict[float, float]]:
+def grid_search(grid, error_of, max_extensions: int = 3) -> tuple[float, dict[float, float]]:
     """The lr with the lowest ``error_of(lr)`` (ties: the smaller lr), and every lr tried.
 
     Starts from ``grid``; when the winner is the grid's largest (or smallest) lr, the grid is
     extended beyond that edge by the ratio of its last (first) two values, up to
     ``max_extensions`` times, until the winner is inside: "as fast as possible" must not be
-    capped by where the grid happened to end. ``middle_first``: try the grid's middle lr
-    first (a configuration's own lr: the run most worth having if the search is cut short).
+    capped by where the grid happened to end.
     """
     errors: dict[float, float] = {}
-    lrs = sorted(set(float(v) for v in grid))
-    if middle_first:
-        lrs.insert(0, lrs.pop(len(lrs) // 2))
-    for lr in lrs:
+    for lr in sorted(set(float(v) for v in grid)):
         errors[lr] = error_of(lr)
 
     def best() -> float:
@@ -460,6 +471,51 @@ def grid_search(grid, error_of, max_extensions: int = 3, middle_first: bool = Fa
         nxt = lrs[-1] * lrs[-1] / lrs[-2] if best() == lrs[-1] else lrs[0] * lrs[0] / lrs[1]
         errors[round(nxt, 12)] = error_of(round(nxt, 12))
     return best(), errors
+
+
+def walk_search(grid, error_of, max_extensions: int = 3) -> tuple[float, dict[float, float]]:
+    """:func:`grid_search`'s answer with fewer runs: start at the grid's middle lr (a
+    configuration's own), step up the grid while ``error_of`` gets lower, else down while it
+    does, past the grid's edge by its step up to ``max_extensions`` times. Ends when a step
+    gets no better, so the winner's neighbours on both sides are measured (unless an
+    extension limit stops the walk first). Ties: the smaller lr.
+    """
+    lrs = sorted(set(float(v) for v in grid))
+    errors: dict[float, float] = {}
+
+    def tried(lr: float) -> float:
+        lr = round(lr, 12)
+        if lr not in errors:
+            errors[lr] = error_of(lr)
+        return errors[lr]
+
+    def step(lr: float, up: bool) -> float | None:
+        i = lrs.index(lr) if lr in lrs else None
+        if i is not None and 0 <= i + (1 if up else -1) < len(lrs):
+            return lrs[i + (1 if up else -1)]
+        if len(lrs) < 2:
+            return None
+        factor = lrs[-1] / lrs[-2] if up else lrs[0] / lrs[1]
+        return lr * factor
+
+    best = lrs[len(lrs) // 2]
+    tried(best)
+    for up in (True, False):
+        extensions = 0
+        moved = False
+        while True:
+            nxt = step(best, up)
+            if nxt is None or (nxt not in lrs and extensions >= max_extensions):
+                break
+            extensions += nxt not in lrs
+            nxt = round(nxt, 12)
+            if (tried(nxt), nxt) < (errors[best], best):
+                best, moved = nxt, True
+            else:
+                break
+        if moved:
+            break
+    return best, errors
 
 
 def search_lr(x, y, activation: str, grid, search_epochs: int, settings: Settings, store: RunStore,
@@ -486,7 +542,7 @@ def search_lr(x, y, activation: str, grid, search_epochs: int, settings: Setting
 
 def search_lr_by_crossing(x, y, activation: str, grid, settings: Settings, store: RunStore, device, log,
                           progress=None) -> tuple[float, list[dict], dict[float, dict]]:
-    """:func:`grid_search` by epochs to the target: every lr trains (seed 0) until it crosses
+    """:func:`walk_search` by epochs to the target: every lr trains (seed 0) until it crosses
     ``settings.target`` (plus ``extra_epochs``) or reaches ``max_epochs``, the cap; the fewest
     epochs win. A run that never crosses ranks behind every one that does (cap + its final
     error); a diverged one last. These are the seed-0 runs of the experiment itself: the
@@ -509,7 +565,7 @@ def search_lr_by_crossing(x, y, activation: str, grid, settings: Settings, store
             return math.inf
         return e if e is not None else settings.max_epochs + final
 
-    best, _ = grid_search(grid, epochs_of, middle_first=True)
+    best, _ = walk_search(grid, epochs_of)
     return best, [rows[lr] for lr in sorted(rows)], runs
 
 
