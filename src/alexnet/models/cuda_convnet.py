@@ -184,7 +184,11 @@ class SpatialResponseNorm(nn.Module):
         after = self.size - 1 - before
         squares = F.pad(x * x, [before, after, before, after])
         mean = F.avg_pool2d(squares, self.size, stride=1)       # sum / size^2, zeros outside
-        return x * torch.pow(1.0 + self.scale * (self.size * self.size) * mean, -self.pow)
+        d = 1.0 + self.scale * (self.size * self.size) * mean
+        if self.pow == 0.75:       # d^-3/4 as rsqrt(d) * sqrt(rsqrt(d)): vectorised, unlike pow (models/lrn.py)
+            r = torch.rsqrt(d)
+            return x * (r * torch.sqrt(r))
+        return x * torch.pow(d, -self.pow)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, scale={self.scale}, pow={self.pow}"
