@@ -238,6 +238,39 @@ def test_runs_of_our_net_keep_the_key_they_were_stored_with(tmp_path):
     assert {"net", "report_every", "order"} <= set(relu_tanh.RunStore.key(path, other))
 
 
+def test_a_runs_cap_only_decides_where_it_stops(tmp_path):
+    """Raising --max-epochs carries a run in progress on, and re-uses a run that reached the target
+    before both caps; a run that ended at its cap is trained again (it would have gone on)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 16, 16, generator=gen), torch.randint(0, 3, (96,), generator=gen)
+    store = relu_tanh.RunStore(tmp_path)
+    quiet = lambda *a: None    # noqa: E731
+    short = relu_tanh.Settings(batch_size=32, max_epochs=3, extra_epochs=0, target=0.0)
+    long = relu_tanh.Settings(batch_size=32, max_epochs=5, extra_epochs=0, target=0.0)
+    whole = relu_tanh.train_run(x, y, "relu", 0.01, 0, long, 5)
+
+    def stop_after_2(activation, lr, seed, epoch, error):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):         # cap 3, interrupted after epoch 2 (its partial kept)
+        relu_tanh._main_run(x, y, "relu", 0.01, 0, short, store, "cpu", quiet, stop_after_2)
+    seen = []
+    run = relu_tanh._main_run(x, y, "relu", 0.01, 0, long, store, "cpu", quiet, lambda *a: seen.append(a[3]))
+    assert seen == [2, 3, 4, 5] and run["errors"] == whole["errors"]     # epoch 1 from the file, on to cap 5
+    assert not list(tmp_path.glob("*.partial.pt"))
+    # reached (target 1.0: at once) and stopped before both caps: the cap-3 run is the cap-5 run
+    easy3, easy5 = (relu_tanh.Settings(batch_size=32, max_epochs=m, extra_epochs=1, target=1.0) for m in (3, 5))
+    first = relu_tanh._main_run(x, y, "tanh", 0.01, 0, easy3, store, "cpu", quiet)
+    assert relu_tanh.run_epochs(first) == 2
+    seen = []
+    again = relu_tanh._main_run(x, y, "tanh", 0.01, 0, easy5, store, "cpu", quiet, lambda *a: seen.append(a[3]))
+    assert seen == [] and again["errors"] == first["errors"]
+    assert store.path("run", "tanh", 0.01, 0, 5).is_file()
+    # ended at its cap without reaching the target: not the same run under a larger cap
+    assert store.same_run_other_cap(store.path("run", "relu", 0.01, 0, 8),
+                                    relu_tanh.Settings(batch_size=32, max_epochs=8, extra_epochs=0, target=0.0)) is None
+
+
 def test_the_cli_names_the_same_nets_as_the_experiment():
     from alexnet.analysis import commands
     assert commands.NETS == relu_tanh.NETS

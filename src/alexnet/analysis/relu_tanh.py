@@ -401,12 +401,25 @@ def _write_partial(path: Path, state: dict) -> None:
 
 
 def _read_partial(path: Path, key: dict) -> dict | None:
-    """The saved run in progress, or None when it was made by another run or cannot be read."""
+    """The saved run in progress, or None when it was made by another run or cannot be read.
+
+    The epoch budget (the cap) only decides where a run stops, not what it does before, so a
+    run in progress under another cap is carried on, as long as it has not passed this one.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:             # a file of another format or version: start the run afresh
         return None
-    return state if all(state.get(k) == v for k, v in key.items()) else None
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
+        return None
+    same = all(_without_cap(state.get(k)) == _without_cap(v) for k, v in key.items() if k != "epochs")
+    every, n = key["settings"].get("report_every") or 0, key["train_images"]
+    done = len(state.get("errors") or []) // (n // every if 0 < every < n else 1)
+    return state if same and done < key["epochs"] else None
+
+
+def _without_cap(value):
+    return {k: v for k, v in value.items() if k != "max_epochs"} if isinstance(value, dict) else value
 
 
 class RunStore:
@@ -419,6 +432,36 @@ class RunStore:
 
     def path(self, kind: str, activation: str, lr: float, seed: int, epochs: int) -> Path:
         return self.folder / f"{kind}-{activation}-lr{lr:g}-s{seed}-e{epochs}.json"
+
+    def _other_caps(self, path: Path, suffix: str) -> list[Path]:
+        stem = path.stem.rsplit("-e", 1)[0]
+        return sorted(p for p in self.folder.glob(f"{stem}-e*{suffix}") if p.name != path.stem + suffix
+                      and p.name[len(stem) + 2:-len(suffix)].isdigit())
+
+    def same_run_other_cap(self, path: Path, settings: Settings) -> dict | None:
+        """A stored run of these settings under another cap that stopped at the target (plus
+        ``extra_epochs``) before reaching either cap: what this run would give. Stored here too."""
+        want = {k: v for k, v in self.key(path, settings).items() if k != "max_epochs"}
+        for other in self._other_caps(path, ".json"):
+            have = read_settings(other, "settings")
+            if not isinstance(have, dict) or {k: v for k, v in have.items() if k != "max_epochs"} != want:
+                continue
+            run = json.loads(other.read_text())
+            reached = crossing_epoch(run["errors"], settings.target, None, run.get("points_per_epoch", 1))
+            epochs = run_epochs(run)
+            if (reached is not None and not run["diverged"] and epochs < have.get("max_epochs", 0)
+                    and epochs < settings.max_epochs):
+                self.put(path, run, settings)
+                return run
+        return None
+
+    def adopt_partial(self, path: Path) -> None:
+        """Move a run in progress under another cap to this run's partial file (train_run checks it)."""
+        mine = self.partial(path)
+        if not mine.exists():
+            for other in self._other_caps(path, ".partial.pt"):
+                os.replace(other, mine)
+                return
 
     @staticmethod
     def partial(path: Path) -> Path:
@@ -571,10 +614,16 @@ def search_lr_by_crossing(x, y, activation: str, grid, settings: Settings, store
 
 def _main_run(x, y, activation: str, lr: float, seed: int, settings: Settings, store: RunStore, device, log,
               progress=None) -> dict:
-    """One run to the target (or the cap), re-used when it is stored."""
+    """One run to the target (or the cap), re-used when it is stored.
+
+    The cap only decides where a run stops: a run stored under another cap that reached the
+    target and stopped before both caps is this run, and a run in progress under another cap
+    is carried on under this one (:func:`_read_partial`).
+    """
     path = store.path("run", activation, lr, seed, settings.max_epochs)
-    run = store.get(path, settings)
+    run = store.get(path, settings) or store.same_run_other_cap(path, settings)
     if run is None:
+        store.adopt_partial(path)
         t = time.time()
         run = train_run(x, y, activation, lr, seed, settings, settings.max_epochs, device=device,
                         progress=progress, partial=store.partial(path))
