@@ -94,21 +94,23 @@ def test_lr_grid_search_extends_past_an_edge_until_the_winner_is_inside():
 
 
 def test_lr_walk_starts_at_the_middle_and_stops_when_a_step_gets_no_better():
-    def error_of(lr):          # a parabola in log2(lr) with its minimum at best
+    minimum = {}
+
+    def error_of(lr):          # a parabola in log2(lr) with its minimum at minimum["lr"]
         tried.append(lr)
-        return (math.log2(lr) - math.log2(best)) ** 2
+        return (math.log2(lr) - math.log2(minimum["lr"])) ** 2
     grid = [0.0005, 0.001, 0.002]
-    for best, expect_tried, expect_best in (
+    for at, expect_tried, expect_best in (
             (0.001, [0.001, 0.002, 0.0005], 0.001),              # the middle wins: both neighbours measured
             (0.004, [0.001, 0.002, 0.004, 0.008], 0.004),        # up, past the edge, until a step is worse
             (0.0005, [0.001, 0.002, 0.0005, 0.00025], 0.0005),  # up is worse: down instead
     ):
-        tried = []
+        minimum["lr"], tried = at, []
         chosen, errors = relu_tanh.walk_search(grid, error_of)
         assert tried == pytest.approx(expect_tried) and chosen == pytest.approx(expect_best)
         assert sorted(errors) == pytest.approx(sorted(expect_tried))
     # at most max_extensions steps past the grid
-    best, tried = 1.0, []
+    minimum["lr"], tried = 1.0, []
     chosen, _ = relu_tanh.walk_search(grid, error_of, max_extensions=2)
     assert chosen == pytest.approx(0.008) and tried == pytest.approx([0.001, 0.002, 0.004, 0.008])
 
