@@ -20,6 +20,7 @@ training images, and their gap is smaller than the true one.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 from ..report import read_jsonl
@@ -104,7 +105,7 @@ def plot_curves(runs: list[dict], out: str | os.PathLike, title: str) -> Path:
         ax.plot(c["epochs"], [100 * e for e in c["train_err"]], "--", color=colour, lw=1.0,
                 label=f"{r['arm']}: training (running)" if first else None)
     ax.set(xlabel="epoch", ylabel="top-1 error (%)", ylim=(0, 100))
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.fill(line, 100) for line in title.splitlines()), fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
