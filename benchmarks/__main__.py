@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--json OUT] ...``: the same as ``alexnet bench``.
+"""``python -m benchmarks [--quick] [-o OUT.json] [--json] ...``: the same as ``alexnet bench``.
 
 Goes through the ``alexnet`` entry point so the process settings (allocator,
 threads) are the ones users get.

@@ -6,32 +6,27 @@
 Parts, in this order, each under its own time cap inside one overall budget (``--budget``;
 a part that does not fit is skipped and the table says so):
 
-1. *data*: the real ILSVRC-2012 JPEGs (``imagenet-sample-500.tar``) as a class tree, each
-   image linked ``--copies`` times (so an epoch is longer than a few batches), prepared once
-   as a raw and as a compact JPEG cache at 256 px;
-2. *limit*: the GPU's bfloat16 matrix-multiply rate (a large square product; the best of
-   several), the yardstick for "% of limit" below;
-3. *step*: the training step alone - the fast path's step, the one training runs
-   (:meth:`alexnet.fastpath.FastPath.train_step`: forward under its autocast, the loss in
-   float32, backward, SGD with momentum, through the gradient scaler in float16; random input
-   already on the device) for ``alexnet`` (the paper's two towers) and ``alexnet_owt``, in
-   float32 (TF32 off), TF32, bfloat16 and float16 autocast, NCHW and channels-last, batch
-   128 to 512: images/s, TFLOP/s (from the models' multiply-adds, a step = 3x the forward),
-   % of the measured bf16 limit, peak memory;
-4. *end to end*: the same step fed by each data path from the caches (raw: squares to the
-   GPU; raw: crops cut on the host; JPEG: nvJPEG; JPEG: CPU decoding workers), with the
-   loader alone beside it, and nvJPEG's pixels against the CPU decoder's;
-5. *reference*: ``benchmarks/reference_torchvision_pipeline.py`` on the same images;
-6. *tests*: ``pytest -m cuda`` (tests/test_cuda.py, tests/test_device_pipeline.py), one
-   line per test;
-7. *compiled*: the step under ``torch.compile``, called as training calls it
-   (``FastPath.compile_model``; a failure is the row's error). Compilation is CPU work of
-   tens of seconds, so the paper's network is compiled in a background process from the
-   start (half the cores) and timed between two parts, when the GPU is free; the other
-   model is compiled at the end if time is left.
+1. *data*: the real ILSVRC-2012 JPEGs (``imagenet-sample-500.tar``) as a class tree, each image
+   linked ``copies`` times, prepared as a raw and as a JPEG cache (alexnet.perf.loop.sample_tree);
+2. *limit*: the GPU's bfloat16 matrix-multiply rate, the 100% of "% of limit" below;
+3. *step*: the training step alone, as ``alexnet bench`` times it (alexnet.perf.worker.Case:
+   ``FastPath.train_step`` with the trainer's optimiser, random input on the device), for
+   ``alexnet`` (the paper's two towers) and ``alexnet_owt`` in float32 (TF32 off), TF32, bfloat16
+   and float16, NCHW and channels-last, batch 128 to 512;
+4. *loop*: ``alexnet train`` itself through its command line (alexnet.perf.loop's probe): the
+   paper's model in bfloat16 on the raw cache for a fixed number of steps, logging on, a
+   checkpoint at the end: its images/s in the steady state beside the bare step of the same
+   process, the share of time the steps waited for data, and the host syncs per step
+   (``torch.cuda.set_sync_debug_mode("warn")``, counted by thread and source line);
+5. *end to end*: the step fed by each data path (raw: squares to the GPU; raw: crops cut on the
+   host; JPEG: nvJPEG; JPEG: CPU decoding workers), with the loader alone beside it;
+6. *reference*: ``benchmarks/reference_torchvision_pipeline.py`` on the same images;
+7. *tests*: ``pytest -m cuda`` (tests/test_cuda.py, tests/test_device_pipeline.py);
+8. *compiled*: the bfloat16 channels-last step under ``torch.compile`` (tens of seconds of
+   compiling each), last, while time is left.
 
-With ``--cpu`` every part runs on the CPU with tiny sizes (float16 and TF32 are recorded
-as not applicable, compilation uses the "eager" backend): a check of the script itself.
+With ``--cpu`` every part runs on the CPU with tiny sizes (float16 and TF32 are recorded as not
+applicable, compilation uses the "eager" backend): a check of the script itself.
 """
 
 from __future__ import annotations
@@ -45,44 +40,28 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from alexnet.data import open_cache, prepare
 from alexnet.data.device_pipeline import DeviceLoader, choose_data_path, torchvision_available
 from alexnet.data.loader import Loader
-from alexnet.fastpath import choose_fast_path
 from alexnet.models import build_model
 from alexnet.perf.limits import matmul_gflops, model_macs, step_flops
+from alexnet.perf.loop import loop_figures, run_probe, sample_tree
+from alexnet.perf.worker import Case
 
 REPO = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-AUTOCAST = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-class Budget:
-    """The overall deadline; each part asks for its cap and gets what is left."""
-
-    def __init__(self, seconds: float):
-        self.start = time.perf_counter()
-        self.seconds = seconds
-
-    def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.start)
-
-    def grant(self, cap: float, need: float) -> float | None:
-        """Seconds this part may use (at most ``cap``), or None if not even ``need`` is left."""
-        left = self.left()
-        return None if left < need else min(cap, left)
+PRECISIONS = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PARTS = ("step", "loop", "end_to_end", "reference", "tests", "compiled")
 
 
 class Settings:
+    """Sizes and time caps: a GPU's, or tiny ones for a check of the script on a CPU (``--cpu``)."""
+
     def __init__(self, cpu: bool):
         self.cpu = cpu
         self.device = torch.device("cpu" if cpu else "cuda")
@@ -91,22 +70,35 @@ class Settings:
             self.batches, self.batch = (2, 4), 4
             self.step_seconds, self.step_min, self.warmup = 0.1, 2, 1
             self.e2e_seconds, self.loader_seconds, self.reference_seconds = 0.5, 0.3, 1.0
-            self.limit_n, self.workers = 512, 1
-            self.caps = {"step": 15, "end_to_end": 15, "reference": 5, "tests": 30, "compiled": 10}
+            self.limit_n, self.workers, self.log_every = 512, 1, 2
+            self.caps = {"step": 15, "loop": 40, "end_to_end": 15, "reference": 5, "tests": 30, "compiled": 10}
             # Stand-ins small enough for a 2-core CPU: the paper's network at a fraction of its
             # width, and the small variant in place of the one-tower one. Same code paths.
             self.models = {"alexnet": {"widths": [16, 32, 48, 48, 32], "hidden": 64},
                            "alexnet_small": {"widths": [8, 16, 24, 24, 16], "hidden": 64}}
         else:
-            self.size, self.crop, self.images, self.copies = 256, 224, 500, 8
+            self.size, self.crop, self.images, self.copies = 256, 224, 500, 16
             self.batches, self.batch = (128, 256, 512), 256
             self.step_seconds, self.step_min, self.warmup = 0.5, 10, 3
             self.e2e_seconds, self.loader_seconds, self.reference_seconds = 5.0, 2.0, 10.0
-            self.limit_n, self.workers = 16384, len(os.sched_getaffinity(0))
+            self.limit_n, self.workers, self.log_every = 16384, len(os.sched_getaffinity(0)), 5
             # Seconds per part (the budget is 340): the tests take the largest share; compilation gets what is left.
-            self.caps = {"step": 50, "end_to_end": 50, "reference": 40, "tests": 160, "compiled": 60}
+            self.caps = {"step": 45, "loop": 45, "end_to_end": 45, "reference": 35, "tests": 140, "compiled": 60}
             self.models = {"alexnet": {}, "alexnet_owt": {}}
-        self.main_model = "alexnet"
+
+
+class Budget:
+    """The overall deadline; each part asks for its cap and gets what is left."""
+
+    def __init__(self, seconds: float):
+        self.start, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.start)
+
+    def grant(self, cap: float, need: float) -> float | None:
+        """Seconds a part may use (at most ``cap``), or None if not even ``need`` is left."""
+        return None if self.left() < need else min(cap, self.left())
 
 
 def sync(device: torch.device) -> None:
@@ -124,31 +116,11 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
 
 
-def set_tf32(on: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
+def error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
-# ----------------------------------------------------------------------------- 1. data
-
-def build_tree(tar_path: Path, root: Path, images: int, copies: int, classes: int = 100) -> int:
-    """The tar's first ``images`` JPEGs as root/<class>/..., each hard-linked ``copies`` times."""
-    count = 0
-    with tarfile.open(tar_path) as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith((".jpeg", ".jpg"))][:images]
-        for i, m in enumerate(members):
-            folder = root / f"class{i % classes:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = m.name.rsplit("/", 1)[-1]
-            first = folder / name
-            first.write_bytes(tar.extractfile(m).read())
-            count += 1
-            for k in range(1, copies):
-                stem, ext = os.path.splitext(name)
-                os.link(first, folder / f"{stem}-copy{k}{ext}")
-                count += 1
-    return count
-
+# ----------------------------------------------------------------------------- 1. data, 2. limit
 
 def part_data(s: Settings, work: Path, shared: Path) -> dict:
     tar_path = shared / "data" / "imagenet-sample-500.tar"
@@ -156,331 +128,179 @@ def part_data(s: Settings, work: Path, shared: Path) -> dict:
         raise FileNotFoundError(f"{tar_path}: the real images are missing (scripts/gpu-check.sh --pack carries them)")
     t0 = time.perf_counter()
     tree = work / "tree"
-    if tree.exists():
-        shutil.rmtree(tree)
-    files = build_tree(tar_path, tree / "train", s.images, s.copies)
-    out = {"tree": str(tree), "files": files, "unique_images": s.images, "copies": s.copies}
+    shutil.rmtree(tree, ignore_errors=True)
+    out = {"tree": str(tree), "files": sample_tree(tar_path, tree / "train", s.images, s.copies),
+           "unique_images": s.images, "copies": s.copies}
     for storage in ("raw", "jpeg"):
-        t = time.perf_counter()
         path = work / f"cache-{storage}"
-        if path.exists():
-            shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=True)
         prepare(tree, path, size=s.size, storage=storage, workers=s.workers, quiet=True)
         out[f"{storage}_cache"] = str(path)
-        out[f"{storage}_prepare_s"] = time.perf_counter() - t
     out["seconds"] = time.perf_counter() - t0
     return out
 
-
-# ----------------------------------------------------------------------------- 2. limit
 
 def part_limit(s: Settings) -> dict:
     r = matmul_gflops(torch.bfloat16, s.device, max_n=s.limit_n, reps=10, budget_s=0.5)
     return {"n": r["n"], "bf16_tflops": r["best_gflops"] / 1e3, "bf16_tflops_median": r["gflops"] / 1e3}
 
 
-# ----------------------------------------------------------------------------- 3. step
-
-class Step:
-    """One model's training step on ``device`` in one precision/layout/compilation: the fast path's
-    (:meth:`alexnet.fastpath.FastPath.train_step`, the step the trainer runs), so the check times what
-    training runs. The variants are fast paths: ``fp32``/``tf32``/``bf16``/``fp16`` are its float32,
-    bfloat16 and float16 precisions (``tf32`` is float32 with CUDA's TF32 switches on, a global
-    setting that training leaves at PyTorch's default), ``channels_last`` its memory format."""
-
-    def __init__(self, name: str, s: Settings, precision: str, channels_last: bool, compiled: bool):
-        if s.device.type == "cuda":
-            set_tf32(precision != "fp32")
-            torch.backends.cudnn.benchmark = True
-        torch.manual_seed(0)
-        self.fast = choose_fast_path(s.device, AUTOCAST[precision], channels_last, compile=compiled and not s.cpu)
-        model = self.fast.prepare_model(build_model(name, num_classes=1000, **s.models[name]))
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        self.scaler = self.fast.grad_scaler()
-        if compiled and s.cpu:
-            # On a CPU the check only exercises the path: dynamo's tracing without code generation
-            # (inductor takes minutes on a small CPU; the fast path has no backend setting).
-            model = torch.compile(model, backend="eager")
-        elif compiled:
-            # The fast path's torch.compile call, without its trial run in eval mode: that would compile a
-            # second graph (tens of seconds of the budget), and a failure belongs in the row as an error
-            # here, not eager figures under a "compiled" label.
-            model, _ = self.fast.compile_model(model, example=None, doing="timing")
-        self.model = model
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss, _ = self.fast.train_step(self.model, self.optimizer, self.fast.prepare_input(x), y, self.scaler)
-        return loss.detach()
-
-
-def not_applicable(s: Settings, precision: str, compiled: bool) -> str | None:
-    if s.cpu and precision == "fp16":
-        return "float16 training needs CUDA (the gradient scaler)"
-    if s.cpu and precision == "tf32":
-        return "TF32 is a CUDA mode"
-    return None
-
-
-def prepared_step(name: str, s: Settings, precision: str, channels_last: bool, compiled: bool, batch: int):
-    """(step, x, y, seconds): the step built and warmed up (cuDNN's autotuning, compilation)."""
-    t0 = time.perf_counter()
-    step = Step(name, s, precision, channels_last, compiled)
-    x = torch.randn(batch, 3, s.crop, s.crop, device=s.device)
-    y = torch.randint(0, 1000, (batch,), device=s.device)
-    for _ in range(s.warmup):
-        step(x, y)
-    sync(s.device)
-    return step, x, y, time.perf_counter() - t0
-
-
-def measure(step: Step, x: torch.Tensor, y: torch.Tensor, s: Settings, row: dict) -> dict:
-    """Estimate the step time, then time enough steps for about ``s.step_seconds`` (one sync at the end)."""
-    reset_peak(s.device)
-    t = time.perf_counter()
-    for _ in range(3):
-        loss = step(x, y)
-    sync(s.device)
-    per_step = (time.perf_counter() - t) / 3
-    n = int(max(s.step_min, min(200, s.step_seconds / max(per_step, 1e-6))))
-    t = time.perf_counter()
-    for _ in range(n):
-        loss = step(x, y)
-    sync(s.device)
-    elapsed = time.perf_counter() - t
-    batch = len(y)
-    row.update(steps=n, step_ms=1e3 * elapsed / n, img_per_s=n * batch / elapsed, peak_gib=peak_gib(s.device),
-               loss=float(loss))
-    if not np.isfinite(row["loss"]):
-        row["note"] = "loss not finite"
-    return row
-
-
-def step_row(name: str, precision: str, channels_last: bool, compiled: bool, batch: int) -> dict:
-    return {"model": name, "precision": precision, "channels_last": channels_last, "compiled": compiled,
-            "batch": batch}
-
-
-def time_step(name: str, s: Settings, precision: str, channels_last: bool, compiled: bool, batch: int) -> dict:
-    row = step_row(name, precision, channels_last, compiled, batch)
-    reason = not_applicable(s, precision, compiled)
-    if reason:
-        return {**row, "skipped": reason}
-    reset_peak(s.device)
-    step, x, y, row["warmup_s"] = prepared_step(name, s, precision, channels_last, compiled, batch)
-    measure(step, x, y, s, row)
-    if compiled and s.cpu:
-        row["note"] = "dynamo with the eager backend (a check of the path, not a speed)"
-    return row
-
-
-# The compiled step of the paper's network is compiled in a background process while the other
-# parts run (compilation is CPU work, tens of seconds), and timed when the GPU is free again.
-
-def compiled_worker(name: str, cpu: bool) -> int:
-    """``--compiled-worker NAME``: compile, say ``ready``, wait for ``go`` on stdin, time, print the row."""
-    s = Settings(cpu)
-    row = step_row(name, "bf16", True, True, s.batch)
-    try:
-        step, x, y, row["warmup_s"] = prepared_step(name, s, "bf16", True, True, s.batch)
-    except Exception as exc:  # noqa: BLE001 - reported as the row's error
-        print(json.dumps({"row": {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}}), flush=True)
-        return 0
-    print(json.dumps({"ready": name, "warmup_s": row["warmup_s"]}), flush=True)
-    if sys.stdin.readline().strip() != "go":
-        return 0
-    measure(step, x, y, s, row)
-    row["note"] = ("dynamo with the eager backend (a check of the path, not a speed)" if cpu else
-                   "compiled in a background process while the other parts ran")
-    print(json.dumps({"row": row}), flush=True)
-    return 0
-
-
-class CompiledWorker:
-    def __init__(self, name: str, s: Settings):
-        import queue
-        import threading
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # Leave cores for the parts that run meanwhile (the loaders' workers, the reference).
-        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2)))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--compiled-worker", name] + (["--cpu"] if s.cpu else [])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.messages: queue.Queue = queue.Queue()
-        self.ready = False
-        self.row = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                self.messages.put(json.loads(line))
-            except ValueError:
-                continue
-        self.messages.put({"exit": self.proc.wait()})
-
-    def _next(self, timeout: float) -> bool:
-        import queue
-        try:
-            message = self.messages.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return False
-        if "ready" in message:
-            self.ready = True
-        elif "row" in message:
-            self.row = message["row"]
-        elif "exit" in message and self.row is None:
-            self.row = {"error": f"the compile process exited with status {message['exit']}"}
-        return True
-
-    def wait_ready(self, seconds: float) -> bool:
-        deadline = time.perf_counter() + seconds
-        while not self.ready and self.row is None:
-            if not self._next(deadline - time.perf_counter()):
-                break
-        return self.ready
-
-    def result(self, seconds: float) -> dict | None:
-        """Send "go" and wait for the timed row (None when it does not come in ``seconds``)."""
-        if self.ready and self.proc.poll() is None:
-            self.proc.stdin.write("go\n")
-            self.proc.stdin.flush()
-        deadline = time.perf_counter() + seconds
-        while self.row is None:
-            if not self._next(deadline - time.perf_counter()):
-                break
-        return self.row
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
+# ----------------------------------------------------------------------------- 3. step (and 8. compiled)
 
 def step_plan(s: Settings) -> list[tuple]:
     """(model, precision, channels_last, batch), most telling first."""
-    plan = []
-    for name in s.models:
-        for precision in PRECISIONS:
-            plan.append((name, precision, False, s.batch))
-        for precision in ("bf16", "fp16"):
-            plan.append((name, precision, True, s.batch))
-    for name in s.models:
-        for batch in s.batches:
-            if batch != s.batch:
-                plan.append((name, "bf16", True, batch))
+    plan = [(name, p, False, s.batch) for name in s.models for p in PRECISIONS]
+    plan += [(name, p, True, s.batch) for name in s.models for p in ("bf16", "fp16")]
+    plan += [(name, "bf16", True, b) for name in s.models for b in s.batches if b != s.batch]
     return plan
 
 
-# ----------------------------------------------------------------------------- 4. end to end
+def bench_case(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False) -> Case:
+    """``alexnet bench``'s training step (alexnet.perf.worker.Case: the trainer's step and optimiser)."""
+    return Case({"kind": "train", "impl": "ours", "model": name, "kwargs": s.models[name], "batch": batch,
+                 "size": s.crop, "device": str(s.device), "precision": PRECISIONS[precision],
+                 "channels_last": channels_last, "compile": compiled,
+                 "compile_backend": ("eager" if s.cpu else "inductor") if compiled else None})
 
-def make_loader(path: str, cache, s: Settings, workers: int):
-    common = dict(batch_size=s.batch, train=True, crop=s.crop, seed=0, rank=0, world_size=1, workers=workers,
-                  device=s.device, flip=True, pca_std=0.1, mean="image", drop_last=True, channels_last=True)
-    rest = dict(views="center", pin_memory=None, prefetch=2, with_index=False)
-    if path == "host":       # the class itself: build_loader would choose a device path on CUDA
-        return Loader(cache, "train", **common, **rest)
-    return DeviceLoader(cache, "train", data_path=path, **common, **rest)
 
+def time_step(s: Settings, name: str, precision: str, channels_last: bool, batch: int, compiled: bool = False,
+              no_time: str | None = None) -> dict:
+    """One row: the step of ``alexnet bench`` (its Case, the trainer's step and optimiser), warmed up, then
+    timed over about ``s.step_seconds`` with one synchronisation at the end (``no_time``: why it is not)."""
+    row = {"model": name, "precision": precision, "channels_last": channels_last, "compiled": compiled, "batch": batch}
+    if s.cpu and precision in ("fp16", "tf32"):
+        return {**row, "skipped": "float16 training needs CUDA" if precision == "fp16" else "TF32 is a CUDA mode"}
+    if no_time:
+        return {**row, "skipped": no_time}
+    if s.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+        torch.backends.cudnn.benchmark = True
+    reset_peak(s.device)
+    try:
+        t0 = time.perf_counter()
+        case = bench_case(s, name, precision, channels_last, batch, compiled)
+        for _ in range(s.warmup):
+            case.work()
+        sync(s.device)
+        row["warmup_s"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        for _ in range(3):
+            case.work()
+        sync(s.device)
+        n = int(max(s.step_min, min(200, s.step_seconds / max((time.perf_counter() - t) / 3, 1e-6))))
+        t = time.perf_counter()
+        for _ in range(n):
+            case.work()
+        sync(s.device)
+        elapsed = time.perf_counter() - t
+        row.update(steps=n, step_ms=1e3 * elapsed / n, img_per_s=n * batch / elapsed, peak_gib=peak_gib(s.device))
+        if compiled and s.cpu:
+            row["note"] = "dynamo with the eager backend (a check of the path, not a speed)"
+    except Exception as exc:  # noqa: BLE001 - an OOM or a kernel failure is a result here
+        row["error"] = error(exc)
+    return row
+
+
+# ----------------------------------------------------------------------------- 4. loop
+
+def part_loop(s: Settings, data: dict, work: Path, seconds: float) -> dict:
+    """``alexnet train`` (the paper's model, bf16, the raw cache, the default data path) for
+    W + kL + 1 steps, logging every L, a checkpoint at the end; the steady state is the kL steps
+    after the first W (alexnet.perf.loop.loop_figures), all in one epoch."""
+    log_every, warmup, windows = s.log_every, s.log_every, 4 if not s.cpu else 2
+    steps = warmup + windows * log_every + 1
+    if steps > data["files"] // s.batch:
+        return {"skipped": f"{data['files']} images make fewer than {steps} batches of {s.batch}"}
+    kwargs = "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in s.models["alexnet"].items()) + "}"
+    args = ["train", "paper-imagenet", "--data.cache", data["raw_cache"], "--data.crop", str(s.crop),
+            "--model.name", "alexnet", *(["--model.kwargs", kwargs] if s.models["alexnet"] else []),
+            "--train.precision", "bf16", "--train.batch_size", str(s.batch), "--train.epochs", "1",
+            "--train.max_steps", str(steps), "--train.log_every", str(log_every), "--train.stall_steps", "0",
+            "--train.device", str(s.device), "--run.out", str(work), "--run.name", "loop", "--run.plots", "false",
+            "--quiet"]
+    shutil.rmtree(work / "loop", ignore_errors=True)
+    probe = run_probe(args, work / "loop.json", bare_steps=windows * log_every, bare_at=warmup, sync_debug=True,
+                      timeout=seconds)
+    out = {"command": "alexnet " + " ".join(args), "batch": s.batch, "precision": "bf16",
+           **loop_figures(probe, work / "loop", s.batch, log_every, warmup)}
+    out["checkpoint"] = (work / "loop" / "last.safetensors").is_file()
+    return out
+
+
+# ----------------------------------------------------------------------------- 5. end to end
 
 def run_loader(loader, seconds: float, step=None, warmup: int = 3) -> dict:
-    """Images/s of the loader (and of the step fed by it), steady state, over about ``seconds``."""
-    device = loader.device
-    images, batches, waited = 0, 0, 0.0
-    start = None
-    epoch = 0
-    loss = None
-    while True:
+    """Images/s of the loader (and of ``step(x, y)`` fed by it), steady state, over about ``seconds``."""
+    images, batches, waited, epoch, start = 0, 0, 0.0, 0, None
+    while start is None or time.perf_counter() - start < seconds:
         loader.set_epoch(epoch)
         it = iter(loader)
-        finished = False
         while True:
             t = time.perf_counter()
-            try:
-                x, y = next(it)
-            except StopIteration:
+            batch = next(it, None)
+            if batch is None:
                 break
             if start is not None:
                 waited += time.perf_counter() - t
+            x, y = batch
             if step is not None:
-                loss = step(x, y)
+                step(x, y)
             batches += 1
             if batches == warmup:
-                sync(device)
+                sync(loader.device)
                 start = time.perf_counter()
             elif start is not None:
                 images += len(y)
                 if time.perf_counter() - start >= seconds:
-                    finished = True
                     break
         it.close()      # stops the loader's prefetching thread when the pass was cut short
         epoch += 1
-        if finished:
-            break
-    sync(device)
+    sync(loader.device)
     elapsed = time.perf_counter() - start
-    out = {"img_per_s": images / elapsed, "images": images, "seconds": elapsed, "epochs": epoch,
-           "data_wait_fraction": waited / elapsed}
-    if loss is not None:
-        out["loss"] = float(loss)
-    return out
+    return {"img_per_s": images / elapsed, "images": images, "seconds": elapsed, "epochs": epoch,
+            "data_wait_fraction": waited / elapsed}
 
 
-def nvjpeg_agreement(cache, s: Settings) -> dict:
-    """nvJPEG's squares against the CPU decoder's, on up to 256 images of the JPEG cache."""
-    from torchvision.io import ImageReadMode, decode_jpeg   # lazy: optional
-    images = cache.split("train").images
-    n = min(256, len(images))
-    data = images._bytes()
-    blobs = [torch.from_numpy(np.array(data[o: o + k])) for o, k in images.index[:n]]
-    gpu = torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=s.device)).permute(0, 2, 3, 1).cpu()
-    cpu = torch.from_numpy(images[np.arange(n)])
-    diff = (gpu.int() - cpu.int()).abs()
-    return {"images": n, "mean_abs_diff": float(diff.float().mean()), "max_abs_diff": int(diff.max()),
-            "share_differing": float((diff > 0).float().mean())}
-
-
-def part_end_to_end(s: Settings, data: dict, budget: Budget, results: list) -> None:
+def part_end_to_end(s: Settings, data: dict, budget: Budget, later: float) -> list[dict]:
     paths = [("device", "raw", 0), ("host", "raw", min(8, s.workers)), ("device-nvjpeg", "jpeg", 0),
              ("device-cpu-decode", "jpeg", s.workers)]
     caches = {"raw": open_cache(data["raw_cache"]), "jpeg": open_cache(data["jpeg_cache"])}
-    part_start = time.perf_counter()
-    later = s.caps["reference"] + s.caps["tests"]          # what must still fit after this part
     auto = {st: choose_data_path(s.device, st, torchvision_available()) for st in caches}
+    rows, part_start = [], time.perf_counter()
     for path, storage, workers in paths:
-        row = {"data_path": path, "storage": storage, "workers": workers, "batch": s.batch,
-               "model": "alexnet", "precision": "bf16", "channels_last": True,
-               "auto_choice": auto[storage] == path}
-        results.append(row)
+        row = {"data_path": path, "storage": storage, "workers": workers, "batch": s.batch, "model": "alexnet",
+               "precision": "bf16", "channels_last": True, "auto_choice": auto[storage] == path}
+        rows.append(row)
         if path == "device-nvjpeg" and not torchvision_available():
             row["skipped"] = "torchvision not importable (nvJPEG decoding needs it)"
             continue
-        if path == "device-nvjpeg" and s.device.type != "cuda":
-            row["note"] = "torchvision's CPU decoder stands in for nvJPEG on a CPU"
         if time.perf_counter() - part_start > s.caps["end_to_end"] or budget.left() < later:
             row["skipped"] = f"time budget ({budget.left():.0f} s left)"
             continue
+        if path == "device-nvjpeg" and s.device.type != "cuda":
+            row["note"] = "torchvision's CPU decoder stands in for nvJPEG on a CPU"
         try:
             reset_peak(s.device)
-            loader = make_loader(path, caches[storage], s, workers)
+            common = dict(batch_size=s.batch, train=True, crop=s.crop, seed=0, rank=0, world_size=1, workers=workers,
+                          device=s.device, flip=True, pca_std=0.1, mean="image", drop_last=True, channels_last=True,
+                          views="center", pin_memory=None, prefetch=2, with_index=False)
+            loader = (Loader(caches[storage], "train", **common) if path == "host"     # build_loader would pick for us
+                      else DeviceLoader(caches[storage], "train", data_path=path, **common))
             row["loader_only"] = run_loader(loader, s.loader_seconds)
-            step = Step("alexnet", s, "bf16", True, False)
-            row.update(run_loader(loader, s.e2e_seconds, step=step))
-            row["peak_gib"] = peak_gib(s.device)
+            step = bench_case(s, "alexnet", "bf16", True, s.batch).step
+            row.update(run_loader(loader, s.e2e_seconds, step=step), peak_gib=peak_gib(s.device))
             loader.close()
-            del step
         except Exception as exc:  # noqa: BLE001 - recorded in the table, the other paths still run
-            row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-            traceback.print_exc()
-    if torchvision_available():
-        try:
-            results.append({"nvjpeg_vs_cpu": nvjpeg_agreement(caches["jpeg"], s)})
-        except Exception as exc:  # noqa: BLE001
-            results.append({"nvjpeg_vs_cpu": {"error": f"{type(exc).__name__}: {exc}"[:300]}})
+            row["error"] = error(exc)
+    return rows
 
 
-# ----------------------------------------------------------------------------- 5. reference, 6. tests
+# ----------------------------------------------------------------------------- 6. reference, 7. tests
 
 def part_reference(s: Settings, data: dict, seconds: float, out: Path) -> dict:
-    if importlib_missing("torchvision"):
+    try:
+        import torchvision  # noqa: F401 - only whether it is there
+    except ImportError:
         return {"skipped": "torchvision not importable"}
     result = out / "reference.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "reference_torchvision_pipeline.py"), "--data",
@@ -493,11 +313,6 @@ def part_reference(s: Settings, data: dict, seconds: float, out: Path) -> dict:
     return json.loads(result.read_text())
 
 
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(name) is None
-
-
 TEST_LINE = re.compile(r"^(tests/\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 
 
@@ -505,40 +320,33 @@ def part_tests(seconds: float, shared: Path, out: Path) -> dict:
     """``pytest -m cuda`` (and the device path's CPU tests) with one line per test; robust to a timeout."""
     env = dict(os.environ, ALEXNET_SHARED=str(shared), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    # The device path's CPU tests first (seconds), the CUDA tests after (compilation last of all);
-    # the dry run of this script is left out: it would run the CPU version of what runs here.
+    # The dry run of this script is left out: it would run the CPU version of what runs here.
     files = ["tests/test_device_pipeline.py", "tests/test_cuda.py"]
     cmd = [sys.executable, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider",
            "--deselect", "tests/test_device_pipeline.py::test_device_check_dry_run", *files]
-    log = out / "tests.log"
-    timed_out = False
+    log, timed_out = out / "tests.log", False
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
         try:
             code = proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
             proc.kill()
-            code = proc.wait()
-            timed_out = True
+            code, timed_out = proc.wait(), True
     text = log.read_text()
-    outcomes = {}
-    for line in text.splitlines():
-        m = TEST_LINE.match(line)
-        if m:
-            outcomes[m.group(1)] = m.group(2)
-    # "SKIPPED [2] tests/test_cuda.py:118: reason" -> "reason" (each reason once)
-    reasons = [line.split(": ", 1)[-1] for line in text.splitlines() if line.startswith("SKIPPED ")]
+    outcomes = {m.group(1): m.group(2) for m in map(TEST_LINE.match, text.splitlines()) if m}
     if timed_out:   # name the tests the cap cut off
-        listed = subprocess.run([*cmd[:3], "--collect-only", "-q", *cmd[5:]], cwd=REPO,
-                                env=env, capture_output=True, text=True, timeout=60).stdout
+        listed = subprocess.run([*cmd[:3], "--collect-only", "-q", *cmd[5:]], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=60).stdout
         for line in listed.splitlines():
             if line.startswith("tests/") and "::" in line and line not in outcomes:
                 outcomes[line] = "NOT RUN (time cap)"
-    summary = {}
+    counts: dict[str, int] = {}
     for v in outcomes.values():
-        summary[v] = summary.get(v, 0) + 1
-    return {"exit_code": code, "timed_out": timed_out, "counts": summary, "tests": outcomes,
-            "skip_reasons": sorted(set(reasons)), "log": log.name}
+        counts[v] = counts.get(v, 0) + 1
+    # "SKIPPED [2] tests/test_cuda.py:118: reason" -> "reason" (each reason once)
+    reasons = sorted({line.split(": ", 1)[-1] for line in text.splitlines() if line.startswith("SKIPPED ")})
+    return {"exit_code": code, "timed_out": timed_out, "counts": counts, "tests": outcomes,
+            "skip_reasons": reasons, "log": log.name}
 
 
 # ----------------------------------------------------------------------------- report
@@ -550,7 +358,7 @@ def machine(s: Settings) -> dict:
     try:
         import torchvision
         info["torchvision"] = torchvision.__version__
-    except Exception:  # noqa: BLE001
+    except ImportError:
         pass
     if s.device.type == "cuda":
         props = torch.cuda.get_device_properties(s.device)
@@ -564,87 +372,6 @@ def machine(s: Settings) -> dict:
     return info
 
 
-def _f(v, digits=0):
-    if v is None:
-        return ""
-    if 0 < abs(v) < 10 ** -digits * 10:      # small figures (a CPU dry run): three significant digits
-        return f"{v:.3g}"
-    return f"{v:,.{digits}f}"
-
-
-def markdown(report: dict) -> str:
-    m = report["machine"]
-    limit = report.get("limit", {}).get("bf16_tflops")
-    lines = [f"# Device check, {m['date']}", "",
-             f"Machine: {m.get('gpu', 'CPU only (--cpu)')}"
-             + (f", {m['gpu_memory_gib']:.0f} GiB, driver {m.get('driver', '?')}, CUDA {m.get('cuda')}" if m.get("gpu") else "")
-             + f"; {m['cpus']} CPU cores; Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}.",
-             f"Command: `{report['command']}`; {report['seconds']:.0f} s of a {report['budget_s']:.0f} s budget.", ""]
-    if limit:
-        lines += [f"bf16 matrix-multiply limit (measured, {report['limit']['n']}^3 product, best of 10): "
-                  f"**{_f(limit)} TFLOP/s**.", ""]
-    for note in report.get("skipped_parts", []):
-        lines.append(f"- skipped: {note}")
-    if report.get("skipped_parts"):
-        lines.append("")
-    lines += ["## Training step (random input on the device)", "",
-              "| model | precision | layout | compiled | batch | img/s | TFLOP/s | % bf16 limit | peak GiB | note |",
-              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in report.get("step", []):
-        layout = "channels-last" if r["channels_last"] else "NCHW"
-        note = r.get("skipped") or r.get("error") or r.get("note") or ""
-        lines.append(f"| {r['model']} | {r['precision']} | {layout} | {'yes' if r['compiled'] else 'no'} | {r['batch']} | "
-                     f"{_f(r.get('img_per_s'))} | {_f(r.get('tflops'), 1)} | {_f(r.get('pct_limit'), 1)} | "
-                     f"{_f(r.get('peak_gib'), 1)} | {note} |")
-    lines += ["", "## End to end from the cache (alexnet, bf16, channels-last, with augmentation)", "",
-              "| data path | cache | workers | chosen automatically | loader alone img/s | training img/s | "
-              "% bf16 limit | step waited for data | peak GiB | note |",
-              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    nv = None
-    for r in report.get("end_to_end", []):
-        if "nvjpeg_vs_cpu" in r:
-            nv = r["nvjpeg_vs_cpu"]
-            continue
-        note = r.get("skipped") or r.get("error") or r.get("note") or ""
-        wait = r.get("data_wait_fraction")
-        lines.append(f"| {r['data_path']} | {r['storage']} | {r['workers']} | {'yes' if r['auto_choice'] else 'no'} | "
-                     f"{_f(r.get('loader_only', {}).get('img_per_s'))} | {_f(r.get('img_per_s'))} | "
-                     f"{_f(r.get('pct_limit'), 1)} | {'' if wait is None else f'{100 * wait:.0f}%'} | "
-                     f"{_f(r.get('peak_gib'), 1)} | {note} |")
-    if nv:
-        lines += ["", "nvJPEG against the CPU decoder (libjpeg-turbo) on the JPEG cache: " + (
-            nv["error"] if "error" in nv else
-            f"{nv['images']} images, mean |difference| {nv['mean_abs_diff']:.3f} levels, max {nv['max_abs_diff']}, "
-            f"{100 * nv['share_differing']:.1f}% of values differ.")]
-    ref = report.get("reference", {})
-    lines += ["", "## torchvision-style reference (same images)", ""]
-    if "img_per_s" in ref:
-        lines.append(f"torchvision.models.alexnet, ImageFolder + PIL + DataLoader ({ref['workers']} workers), "
-                     f"{ref['precision']} autocast, batch {ref['batch_size']}: **{ref['img_per_s']:,.0f} img/s** "
-                     f"(the step waited for data {100 * ref['data_wait_fraction']:.0f}% of the time).")
-    else:
-        lines.append(ref.get("skipped") or ref.get("error") or "not run")
-    targets = report.get("targets", {})
-    if targets and m.get("gpu"):
-        lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
-        for t in targets.values():
-            lines.append(f"| {t['target']} | {t['measured']} | {t['met']} |")
-    tests = report.get("tests", {})
-    lines += ["", "## CUDA tests", ""]
-    if "counts" in tests:
-        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(tests["counts"].items())) or "none ran"
-        lines.append(f"`pytest tests/test_device_pipeline.py tests/test_cuda.py`: {counts}"
-                     + (" (stopped at its time cap)" if tests.get("timed_out") else "") + ".")
-        failed = [k for k, v in tests["tests"].items() if v in ("FAILED", "ERROR") or v.startswith("NOT RUN")]
-        for name in failed:
-            lines.append(f"- {tests['tests'][name]}: `{name}`")
-        for reason in tests.get("skip_reasons", []):
-            lines.append(f"- skipped: {reason}")
-    else:
-        lines.append(tests.get("skipped") or tests.get("error") or "not run")
-    return "\n".join(lines) + "\n"
-
-
 def add_rates(rows: list[dict], limit_tflops: float | None, flops: dict) -> None:
     for r in rows:
         if "img_per_s" in r and r.get("model") in flops:
@@ -654,8 +381,8 @@ def add_rates(rows: list[dict], limit_tflops: float | None, flops: dict) -> None
 
 
 def targets(report: dict) -> dict:
-    e2e = {r["data_path"]: r for r in report.get("end_to_end", []) if "data_path" in r and "img_per_s" in r}
-    best = max(e2e.values(), key=lambda r: r["img_per_s"], default=None)
+    e2e = [r for r in report.get("end_to_end", []) if "img_per_s" in r]
+    best = max(e2e, key=lambda r: r["img_per_s"], default=None)
     out = {}
     if best is not None:
         out["throughput"] = {"target": "alexnet (two towers), bf16, end to end from the cache: >= 20,000 img/s",
@@ -666,7 +393,86 @@ def targets(report: dict) -> dict:
             out["reference"] = {"target": ">= 3x the torchvision-style reference",
                                 "measured": f"{best['img_per_s'] / ref:.2f}x ({ref:,.0f} img/s)",
                                 "met": "yes" if best["img_per_s"] >= 3 * ref else "no"}
+    loop = report.get("loop", {})
+    if "loop_vs_bare" in loop:
+        out["loop"] = {"target": "alexnet train >= 95% of its bare step",
+                       "measured": f"{100 * loop['loop_vs_bare']:.0f}% ({loop['img_per_s']:,.0f} vs "
+                                   f"{loop['bare_img_per_s']:,.0f} img/s)",
+                       "met": "yes" if loop["loop_vs_bare"] >= 0.95 else "no"}
     return out
+
+
+def _f(v, digits=0) -> str:
+    if v is None:
+        return ""
+    if 0 < abs(v) < 10 ** -digits * 10:      # small figures (a CPU dry run): three significant digits
+        return f"{v:.3g}"
+    return f"{v:,.{digits}f}"
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    gpu = (f"{m['gpu']}, {m['gpu_memory_gib']:.0f} GiB, driver {m.get('driver', '?')}, CUDA {m.get('cuda')}"
+           if m.get("gpu") else "CPU only (--cpu)")
+    lines = [f"# Device check, {m['date']}", "",
+             f"Machine: {gpu}; {m['cpus']} CPU cores; Python {m['python']}, torch {m['torch']}, "
+             f"torchvision {m['torchvision']}.",
+             f"Command: `{report['command']}`; {report['seconds']:.0f} s of a {report['budget_s']:.0f} s budget.", ""]
+    if report.get("limit"):
+        lines += [f"bf16 matrix-multiply limit (measured, {report['limit']['n']}^3 product, best of 10): "
+                  f"**{_f(report['limit']['bf16_tflops'])} TFLOP/s**.", ""]
+    lines += [f"- skipped: {note}" for note in report["skipped_parts"]]
+    note = lambda r: r.get("skipped") or r.get("error") or r.get("note") or ""  # noqa: E731
+    lines += ["", "## Training step (random input on the device)", ""] + table(
+        ["model", "precision", "layout", "compiled", "batch", "img/s", "TFLOP/s", "% bf16 limit", "peak GiB", "note"],
+        [[r["model"], r["precision"], "channels-last" if r["channels_last"] else "NCHW",
+          "yes" if r["compiled"] else "no", r["batch"], _f(r.get("img_per_s")), _f(r.get("tflops"), 1),
+          _f(r.get("pct_limit"), 1), _f(r.get("peak_gib"), 1), note(r)] for r in report.get("step", [])])
+    loop = report.get("loop", {})
+    lines += ["", "## The training loop: `alexnet train` (alexnet, bf16, raw cache, logging on, checkpoint at the end)", ""]
+    if "img_per_s" in loop:
+        lines += table(["loop img/s", "bare step img/s", "loop / step", "steps waited for data",
+                        "host syncs per step (training thread)", "all threads", "host reads per step"],
+                       [[_f(loop["img_per_s"]), _f(loop.get("bare_img_per_s")), _f(loop.get("loop_vs_bare"), 2),
+                         f"{100 * loop['data_wait_fraction']:.1f}%", _f(loop.get("syncs_per_step"), 2),
+                         _f(loop.get("syncs_per_step_all_threads"), 2), _f(loop.get("host_reads_per_step"), 2)]])
+        lines += ["", f"{loop['steps']} steps timed (batch {loop['batch']}, a log point every {loop['log_every']}); "
+                      f"syncs by source line: {loop.get('sync_sites') or 'none counted (no CUDA)'}."]
+    else:
+        lines.append(loop.get("skipped") or loop.get("error") or "not run")
+    lines += ["", "## End to end from the cache (alexnet, bf16, channels-last, with augmentation)", ""] + table(
+        ["data path", "cache", "workers", "chosen automatically", "loader alone img/s", "training img/s",
+         "% bf16 limit", "step waited for data", "peak GiB", "note"],
+        [[r["data_path"], r["storage"], r["workers"], "yes" if r["auto_choice"] else "no",
+          _f(r.get("loader_only", {}).get("img_per_s")), _f(r.get("img_per_s")), _f(r.get("pct_limit"), 1),
+          "" if r.get("data_wait_fraction") is None else f"{100 * r['data_wait_fraction']:.0f}%",
+          _f(r.get("peak_gib"), 1), note(r)] for r in report.get("end_to_end", [])])
+    ref = report.get("reference", {})
+    lines += ["", "## torchvision-style reference (same images)", "",
+              (f"torchvision.models.alexnet, ImageFolder + PIL + DataLoader ({ref['workers']} workers), "
+               f"{ref['precision']} autocast, batch {ref['batch_size']}: **{ref['img_per_s']:,.0f} img/s** "
+               f"(the step waited for data {100 * ref['data_wait_fraction']:.0f}% of the time).")
+              if "img_per_s" in ref else (ref.get("skipped") or ref.get("error") or "not run")]
+    if report.get("targets") and m.get("gpu"):
+        lines += ["", "## Targets", ""] + table(["target", "measured", "met"],
+                                                [[t["target"], t["measured"], t["met"]] for t in report["targets"].values()])
+    tests = report.get("tests", {})
+    lines += ["", "## CUDA tests", ""]
+    if "counts" in tests:
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(tests["counts"].items())) or "none ran"
+        lines.append(f"`pytest tests/test_device_pipeline.py tests/test_cuda.py`: {counts}"
+                     + (" (stopped at its time cap)" if tests.get("timed_out") else "") + ".")
+        lines += [f"- {v}: `{k}`" for k, v in tests["tests"].items()
+                  if v in ("FAILED", "ERROR") or v.startswith("NOT RUN")]
+        lines += [f"- skipped: {reason}" for reason in tests.get("skip_reasons", [])]
+    else:
+        lines.append(tests.get("skipped") or tests.get("error") or "not run")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- main
@@ -675,27 +481,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/gpu-check", help="folder for gpu-check.json, gpu-check.md and logs")
     p.add_argument("--cpu", "--dry-run", dest="cpu", action="store_true", help="tiny sizes on the CPU")
-    p.add_argument("--budget", type=float, default=None, help="seconds for everything (default 340 on a GPU, 60 with --cpu)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for everything (default 340 on a GPU, 90 with --cpu)")
     p.add_argument("--shared", default=os.environ.get("ALEXNET_SHARED", str(REPO.parent / "shared")),
                    help="folder holding data/imagenet-sample-500.tar (default $ALEXNET_SHARED or ../shared)")
-    p.add_argument("--work", default=None, help="scratch folder for the image tree and caches "
+    p.add_argument("--work", default=None, help="scratch folder for the image tree, caches and the loop's run "
                                                 "(default: a fresh folder under the system's temporary folder)")
-    p.add_argument("--skip", nargs="*", default=[], choices=("step", "end_to_end", "reference", "tests", "compiled"))
-    p.add_argument("--compiled-worker", metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--skip", nargs="*", default=[], choices=PARTS)
     args = p.parse_args(argv)
-    if args.compiled_worker:
-        return compiled_worker(args.compiled_worker, args.cpu)
     if not args.cpu and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here (torch.cuda.is_available() is False); use --cpu for a dry run")
     s = Settings(args.cpu)
-    budget = Budget(args.budget or (60.0 if args.cpu else 340.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Not under OUT: on the device machine everything under OUT is sent back, and the caches are large.
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="alexnet-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return run_checks(args, argv, s, budget, out, work)
+        return run_checks(args, argv, s, Budget(args.budget or (90.0 if args.cpu else 340.0)), out, work)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -704,122 +506,91 @@ def main(argv: list[str] | None = None) -> int:
 def run_checks(args, argv, s: Settings, budget: Budget, out: Path, work: Path) -> int:
     shared = Path(args.shared)
     report = {"command": " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
-              "budget_s": budget.seconds, "machine": machine(s), "skipped_parts": []}
+              "budget_s": budget.seconds, "machine": machine(s),
+              "skipped_parts": [f"{part} (--skip)" for part in PARTS if part in args.skip]}
 
-    def save():
+    def save() -> None:
         report["seconds"] = budget.seconds - budget.left()
+        report["targets"] = targets(report)
         (out / "gpu-check.json").write_text(json.dumps(report, indent=1, default=str))
         (out / "gpu-check.md").write_text(markdown(report))
 
     def log(message: str) -> None:
         print(f"[gpu-check {budget.seconds - budget.left():6.1f} s] {message}", flush=True)
 
+    def later(*parts: str) -> float:
+        """Seconds the parts still to come need (their caps), unless skipped."""
+        return sum(s.caps[p] for p in parts if p not in args.skip)
+
     log(f"machine: {report['machine']}")
-    data = part_data(s, work, shared)
-    report["data"] = data
+    report["data"] = data = part_data(s, work, shared)
     log(f"data: {data['files']} files, caches prepared in {data['seconds']:.1f} s")
     report["limit"] = part_limit(s)
-    log(f"bf16 matmul limit: {report['limit']['bf16_tflops']:.1f} TFLOP/s")
+    limit = report["limit"]["bf16_tflops"]
+    log(f"bf16 matmul limit: {limit:.1f} TFLOP/s")
     flops = {name: step_flops(model_macs(build_model(name, num_classes=1000, **kw), (3, s.crop, s.crop)), training=True)
              for name, kw in s.models.items()}
     report["flops_per_image"] = flops
-    limit = report["limit"]["bf16_tflops"]
-    save()
-
     report["step"] = []
-    compiled_rows: list[dict] = []
-    worker = CompiledWorker(s.main_model, s) if "compiled" not in args.skip else None
-
-    def take_compiled(wait_s: float) -> None:
-        """The background compile's row, if it is ready within ``wait_s`` (else it stays pending)."""
-        if worker is None or compiled_rows:
-            return
-        if worker.wait_ready(wait_s) or worker.row is not None:
-            row = worker.result(max(10.0, s.step_seconds * 20)) if worker.row is None else worker.row
-            row = {**step_row(s.main_model, "bf16", True, True, s.batch), **(row or {"error": "no result in time"})}
-            compiled_rows.append(row)
-            report["step"].append(row)
-            add_rates(report["step"], limit, flops)
-            log(f"compiled {s.main_model}: {row.get('img_per_s', 0):,.0f} img/s (warm-up {row.get('warmup_s', 0):.0f} s) "
-                f"{row.get('error', '')}")
-            save()
+    save()
 
     if "step" not in args.skip:
         part_start = time.perf_counter()
-        later = sum(s.caps[k] for k in ("end_to_end", "reference", "tests") if k not in args.skip)
         for name, precision, cl, batch in step_plan(s):
-            # Within its cap, and leaving room for the end-to-end runs, the reference and the tests.
-            if time.perf_counter() - part_start > s.caps["step"] or budget.left() < later:
-                report["step"].append({"model": name, "precision": precision, "channels_last": cl, "compiled": False,
-                                       "batch": batch, "skipped": f"time budget ({budget.left():.0f} s left)"})
-                continue
-            try:
-                row = time_step(name, s, precision, cl, False, batch)
-            except Exception as exc:  # noqa: BLE001 - an OOM or a kernel failure is a result here
-                row = {"model": name, "precision": precision, "channels_last": cl, "compiled": False, "batch": batch,
-                       "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
+            over = (time.perf_counter() - part_start > s.caps["step"]
+                    or budget.left() < later("loop", "end_to_end", "reference", "tests"))
+            row = time_step(s, name, precision, cl, batch, no_time=f"time budget ({budget.left():.0f} s left)" if over else None)
             report["step"].append(row)
-            log(f"step {name} {precision} {'CL' if cl else 'NCHW'} b{batch}: "
-                f"{row.get('img_per_s', 0):,.0f} img/s {row.get('skipped', '')}{row.get('error', '')}")
+            log(f"step {name} {precision} {'CL' if cl else 'NCHW'} b{batch}: {row.get('img_per_s', 0):,.0f} img/s "
+                f"{row.get('skipped', '')}{row.get('error', '')}")
         add_rates(report["step"], limit, flops)
+        save()
+
+    if "loop" not in args.skip:
+        grant = budget.grant(s.caps["loop"], 20 if s.cpu else 30)
+        try:
+            report["loop"] = (part_loop(s, data, work, grant) if grant is not None
+                              else {"skipped": f"time budget ({budget.left():.0f} s left)"})
+        except Exception as exc:  # noqa: BLE001 - recorded in the table
+            report["loop"] = {"error": error(exc)}
+        log(f"loop: {report['loop']}")
         save()
 
     report["end_to_end"] = []
     if "end_to_end" not in args.skip:
-        part_end_to_end(s, data, budget, report["end_to_end"])
+        report["end_to_end"] = part_end_to_end(s, data, budget, later("reference", "tests"))
         add_rates(report["end_to_end"], limit, flops)
         for r in report["end_to_end"]:
-            if "data_path" in r:
-                log(f"end to end {r['data_path']}: {r.get('img_per_s', 0):,.0f} img/s "
-                    f"(loader alone {r.get('loader_only', {}).get('img_per_s', 0):,.0f}) {r.get('skipped', '')}{r.get('error', '')}")
+            log(f"end to end {r['data_path']}: {r.get('img_per_s', 0):,.0f} img/s (loader alone "
+                f"{r.get('loader_only', {}).get('img_per_s', 0):,.0f}) {r.get('skipped', '')}{r.get('error', '')}")
         save()
-
-    take_compiled(0.0)          # the GPU is free between the parts: time the compiled step if it is ready
 
     if "reference" not in args.skip:
         grant = budget.grant(s.caps["reference"], s.reference_seconds + 10)
-        if grant is None:
-            report["reference"] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
-        else:
-            try:
-                report["reference"] = part_reference(s, data, grant, out)
-            except subprocess.TimeoutExpired:
-                report["reference"] = {"error": f"did not finish in {grant:.0f} s"}
+        try:
+            report["reference"] = (part_reference(s, data, grant, out) if grant is not None
+                                   else {"skipped": f"time budget ({budget.left():.0f} s left)"})
+        except subprocess.TimeoutExpired:
+            report["reference"] = {"error": f"did not finish in {grant:.0f} s"}
         log(f"reference: {report['reference']}")
-    report["targets"] = targets(report)
-    save()
+        save()
 
     if "tests" not in args.skip:
         reserve = 5 if s.cpu else 10           # room for the report
         grant = budget.grant(s.caps["tests"] + reserve, min(30, s.caps["tests"]) + reserve)
-        if grant is None:
-            report["tests"] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
-        else:
-            report["tests"] = part_tests(max(20.0, grant - reserve), shared, out)
+        report["tests"] = (part_tests(max(20.0, grant - reserve), shared, out) if grant is not None
+                           else {"skipped": f"time budget ({budget.left():.0f} s left)"})
         log(f"tests: {report['tests'].get('counts', report['tests'])}")
         save()
 
-    if worker is not None:
-        if not compiled_rows:
-            take_compiled(max(0.0, budget.left() - 15))
-        worker.close()
     if "compiled" not in args.skip:
-        for name in [n for n in s.models if n != s.main_model]:
-            row_base = step_row(name, "bf16", True, True, s.batch)
-            if budget.left() < (5 if s.cpu else 40):
-                report["step"].append({**row_base, "skipped": f"time budget ({budget.left():.0f} s left; "
-                                                              f"compilation takes tens of seconds)"})
-                continue
-            try:
-                row = time_step(name, s, "bf16", True, True, s.batch)
-            except Exception as exc:  # noqa: BLE001
-                row = {**row_base, "error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
+        for name in s.models:
+            over = budget.left() < (5 if s.cpu else 40)
+            row = time_step(s, name, "bf16", True, s.batch, compiled=True, no_time=(
+                f"time budget ({budget.left():.0f} s left; compilation takes tens of seconds)" if over else None))
             report["step"].append(row)
             log(f"compiled {name}: {row.get('img_per_s', 0):,.0f} img/s (warm-up {row.get('warmup_s', 0):.0f} s)")
         add_rates(report["step"], limit, flops)
-    for part in ("step", "end_to_end", "reference", "tests", "compiled"):
-        if part in args.skip:
-            report["skipped_parts"].append(f"{part} (--skip)")
     save()
     log(f"wrote {out / 'gpu-check.json'} and {out / 'gpu-check.md'}")
     failed = [k for k, v in report.get("tests", {}).get("tests", {}).items() if v in ("FAILED", "ERROR")]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from alexnet import locations
-from alexnet.weights import load_pretrained
+from alexnet.weights import create_model
 
 TORCH, TORCHVISION = "2.14.1", "0.29.1"
 
@@ -101,7 +101,8 @@ def main():
                        env={**os.environ, "PYTHONPATH": str(repo / "src")})
         theirs_x = torch.from_numpy(np.load(tmp / "inputs.npy"))
         theirs = torch.from_numpy(np.load(tmp / "logits.npy"))
-        model, preprocess = load_pretrained(ckpt)
+        model = create_model(weights=ckpt)
+        preprocess = model.preprocess
         with torch.no_grad():
             same_input = model(theirs_x)
             ours_x = preprocess(paths)

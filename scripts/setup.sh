@@ -20,15 +20,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# Debian packages: Fashion-MNIST (the demo's data, no download from the web) and jemalloc.
+# Debian packages: Fashion-MNIST (the demo's data, no download from the web), jemalloc, and
+# Chromium (the browser the test of `alexnet serve`'s page drives; Playwright never downloads one).
 # Where they cannot be installed (no apt-get, neither root nor sudo, or apt-get fails),
-# setup goes on without them, saying so in one line: jemalloc is optional (glibc's allocator
-# is tuned instead) and scripts/demo.sh then downloads Fashion-MNIST from its official source.
-# ALEXNET_FASHION_MNIST: where the package's files are looked for (the tests point it elsewhere).
+# setup goes on without them, saying so in one line: jemalloc is optional (the system allocator
+# runs instead), scripts/demo.sh then downloads Fashion-MNIST from its official source, and the
+# browser test skips, saying why.
+# ALEXNET_FASHION_MNIST, ALEXNET_CHROMIUM: where the package's files are looked for (the tests
+# point them elsewhere).
 fashion_mnist=${ALEXNET_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+chromium=${ALEXNET_CHROMIUM:-/usr/bin/chromium}
 need=()
 [ -f "$fashion_mnist/train-images-idx3-ubyte.gz" ] || need+=(dataset-fashion-mnist)
 ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || need+=(libjemalloc2)
+[ -x "$chromium" ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO="" why=""
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -36,7 +41,7 @@ if [ ${#need[@]} -gt 0 ]; then
   elif [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else why="not root and no sudo"; fi
   fi
-  without="the demo downloads Fashion-MNIST instead, jemalloc is optional"
+  without="the demo downloads Fashion-MNIST instead, jemalloc is optional, the browser test skips"
   if [ -n "$why" ]; then
     echo "setup: cannot install ${need[*]} here ($why); install them with your package manager (Debian: apt-get install ${need[*]}), or go on without: $without" >&2
   else

@@ -75,7 +75,7 @@ def _csv(path):
 @pytest.mark.slow
 def test_filters_of_a_trained_checkpoint(checkpoint, tmp_path):
     out = tmp_path / "filters.png"
-    proc = run_cli("filters", checkpoint, "-o", out, "--json", check=True)
+    proc = run_cli("experiment", "filters", checkpoint, "-o", out, "--json", check=True)
     info = json.loads(proc.stdout)
     # alexnet_small: 48 kernels of 5x5x3, two towers of 24 -> blocks of 2 rows x 16, 8 px per weight
     assert (info["kernels"], info["kernel_size"], info["channels"], info["towers"]) == (48, 5, 3, 2)
@@ -92,7 +92,7 @@ def test_filters_of_a_trained_checkpoint(checkpoint, tmp_path):
 
 
 def test_filters_errors_are_one_line(tmp_path):
-    proc = run_cli("filters", tmp_path / "missing.safetensors", "-o", tmp_path / "x.png")
+    proc = run_cli("experiment", "filters", tmp_path / "missing.safetensors", "-o", tmp_path / "x.png")
     assert proc.returncode == 2
     assert proc.stderr.startswith("alexnet: error:") and len(proc.stderr.strip().splitlines()) == 1
 
@@ -108,7 +108,7 @@ def test_features_and_neighbors_match_brute_force(tiny_cifar, checkpoint, tmp_pa
 
     _, cache_dir, queries = tiny_cifar
     feats_path = tmp_path / "feats.npy"
-    run_cli("features", checkpoint, "--data", cache_dir, "--out", feats_path, "--batch-size", "64", "--quiet",
+    run_cli("features", checkpoint, "--data", cache_dir, "-o", feats_path, "--batch-size", "64", "--quiet",
             check=True)
     feats = np.load(feats_path)
     meta = json.loads((tmp_path / "feats.json").read_text())
@@ -129,7 +129,7 @@ def test_features_and_neighbors_match_brute_force(tiny_cifar, checkpoint, tmp_pa
     np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
 
     out = tmp_path / "nb.png"
-    proc = run_cli("neighbors", checkpoint, "--data", cache_dir, "--query", *queries, "--features", feats_path,
+    proc = run_cli("experiment", "neighbors", checkpoint, "--data", cache_dir, "--query", *queries, "--features", feats_path,
                    "-k", "4", "-o", out, "--chunk", "37", "--quiet", check=True)
     rows = _csv(tmp_path / "nb.csv")
     assert len(rows) == 3 * 4 and [int(r["rank"]) for r in rows[:4]] == [1, 2, 3, 4]
@@ -185,7 +185,7 @@ def test_predict_panel_end_to_end(tiny_cifar, checkpoint, tmp_path):
 def test_relu_tanh_end_to_end(tiny_cifar, tmp_path):
     _, cache_dir, _ = tiny_cifar
     out = tmp_path / "fig1"
-    args = ("experiment", "relu-tanh", "--data", cache_dir, "--out", out, "--seeds", "2", "--train-subset", "128",
+    args = ("experiment", "relu-tanh", "--data", cache_dir, "--out-dir", out, "--seeds", "2", "--train-subset", "128",
             "--max-epochs", "2", "--search-epochs", "1", "--lr-grid", "0.01,0.05", "--max-steps", "3", "--quiet")
     proc = run_cli(*args, check=True)
     summary = json.loads((out / "figure1.json").read_text())
@@ -225,7 +225,7 @@ def test_relu_tanh_on_a_cuda_convnet_net_end_to_end(tiny_cifar, tmp_path):
     the target on the grid, the seed-0 runs re-used as the first seed and as the neighbours)."""
     _, cache_dir, _ = tiny_cifar
     out = tmp_path / "fig1-cc"
-    args = ("experiment", "relu-tanh", "--net", "cuda-convnet-19pct", "--data", cache_dir, "--out", out,
+    args = ("experiment", "relu-tanh", "--net", "cuda-convnet-19pct", "--data", cache_dir, "--out-dir", out,
             "--seeds", "2", "--max-epochs", "2", "--lr-grid", "0.001,0.002,0.004", "--max-steps", "2", "--quiet")
     proc = run_cli(*args, check=True)
     summary = json.loads((out / "figure1.json").read_text())
@@ -287,7 +287,7 @@ def test_relu_tanh_paper_inputs_are_the_pixels_minus_the_training_mean_image(tin
 def test_ablations_end_to_end_and_resumable(tiny_cifar, tmp_path):
     _, cache_dir, _ = tiny_cifar
     out = tmp_path / "abl"
-    args = ("experiment", "ablations", "--data", cache_dir, "--out", out, "--quick", "--arms", "no_pca",
+    args = ("experiment", "ablations", "--data", cache_dir, "--out-dir", out, "--quick", "--arms", "no_pca",
             "--seeds", "2", "--quiet")
     proc = run_cli(*args, check=True)
     rows = _csv(out / "ablations.csv")
@@ -313,7 +313,7 @@ def test_ablations_end_to_end_and_resumable(tiny_cifar, tmp_path):
     assert _csv(out / "ablations.csv") == rows
     assert {r: (out / "runs" / r / "last.safetensors").stat().st_mtime_ns for r in runs} == stamp
     # A different budget in the same folder is refused, not mixed in.
-    proc = run_cli("experiment", "ablations", "--data", cache_dir, "--out", out, "--quick", "--epochs", "2",
+    proc = run_cli("experiment", "ablations", "--data", cache_dir, "--out-dir", out, "--quick", "--train.epochs", "2",
                    "--arms", "no_pca", "--quiet")
     assert proc.returncode == 2 and "other settings" in proc.stderr
     assert "train.epochs" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1   # names the difference

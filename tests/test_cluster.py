@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from alexnet.checkpoint import load_checkpoint
 from alexnet.errors import UserError
 from alexnet.train import config as config_module
 from alexnet.train.config import ALLOWED, RESUME_CHANGEABLE, load_config, resume_config
-from alexnet.train.restart import auto_resume
+from alexnet.train.rundir import RunFolder
 from train_support import checkpoint_tensors, last_step, one_line_error, tiny_kwargs_arg, wait_for
 
 pytestmark = pytest.mark.slow
@@ -263,6 +262,19 @@ def test_resume_auto_and_resume_dir_continue_and_refuse_by_one_rule(fmnist_cache
 
 def changed_value(key: str, value):
     """Another valid value for the setting ``key`` (None when no other value passes load_config)."""
+    if key == "data.size":
+        return None               # the run's existing cache fixes it: load_config refuses another (data.cache)
+    new = _changed_value(key, value)
+    spec = config_module.SETTINGS.get(key)         # None for a model option (model.kwargs.*)
+    valid = new is not None and (spec is None or spec.problem(new)[1] is None)       # within its declared range
+    if valid:
+        return new
+    # train.init_from names a checkpoint that must exist: not changed here (a resume refuses it like any setting)
+    return {"optim.momentum": lambda: value / 2, "train.device": lambda: "cpu",
+            "schedule.milestones": lambda: [1]}.get(key, lambda: None)()
+
+
+def _changed_value(key: str, value):
     allowed = ALLOWED.get(tuple(key.split(".")))
     if allowed:
         return next(a for a in allowed if not (a == value and type(a) is type(value)))
@@ -290,11 +302,11 @@ def nested(key: str, value) -> dict:
 
 def test_resume_auto_and_resume_dir_agree_on_every_setting(references):
     """For every setting of the configuration, changed alone on a real run folder: ``--resume auto``'s
-    check (auto_resume) and ``--resume RUN``'s (resume_config) give the same verdict, and it is the
+    check (RunFolder.auto_resume) and ``--resume RUN``'s (resume_config) give the same verdict, and it is the
     allow-list's - continue for the keys of RESUME_CHANGEABLE, refuse naming the key for all others."""
     run_dir = references("single")
     toml = run_dir / "config.toml"
-    assert auto_resume(run_dir, load_config(toml).to_dict()) is True       # unchanged: the same run
+    assert RunFolder(run_dir).auto_resume(load_config(toml).to_dict()) is True       # unchanged: the same run
     flat = config_module._flatten(load_config(toml).to_dict())
     flat.pop("preset")
     checked, verdicts = set(), {}
@@ -305,7 +317,9 @@ def test_resume_auto_and_resume_dir_agree_on_every_setting(references):
         overrides = nested(key, new)
         wanted = load_config(toml, overrides)
         outcomes = []
-        for check in (lambda: auto_resume(run_dir, wanted.to_dict()), lambda: resume_config(run_dir, overrides)):
+        checks = (lambda wanted=wanted: RunFolder(run_dir).auto_resume(wanted.to_dict()),
+                  lambda overrides=overrides: resume_config(run_dir, overrides))
+        for check in checks:
             try:
                 check()
                 outcomes.append("continue")
@@ -372,7 +386,7 @@ def test_two_torchrun_agents_on_one_machine_equal_one_two_process_node(fmnist_ca
             if a.poll() is None:
                 os.killpg(a.pid, signal.SIGKILL)
                 a.wait()
-    for a, (_, err) in zip(agents, outputs):
+    for a, (_, err) in zip(agents, outputs, strict=True):
         assert a.returncode == 0, err[-4000:]
     summary = json.loads((tmp_path / "nodes" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * STEPS_PER_EPOCH

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import tarfile
+import threading
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +33,8 @@ from alexnet.eval import evaluate
 from alexnet.eval.predict import predict
 from alexnet.models import build_model
 from alexnet.train import load_config, train
-from alexnet.train.distributed import TwoTowerModel
+from alexnet.train.distributed import TwoTowerModel, setup
+from alexnet.train.trainer import Trainer
 
 CUDA_REASON = (f"needs a CUDA device: torch {torch.__version__} reports none "
                f"(torch.cuda.is_available() is False); run scripts/gpu-check.sh on a GPU machine")
@@ -147,6 +151,37 @@ def test_bfloat16_training_and_its_step_agree_with_float32(raw_cache, tmp_path):
     assert (low.float() - exact).abs().max() <= 0.05 * exact.abs().max()
 
 
+def test_the_training_loop_does_not_wait_for_the_gpu_between_log_points(raw_cache, tmp_path):
+    """The real loop (``Trainer``, bf16, the default data path) under ``torch.cuda.set_sync_debug_mode("warn")``:
+    between two step records the training thread makes exactly one synchronising call, the log point's
+    read in ``Trainer.host_read``; no step waits for the GPU. (The device data path's prefetching thread
+    works on its own stream; a sync there does not hold up the queue of steps, so it is not counted.)"""
+    config = load_config(config_file(tmp_path, raw_cache, "sync", epochs=1, batch_size=32, precision="bf16",
+                                     log_every=4))
+    trainer = Trainer(config, setup(config.train.device), None)
+    training_thread = threading.get_ident()
+    syncs, at_step_records = [], []
+    trainer.subscribers.append(lambda kind, record: at_step_records.append(len(syncs)) if kind == "step" else None)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message) and threading.get_ident() == training_thread:
+            syncs.append(f"{Path(filename).name}:{lineno}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = trainer.run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert result.summary["status"] == "finished" and len(at_step_records) >= 3    # 12 steps, a record every 4
+    between = [syncs[a:b] for a, b in zip(at_step_records[:-1], at_step_records[1:], strict=True)]
+    sites = {site for window in between for site in window}
+    assert all(len(window) == 1 for window in between) and len(sites) == 1, between
+    assert sites.pop().startswith("trainer.py:"), between
+
+
 def test_channels_last_matches_contiguous_and_trains(raw_cache, tmp_path):
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=CLASSES, **KWARGS).cuda().eval()
@@ -252,7 +287,7 @@ def test_eval_predict_and_features_on_cuda_match_the_cpu(cpu_run, raw_cache, tre
     for a, b in zip(predict(ckpt, images, device="cpu"), predict(ckpt, images, device="cuda")):
         assert [t["class"] for t in a["top"]][:1] == [t["class"] for t in b["top"]][:1]
         np.testing.assert_allclose([t["prob"] for t in a["top"]], [t["prob"] for t in b["top"]], atol=1e-3)
-    cli("features", ckpt, "--data", raw_cache, "--split", "val", "--out", tmp_path / "cuda.npy", "--device", "cuda",
+    cli("features", ckpt, "--data", raw_cache, "--split", "val", "-o", tmp_path / "cuda.npy", "--device", "cuda",
         "--quiet", check=True)
     extract_features(ckpt, raw_cache, tmp_path / "cpu.npy", split="val", device="cpu")
     np.testing.assert_allclose(np.load(tmp_path / "cuda.npy"), np.load(tmp_path / "cpu.npy"), rtol=1e-3, atol=1e-3)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alexnet.data import augment
+from alexnet.data.preprocess import InputSpec, InputTransform
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +118,31 @@ def test_pca_offsets_have_the_stated_variance():
     np.testing.assert_allclose(got.mean(axis=0), 0.0, atol=4 * stated.max() / np.sqrt(200000))
 
 
-def test_to_network_input_float_nchw():
-    crops = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    mean = torch.rand(4, 3, 8, 8) * 255
-    offsets = torch.randn(4, 3)
-    x = augment.to_network_input(crops, mean_crops=mean, offsets=offsets)
-    torch.testing.assert_close(x, crops.float() - mean + offsets[:, :, None, None])
-    cm = torch.tensor([100.0, 110.0, 120.0])
-    x = augment.to_network_input(crops, channel_mean=cm, offsets=offsets, channels_last=True)
-    assert x.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x, crops.float() - cm[None, :, None, None] + offsets[:, :, None, None])
+def test_input_transform_is_the_formula_written_out():
+    """(crop - mean cut at the row's offsets and mirrored with it + PCA offset) * scale, in float64."""
+    rng = np.random.default_rng(5)
+    size, crop, n = 12, 8, 6
+    mean_image = (rng.random((size, size, 3)) * 255).astype(np.float32)
+    eigval, eigvec = _eigen(2)
+    spec = InputSpec(size=size, crop=crop, channels=3, mean="image", mean_image=mean_image, scale=(0.5, 0.25, 2.0))
+    eigen = (torch.tensor(eigval, dtype=torch.float32), torch.tensor(eigvec, dtype=torch.float32))
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    g = torch.Generator().manual_seed(3)
+    top, left, flips = augment.random_crop_params(n, size, crop, g)
+    alpha = torch.randn(n, 3, generator=g) * 0.1
+    crops = augment.gather_crops(torch.from_numpy(images), top, left, flips, crop).permute(0, 3, 1, 2)
+    x = InputTransform(spec, eigen=eigen, channels_last=True)(crops, top, left, flips, alpha)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    for i in range(n):
+        t, l, f = int(top[i]), int(left[i]), bool(flips[i])
+        pixels = hand_crop(images, i, t, l, crop, f).astype(np.float64)
+        mean = hand_crop(mean_image[None], 0, t, l, crop, f).astype(np.float64)
+        offset = (alpha[i].double().numpy() * eigval / 255.0) @ eigvec.T
+        expected = (pixels - mean + offset) * np.array([0.5, 0.25, 2.0])
+        np.testing.assert_allclose(x[i].permute(1, 2, 0).double().numpy(), expected, rtol=1e-5, atol=1e-4)
+    # the channel mean takes the colour offsets into itself: the same values
+    channel = InputSpec(size=size, crop=crop, channels=3, mean="channel", channel_mean=np.array([100, 110, 120], np.float32))
+    y = InputTransform(channel, eigen=eigen)(crops, top, left, flips, alpha)
+    offsets = augment.pca_offsets(alpha, *eigen)
+    torch.testing.assert_close(y, crops.double().sub(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
+                               .add(offsets.double()[:, :, None, None]).float())

@@ -18,6 +18,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -428,13 +430,23 @@ def test_bad_manifest_and_a_missing_dataset_without_download_are_one_line(tmp_pa
 
 
 def test_a_second_download_of_the_same_file_waits_its_turn(tmp_path):
-    """The .part file is locked while a download writes it: a second run stops in one line."""
-    fcntl = pytest.importorskip("fcntl")
+    """While one process downloads a file, a second stops in one line and leaves its .part alone."""
     remote = download.RemoteFile("a.bin", "http://127.0.0.1:9/a.bin", 10, {"md5": "0" * 32})
-    with open(tmp_path / "a.bin.part", "ab") as first:
-        fcntl.flock(first.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(UserError, match=r"a\.bin\.part: another alexnet process is downloading this file"):
+    (tmp_path / "a.bin.part").write_bytes(b"12345")
+    holder = subprocess.Popen(   # another process, as POSIX locks are per process
+        [sys.executable, "-c", "import sys; from alexnet.files import FileLock; "
+         "assert FileLock(sys.argv[1], remove=True).acquire() is None; print('held', flush=True); sys.stdin.read()",
+         str(tmp_path / "a.bin.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"a\.bin\.part: another alexnet process \(process {holder.pid} on .*\) is downloading"):
             download.fetch_file(remote, tmp_path, quiet=True)
+        assert (tmp_path / "a.bin.part").read_bytes() == b"12345"
+    finally:
+        holder.communicate("")
+    with pytest.raises(UserError, match="cannot download"):    # its turn: the lock is free again
+        download.fetch_file(remote, tmp_path, quiet=True)
+    assert not (tmp_path / "a.bin.lock").exists()
 
 
 @pytest.mark.parametrize("name,preset", [("cifar10", "cifar10"), ("fashion-mnist", "fashion-mnist"), ("imagewoof", "imagewoof")])

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -284,7 +286,7 @@ def test_cli_prepare_real_subprocess(tmp_path, woof, cli):
     assert proc.returncode == 0, proc.stderr
     assert "train 6 images" in proc.stdout and "skipped 1 bad file(s) (listed in skipped.csv)" in proc.stdout
     assert f"skipped {tmp_path / 'src' / rel}: corrupt or truncated JPEG" in proc.stderr
-    for args, expected in [(("prepare", tmp_path / "nope", tmp_path / "o2", "--size", "big"), "--size 'big'"),
+    for args, expected in [(("prepare", tmp_path / "src", tmp_path / "o2", "--size", "big"), "--size: got 'big'"),
                            (("cache-info", tmp_path / "src"), "not a prepared cache")]:
         proc = cli(*args)
         assert proc.returncode == 2
@@ -385,3 +387,67 @@ def test_prepare_records_checksums_and_verify_names_the_damaged_file(small_woof_
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"alexnet: error: {images}: checksum mismatch (SHA-256 differs from the one " \
                                   f"recorded when prepared); the cache is damaged"
+
+
+# ----------------------------------------------------------------------------- the writes around the pixels
+
+def test_interrupted_while_finishing_restarts_instead_of_resuming_into_moved_rows(tmp_path, woof, monkeypatch):
+    """Bad files leave holes that finishing closes by moving rows in place; a Ctrl-C after that
+    (here: while stats.npz is written) must not leave a progress file that still describes the
+    rows where they were: the re-run gives exactly an uninterrupted run's cache."""
+    color, _ = woof
+    bad = _bad_files(color, tmp_path)
+    # sorted: a/truncated.JPEG comes after the a/ images, b/empty.JPEG before the b/ images: holes mid-file
+    _tree(tmp_path / "src", {**_good_files(color), **{rel: data for rel, data, _ in (bad["truncated"], bad["empty"])}})
+    prepare(tmp_path / "src", tmp_path / "reference", size=32, workers=1, quiet=True, skip_bad=True)
+    module = importlib.import_module("alexnet.data.prepare")
+    write = module.atomic_write
+
+    def ctrl_c_at_stats(path, *args, **kwargs):
+        if os.path.basename(path) == "stats.npz":
+            raise KeyboardInterrupt        # what SIGINT raises here: no StopFlag while finishing
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "atomic_write", ctrl_c_at_stats)
+    monkeypatch.setattr(module, "CHECKPOINT_SECONDS", 0)      # a progress file after every chunk
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tmp_path / "src", tmp_path / "out", size=32, workers=1, quiet=True, skip_bad=True)
+    monkeypatch.undo()
+    assert (tmp_path / "out.partial" / "train.images.u8").exists() and not (tmp_path / "out").exists()
+    prepare(tmp_path / "src", tmp_path / "out", size=32, workers=1, quiet=True, skip_bad=True)
+    for name in ("train.images.u8", "train.labels.npy", "train.files.txt", "stats.npz", "skipped.csv"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+def _limit_file_size(limit: int):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # EFBIG instead of death by signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+@pytest.mark.slow
+def test_progress_file_that_cannot_be_written_is_one_line_naming_it(tmp_path, shared_data):
+    """A file-size limit (RLIMIT_FSIZE: EFBIG like a full disk's ENOSPC) that the raw pixels fit
+    under (2x2 images: 12 bytes each) and the progress file does not (18 bytes per image: the
+    done and valid flags, the JPEG index): one line naming progress.npz, exit 2, no temporary
+    file left; the re-run without the limit finishes the cache."""
+    src = shared_data / "imagewoof2-160.tar"
+    out = tmp_path / "c"
+    args = [sys.executable, "-m", "alexnet", "prepare", str(src), str(out), "--size", "2", "--limit", "100",
+            "--workers", "1", "--quiet"]
+    env = dict(os.environ, ALEXNET_PREPARE_CHECKPOINT_SECONDS="0")
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300,
+                          preexec_fn=_limit_file_size(20_000))
+    progress = tmp_path / "c.partial" / "progress.npz"
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"alexnet: error: {progress}: cannot write") and "File too large" in lines[0], lines
+    assert "re-run resumes" in lines[0], lines
+    assert not [p.name for p in progress.parent.iterdir() if ".tmp" in p.name]
+    assert (progress.parent / "train.images.u8").stat().st_size <= 20_000
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cache = open_cache(out)
+    assert (len(cache.split("train")), len(cache.split("val"))) == (1000, 1000)

@@ -30,7 +30,7 @@ def _other_model(run: Path, path: Path) -> Path:
 def test_eval_ten_views_and_ensemble(trained_run, fmnist_cache, tmp_path):
     other = _other_model(trained_run, tmp_path / "other.safetensors")
     proc = run_cli("eval", trained_run, "--data", fmnist_cache, "--views", "ten", "--ensemble",
-                   other, "--json", "--quiet", "--out", tmp_path, env=CLI_ENV)
+                   other, "--json", "--quiet", "--out-dir", tmp_path, env=CLI_ENV)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["views"] == "ten" and result["count"] == 600 and len(result["members"]) == 2
@@ -51,11 +51,12 @@ def test_eval_ten_views_and_ensemble(trained_run, fmnist_cache, tmp_path):
 
 
 def test_eval_bad_inputs(trained_run, fmnist_cache, tmp_path):
-    one_line_error(run_cli("eval", tmp_path / "nope.safetensors", "--data", fmnist_cache), "no such checkpoint")
+    one_line_error(run_cli("eval", tmp_path / "nope.safetensors", "--data", fmnist_cache), "nope.safetensors",
+                   "no such file")
     torn = tmp_path / "torn.safetensors"
     torn.write_bytes((trained_run / "last.safetensors").read_bytes()[:5000])
     one_line_error(run_cli("eval", torn, "--data", fmnist_cache), "not a readable checkpoint")
-    one_line_error(run_cli("eval", trained_run, "--data", tmp_path / "no-data"), "no such file or directory")
+    one_line_error(run_cli("eval", trained_run, "--data", tmp_path / "no-data"), "no-data", "no such file")
     one_line_error(run_cli("eval", trained_run, "--data", fmnist_cache, "--split", "val"),
                    "no split 'val'", "this cache has: train, test")
     proc = run_cli("eval", trained_run, "--data", fmnist_cache, "--views", "five")
@@ -124,3 +125,30 @@ def test_predict_panel_hook(trained_run, images, tmp_path):
     proc = run_cli("predict", trained_run, images[0][0], "--panel", out, env=CLI_ENV)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
+    # --json keeps standard output pure JSON: the panel's path goes inside it (docs/cli.md)
+    out = tmp_path / "new" / "panel2.png"                                  # its folder is created
+    proc = run_cli("predict", trained_run, images[0][0], "--panel", out, "--json", env=CLI_ENV)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["panel"] == str(out) and result["predictions"][0]["top"] and out.is_file()
+
+
+def test_eval_warns_before_replacing_an_evaluation_of_other_data(trained_run, fmnist_cache, tmp_path):
+    out = tmp_path / "ev"
+    first = run_cli("eval", trained_run, "--data", fmnist_cache, "--limit", "50", "--out-dir", out, "--json",
+                    "--workers", "0", env=CLI_ENV)
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    again = run_cli("eval", trained_run, "--data", fmnist_cache, "--limit", "50", "--out-dir", out, "--json",
+                    "--workers", "0", env=CLI_ENV)
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr         # the same data: fine
+    other = run_cli("eval", trained_run, "--data", fmnist_cache, "--limit", "60", "--out-dir", out, "--json",
+                    "--workers", "0", env=CLI_ENV)
+    warnings = [line for line in other.stderr.splitlines() if "warning" in line]
+    assert other.returncode == 0 and len(warnings) == 1 and str(out / "metrics.json") in warnings[0], other.stderr
+    assert "count 50" in warnings[0]
+    assert json.loads(other.stdout)["count"] == 60 == json.loads((out / "metrics.json").read_text())["count"]
+    # beside a checkpoint in a folder that cannot be written: refused before the evaluation, naming the fix
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    refused = run_cli("eval", trained_run, "--data", fmnist_cache, "--out-dir", blocker / "x", env=CLI_ENV)
+    one_line_error(refused, str(blocker), "--out-dir")

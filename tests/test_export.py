@@ -281,7 +281,7 @@ def _one_error_line(proc, *fragments):
 
 def test_cli_bad_input_one_line_nothing_written(cli, small_checkpoint, tmp_path):
     _one_error_line(cli("export", tmp_path / "missing.safetensors", "--format", "onnx", "-o", tmp_path / "x.onnx"),
-                    "missing.safetensors", "no such checkpoint")
+                    "missing.safetensors", "no such file")
     _one_error_line(cli("export", small_checkpoint, "--format", "tflite", "-o", tmp_path / "x.tfl"), "tflite")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -344,7 +344,26 @@ def test_hub_entry_point_loads_weights(name, tmp_path):
     fresh = torch.hub.load(str(REPO), name, source="local", num_classes=5, trust_repo=True, **options)
     assert fresh.state_dict().keys() == model.state_dict().keys()
     assert next(reversed(fresh.state_dict().values())).shape == (5,)
-    # a checkpoint of another model is refused, naming both
-    other = next(m for m in list_models() if m != name)
+    # "alexnet", the family's entry point, loads a checkpoint of every model (the README's promise)
+    family = torch.hub.load(str(REPO), "alexnet", source="local", weights=str(path), trust_repo=True)
+    with torch.no_grad():
+        torch.testing.assert_close(family(x), model(x), rtol=0, atol=0)
+    # another model's entry point refuses it, naming both
+    other = next(m for m in list_models() if m not in (name, "alexnet"))
     with pytest.raises(UserError, match=f"holds {name}, not {other}"):
         torch.hub.load(str(REPO), other, source="local", weights=str(path), trust_repo=True)
+
+
+def test_hub_loads_an_imported_torchvision_checkpoint(tmp_path):
+    """torchvision's own weights file, imported, through torch.hub's "alexnet": the torchvision model's logits."""
+    from alexnet.weights import import_torchvision
+    source = build_model("alexnet_owt", num_classes=1000).eval()
+    _random_weights(source, seed=2)
+    torch.save(source.state_dict(), tmp_path / "tv.pth")                 # what torchvision publishes: a pickle
+    ckpt = import_torchvision(tmp_path / "tv.pth", tmp_path / "tv.safetensors")
+    model = torch.hub.load(str(REPO), "alexnet", source="local", weights=str(ckpt), trust_repo=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    assert model.checkpoint_info["name"] == "alexnet_owt" and model.input_spec.crop == 224
+    assert model.preprocess.spec.describe() == model.input_spec.describe()

@@ -208,25 +208,26 @@ def test_checkpoint_of_another_architecture_is_refused_in_one_line(fmnist_cache,
     assert not (tmp_path / "x" / "last.safetensors").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
+@pytest.mark.parametrize("extra, fragments", [
     (("--train.init_from", "SRC", "--train.freeze_loaded", "true", "--train.loaded_lr_scale", "0.1"),
-     "train.freeze_loaded and train.loaded_lr_scale: choose one (frozen layers have no learning rate)"),
-    (("--train.loaded_lr_scale", "0.1"),
-     "train.loaded_lr_scale applies to layers loaded with train.init_from (--init-from CKPT), and none is given"),
-    (("--train.init_from", "SRC", "--train.loaded_lr_scale", "-1"), "train.loaded_lr_scale must be 0 or more, got -1.0"),
-    (("--train.init_from", "MISSING"), "MISSING: no such checkpoint file"),
+     ["train.freeze_loaded", "train.loaded_lr_scale", "choose one"]),
+    (("--train.loaded_lr_scale", "0.1"), ["train.loaded_lr_scale", "train.init_from", "none is given"]),
+    (("--train.init_from", "SRC", "--train.loaded_lr_scale", "-1"), ["train.loaded_lr_scale", "-1.0"]),
+    (("--train.init_from", "MISSING"), ["MISSING", "no such file"]),
 ])
-def test_bad_fine_tuning_settings_are_one_line(fmnist_cache, source, tmp_path, extra, message):
+def test_bad_fine_tuning_settings_are_one_line(fmnist_cache, source, tmp_path, extra, fragments):
     missing = str(tmp_path / "missing.safetensors")
     extra = [str(source[0]) if a == "SRC" else missing if a == "MISSING" else a for a in extra]
-    config = config_for(fmnist_cache, tmp_path, *extra)
     model = build_model("alexnet_small", num_classes=10, in_channels=1, **TINY)
-    with pytest.raises(UserError) as caught:
+    with pytest.raises(UserError) as caught:       # a setting's own range or path: refused as the config loads
+        config = config_for(fmnist_cache, tmp_path, *extra)
         apply_init_from(model, config, run_dir=None, resuming=False, quiet=True)
-    assert str(caught.value) == message.replace("MISSING", missing)
+    assert all(f.replace("MISSING", missing) in str(caught.value) for f in fragments), str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_init_from_with_resume_is_refused(tmp_path, source):
+    (tmp_path / "config.toml").write_text("")          # a run folder, as far as the option goes
     one_line_error(run_cli("train", "--resume", tmp_path, "--init-from", source[0], env=ENV),
                    "a resumed run continues from its own checkpoint")
 

@@ -2,8 +2,9 @@
 
 * The same image and checkpoint give identical network input through every consumer:
   the evaluation loader (centre and ten views), ``predict``'s file path
-  (``read_square`` + ``to_network_input``), and the features/neighbors path; and the
-  InputSpec survives a checkpoint round trip.
+  (``read_square`` + ``to_network_input``), and the features/neighbors path; the same
+  probabilities from ``predict``, ``eval`` and every exported format; and the InputSpec
+  survives a checkpoint round trip.
 * The same source resolves to the same cache folder from every command: ``train``'s
   config, ``eval --data``, ``features --data`` and ``experiment`` all name
   ``<cache root>/<source name>-<size>``, and it is prepared once.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,9 @@ from alexnet.checkpoint import load_model, save_model
 from alexnet.data import build_loader, open_cache, prepare
 from alexnet.data.preprocess import InputSpec, read_square, to_network_input
 from alexnet.data.resolve import cache_dir_for, default_cache_dir, ensure_prepared, resolve_cache, source_name
+from alexnet.eval.evaluate import predict_split
+from alexnet.eval.predict import predict
+from alexnet.export import FORMATS, SUFFIXES, export_model, load_exported
 from alexnet.models import build_model
 from alexnet.train.config import load_config
 from conftest import run_cli
@@ -89,19 +94,35 @@ def test_loader_predict_and_features_feed_identical_tensors(cache_and_checkpoint
         np.testing.assert_allclose(from_cache.permute(0, 2, 3, 1).numpy(), ref, rtol=1e-6, atol=1e-5)
 
 
-def test_predict_and_eval_give_the_same_probabilities(cache_and_checkpoint, image_tree):
-    from alexnet.eval.evaluate import predict_split
-    from alexnet.eval.predict import predict
-
-    cache, ckpt, _ = cache_and_checkpoint
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_eval_and_the_export_give_the_same_probabilities(cache_and_checkpoint, image_tree, tmp_path, fmt):
+    """The same images through ``predict`` (the files), ``eval`` (the cache) and the exported file
+    (the centre crop's pixels: the graph applies the mean and the scale itself)."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
+        pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
+    cache, ckpt, spec = cache_and_checkpoint
     model, info = load_model(ckpt)
-    probs, _ = predict_split(model, info, cache, "test", workers=0)
+    from_eval, _ = predict_split(model, info, cache, "test", workers=0)
     split = cache.split("test")
-    results = predict(ckpt, [image_tree / f for f in split.files], topk=2, device="cpu")
-    for i, r in enumerate(results):
-        top = r["top"][0]
-        assert top["class"] == cache.classes[int(probs[i].argmax())]
-        assert top["prob"] == pytest.approx(float(probs[i].max()), abs=1e-6)
+    files = [image_tree / f for f in split.files]
+    results = predict(ckpt, files, topk=len(cache.classes), device="cpu")
+    from_predict = torch.tensor([[next(t["prob"] for t in r["top"] if t["class"] == c) for c in cache.classes]
+                                 for r in results])
+    assert torch.equal(from_predict, from_eval.to(torch.float64))    # the same tensors, the same model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # the TorchScript and ONNX exporters' deprecation notes
+        path, meta = export_model(ckpt, fmt, tmp_path / f"model{SUFFIXES[fmt]}")
+        run, _ = load_exported(path)
+    assert meta["input"] == "pixels"
+    o = (SIZE - CROP) // 2
+    squares = np.stack([read_square(f, SIZE, 3) for f in files])
+    pixels = squares[:, o:o + CROP, o:o + CROP].transpose(0, 3, 1, 2).astype(np.float32)
+    from_export = torch.softmax(torch.from_numpy(run(pixels)), dim=1)
+    # Only the order of the network's floating-point sums may differ (docs/export.md): 0 to
+    # 2e-6 of the largest logit; a dropped scale or a mean cut at the wrong place moves them by far more.
+    torch.testing.assert_close(from_export, from_eval, rtol=0, atol=2e-5)
+    assert (from_export.argmax(1) == from_eval.argmax(1)).all()
 
 
 def test_one_source_name_rule():
@@ -129,7 +150,7 @@ def test_every_command_resolves_a_source_to_the_same_cache(image_tree, cache_and
     env = {"ALEXNET_CACHE": str(root)}
     proc = run_cli("eval", ckpt, "--data", image_tree, "--workers", "0", env=env)
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("features", ckpt, "--data", image_tree, "--out", tmp_path / "f.npy", "--quiet", env=env)
+    proc = run_cli("features", ckpt, "--data", image_tree, "-o", tmp_path / "f.npy", "--quiet", env=env)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in root.iterdir()) == [expected.name]
     assert (expected / "meta.json").stat().st_mtime_ns == stamp      # reused, never re-prepared

@@ -9,16 +9,20 @@ checkout's own editable install stays invisible there).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet.locations import preset_files
+from test_weights_torchvision import layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,3 +94,40 @@ def test_an_installed_preset_loads_from_package_data(installed, tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["cifar10", "32", "alexnet_small"]
+
+
+def test_an_installed_package_predicts_imported_torchvision_weights_with_ilsvrc_names(installed, tmp_path,
+                                                                                     shared_data):
+    """Far from ../shared, with no class list in the environment: imported torchvision weights name
+    their 1000 outputs from the package's own list. Weights zero but for the last bias, which ranks
+    the classes in an order the test chose, so the printed top 5 is known beforehand."""
+    venv, _ = installed
+    order = [207, 1, 999, 0, 430]       # golden retriever, goldfish, toilet tissue, tench, basketball
+    state = {k: torch.zeros(s) for k, s in layout()}
+    state["classifier.6.bias"][order] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    torch.save(state, tmp_path / "tv.pth")
+    with tarfile.open(shared_data / "imagenet-sample-500.tar") as tar:
+        member = next(m for m in tar if m.isfile() and m.name.endswith(".JPEG"))
+        (tmp_path / "photo.JPEG").write_bytes(tar.extractfile(member).read())
+    far = tmp_path / "far" / "away"
+    far.mkdir(parents=True)
+    proc = _run(venv, far, "import", "torchvision", str(tmp_path / "tv.pth"), "-o", "tv.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr
+    proc = _run(venv, far, "predict", "tv.safetensors", str(tmp_path / "photo.JPEG"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    top = json.loads(proc.stdout)[0]["top"]
+    wnids, names = zip(*[ln.split()[1:3] for ln in (shared_data / "imagenet-classes.txt").read_text().splitlines()], strict=True)
+    assert [t["class"] for t in top] == [wnids[i] for i in order]
+    assert [t["name"] for t in top] == [names[i].replace("_", " ") for i in order]
+
+
+def test_the_serve_page_ships_as_package_data(installed, tmp_path):
+    venv, _ = installed
+    code = ("from importlib import resources; import alexnet.serve.app as a; "
+            "print(str(a.__file__).count('site-packages'), 'id=\"top5\"' in "
+            "resources.files('alexnet.serve').joinpath('page.html').read_text())")
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1", "True"]

@@ -9,6 +9,7 @@ wherever it is), so a lazy import inside a function counts as much as one at the
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,16 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "alexnet"
 
 FLOORS: list[set[str]] = [
-    {"errors", "console", "signals", "runtime", "locations", "report"},   # basics: no alexnet imports
+    {"errors"},                                                     # the one user-error type
+    {"console", "signals", "runtime", "locations", "files"},        # basics
+    {"report", "options"},          # logs, tables, plots (atomic writes); one declaration per option, the one-line parser
     {"models"},
     {"data"},
     {"checkpoint"},
     {"fastpath", "weights"},   # weights: the importers (checkpoint, data, models below them)
     {"eval"},
     {"train"},
-    {"analysis", "perf", "export"},
+    {"analysis", "perf", "export", "serve"},
     {"entry"},      # cli.py, __main__.py and the package root's re-exports
 ]
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}
@@ -49,9 +52,10 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path) -> list[tuple[int, str, bool]]:
-    """(line, absolute alexnet module, inside a function) for every alexnet import in ``path``."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+def imported_modules(path: Path, source: str | None = None) -> list[tuple[int, str, bool]]:
+    """(line, absolute alexnet module, inside a function) for every alexnet import in ``path``
+    (its text, or ``source`` read as if it were that file)."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     inside: set[int] = set()
@@ -137,13 +141,16 @@ def test_no_import_cycles_between_modules():
             visit(m)
 
 
-def test_the_checker_sees_a_violation(tmp_path):
-    """The rule itself can fail: an upward import written in a file is reported."""
-    fake = SRC / "data" / "_layout_probe.py"
-    fake.write_text("def f():\n    from ..train import config\n")
-    try:
-        found = imported_modules(fake)
-        assert found == [(2, "alexnet.train", True)] or found == [(2, "alexnet.train.config", True)]
-        assert FLOOR_OF[unit_of(found[0][1])] > FLOOR_OF["data"]
-    finally:
-        fake.unlink()
+def test_the_checker_sees_a_violation():
+    """The rule itself can fail: an upward import written in a module of ``data`` is reported."""
+    found = imported_modules(SRC / "data" / "_layout_probe.py", source="def f():\n    from ..train import config\n")
+    assert found == [(2, "alexnet.train", True)] or found == [(2, "alexnet.train.config", True)]
+    assert FLOOR_OF[unit_of(found[0][1])] > FLOOR_OF["data"]
+
+
+def test_the_architecture_doc_shows_these_floors():
+    """docs/architecture.md's floor table is this file's FLOORS, floor for floor."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([a-z_, ]+) \|", doc, flags=re.M)
+    shown = {int(level): {u.strip() for u in units.split(",")} for level, units in rows}
+    assert shown == dict(enumerate(FLOORS)), "update the floor table in docs/architecture.md"

@@ -56,7 +56,8 @@ def sandbox(tmp_path):
             _script(bin_dir / "apt-get", f'echo "apt-get $*" >> {log}\n' + ("exit 1\n" if apt == "fail" else "exit 0\n"))
         if sudo:
             _script(bin_dir / "sudo", f'echo "sudo $*" >> {log}\n"$@"\n')
-        env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "ALEXNET_FASHION_MNIST": str(tmp_path / "absent")}
+        env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "ALEXNET_FASHION_MNIST": str(tmp_path / "absent"),
+               "ALEXNET_CHROMIUM": str(tmp_path / "absent" / "chromium")}
         proc = subprocess.run(["bash", f"scripts/{script}"], cwd=root, env=env, capture_output=True, text=True,
                               timeout=60)
         calls = log.read_text().splitlines() if log.exists() else []
@@ -72,6 +73,15 @@ def test_no_apt_get_setup_goes_on_and_says_what_to_install(sandbox):
     assert line.startswith("setup: cannot install dataset-fashion-mnist")
     assert "(no apt-get)" in line and "apt-get install dataset-fashion-mnist" in line
     assert calls == []
+
+
+def test_the_browser_of_the_page_test_is_installed_with_the_rest(sandbox):
+    proc, calls = sandbox("setup.sh", apt="ok")
+    assert proc.returncode == 0, proc.stderr
+    install = [c for c in calls if c.startswith("apt-get install")]
+    assert len(install) == 1 and install[0].split()[-1] == "chromium"
+    proc, calls = sandbox("setup.sh")
+    assert "chromium" in proc.stderr and "the browser test skips" in proc.stderr
 
 
 def test_not_root_without_sudo_never_calls_apt_get(sandbox):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alexnet.errors import UserError
 from alexnet.locations import preset_files
-from alexnet.train.config import Config, load_config, parse_override_value, parse_overrides, to_toml
+from alexnet.train.config import Config, key_table, load_config, parse_override_value, parse_overrides, to_toml
 from train_support import TINY, tiny_kwargs_arg
 
 PRESETS = ("fashion-mnist", "cifar10", "cifar10-ablations", "imagewoof", "paper-imagenet")
@@ -66,24 +68,25 @@ def test_dotted_overrides_are_typed():
     assert load_config("fashion-mnist", ["--model.kwargs.dropout", "0.0"]).model.kwargs["hidden"] == 512
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--optim.lrr", "0.1"], "unknown key 'optim.lrr'"),
-    (["--optimizer.lr", "0.1"], "unknown key 'optimizer'"),
-    (["--train.epochs", "ten"], "train.epochs must be an int, got str 'ten'"),
-    (["--train.epochs", "2.5"], "train.epochs must be an int"),
-    (["--data.flip", "3"], "data.flip must be a bool"),
-    (["--train.precision", "fp8"], "train.precision must be one of auto, fp32, bf16, fp16"),
-    (["--train.channels_last", "yes"], "train.channels_last must be one of true, false, auto; got 'yes'"),
-    (["--train.channels_last", "1"], "train.channels_last must be bool or str, got int 1"),
-    (["--lr", "0.1"], "unknown option --lr"),
-    (["--optim.lr"], "--optim.lr: missing value"),
-    (["0.1"], "unexpected argument '0.1'"),
-    (["--data.crop", "300"], "data.crop (300) is larger than data.size"),
+@pytest.mark.parametrize("args, fragments", [
+    (["--optim.lrr", "0.1"], ["optim.lrr", "unknown"]),
+    (["--optimizer.lr", "0.1"], ["optimizer", "unknown"]),
+    (["--train.epochs", "ten"], ["train.epochs", "'ten'", "integer"]),
+    (["--train.epochs", "2.5"], ["train.epochs", "2.5", "integer"]),
+    (["--data.flip", "3"], ["data.flip", "3", "true or false"]),
+    (["--train.precision", "fp8"], ["train.precision", "fp8", "auto, fp32, bf16, fp16"]),
+    (["--train.channels_last", "yes"], ["train.channels_last", "yes", "true, false, auto"]),
+    (["--train.channels_last", "1"], ["train.channels_last", "1", "true, false, auto"]),
+    (["--lr", "0.1"], ["--lr", "dotted"]),
+    (["--optim.lr"], ["--optim.lr", "missing value"]),
+    (["0.1"], ["'0.1'", "--section.key"]),
+    (["--data.crop", "300"], ["data.crop", "300", "256"]),
 ])
-def test_bad_settings_are_one_line_user_errors(args, message):
+def test_bad_settings_are_one_line_user_errors(args, fragments):
     with pytest.raises(UserError) as err:
         load_config("paper-imagenet", args)
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert all(f in str(err.value) for f in fragments), str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_bad_files(tmp_path):
@@ -111,3 +114,50 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
 
 def test_tiny_kwargs_is_valid_toml():
     assert parse_override_value(tiny_kwargs_arg()) == TINY
+
+
+def test_the_docs_table_of_settings_is_the_schema():
+    """docs/training.md lists every setting as declared: type, default, range, meaning. When this fails,
+    paste the table printed below between the markers."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    begin = text.index("<!-- settings:")
+    begin = text.index("\n", begin) + 1
+    table = text[begin:text.index("<!-- end of settings -->")]
+    assert table == key_table(), "docs/training.md's table of settings is stale; it should read:\n" + key_table()
+    assert "| `optim.lr` | a number | `0.01` | a finite number >= 0 |" in table
+
+
+def test_an_existing_cache_sets_the_size_and_bounds_the_crop(tmp_path):
+    """A cache given as data.cache is read at its own size; a crop larger than it is refused, naming
+    the cache; a data.size that contradicts it is refused."""
+    import json
+    cache = tmp_path / "pics-64"
+    cache.mkdir()
+    (cache / "meta.json").write_text(json.dumps({"size": 64, "complete": True}))
+    c = load_config("fashion-mnist", ["--data.cache", str(cache)])
+    assert (c.data.size, c.data.crop) == (64, 28) and c.label() == "pics-64"
+    with pytest.raises(UserError) as err:
+        load_config("paper-imagenet", ["--data.cache", str(cache)])           # crop 224 of 64 px images
+    assert "data.crop" in str(err.value) and str(cache) in str(err.value) and "64" in str(err.value)
+    with pytest.raises(UserError, match="data.size"):
+        load_config("fashion-mnist", ["--data.cache", str(cache), "--data.size", "28"])
+
+
+def test_a_run_is_named_after_its_data():
+    assert load_config("fashion-mnist").label() == "fashion-mnist"
+    assert load_config("cifar10", ["--data.source", "/x/my_photos/"]).label() == "my_photos"
+    assert load_config("cifar10", ["--data.name", "dogs"]).label() == "dogs"
+
+
+def test_suspicious_settings_warn_once(capsys, monkeypatch):
+    from alexnet import options
+    monkeypatch.setattr(options, "_WARNED", set())
+    load_config("fashion-mnist", ["--optim.lr", "0"])
+    load_config("fashion-mnist", ["--optim.lr", "0"])
+    assert capsys.readouterr().err.count("optim.lr = 0") == 1
+    load_config("fashion-mnist", ["--train.batch_size", "16"])
+    err = capsys.readouterr().err
+    assert "train.batch_size 16" in err and "128" in err and "--optim.lr 0.00625" in err
+    load_config("fashion-mnist", ["--train.batch_size", "32"])               # within 4x: fine
+    load_config("fashion-mnist", ["--train.batch_size", "16", "--optim.lr", "0.01"])   # the user chose the lr
+    assert capsys.readouterr().err == ""

@@ -1,5 +1,6 @@
 """The loop on real images: every preset takes real optimisation steps, a small subset is
-overfitted, a stall at chance is detected, and the precision/compile options run."""
+overfitted, a stall at chance is detected, the precision/compile options run, the host reads
+device values only at log points, and a mid-epoch resume seeks to its batch."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import tarfile
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
-from alexnet.data import prepare
+from alexnet.data import build_loader, prepare
 from alexnet.train import load_config, train
 from alexnet.train.distributed import DistContext
 from alexnet.train.trainer import Trainer
-from train_support import TINY, prepared_cache, tiny_kwargs_arg
+from train_support import prepared_cache, tiny_kwargs_arg
 
 
 SMALL = {"widths": [16, 32, 48, 48, 32], "hidden": 128}
@@ -188,3 +190,77 @@ def test_deterministic_kernels_on_request_and_the_process_restored(fmnist_cache,
     off = train("fashion-mnist", overrides=common + ["--run.name", "off"])
     assert on.summary["test"]["top1_err"] == off.summary["test"]["top1_err"]
     assert on.summary["test"]["loss"] == off.summary["test"]["loss"]
+
+
+# ----------------------------------------------------------------------------- no host sync per step
+
+class ScalarReads(TorchFunctionMode):
+    """Counts reads of tensor values into Python made in this thread (``item``, ``tolist``, ``bool``,
+    ``float``, ``int``, formatting): on a GPU each one waits for the queued work, so the loop may make
+    them only at log points. Independent of the loop's own bookkeeping (``Trainer.host_reads``)."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__format__"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_the_loop_reads_device_values_only_at_log_points(fmnist_cache, tmp_path, log_every):
+    """One epoch of 19 steps (600 images, batch 32): the host reads device values once per log point
+    (every log_every steps and the epoch's last) plus two fixed reads at the epoch end (the epoch's sums,
+    the checkpoint's finite-weights check), all through ``Trainer.host_read``. Counted independently of
+    that bookkeeping, the steps between two step records read nothing but the log point's one transfer.
+    The loader's host stage (its own CPU tensors) runs in a worker process, as on a GPU machine.
+    The per-step reads of earlier versions (a finite-loss flag each step, the progress bar's loss)
+    made both counts grow with the steps."""
+    steps = 19
+    config = load_config("fashion-mnist", [
+        "--data.cache", str(fmnist_cache), "--data.workers", "1", "--model.kwargs", tiny_kwargs_arg(),
+        "--train.epochs", "1", "--train.batch_size", "32", "--train.log_every", str(log_every),
+        "--run.out", str(tmp_path), "--run.name", "reads", "--run.progress", "false", "--run.plots", "false",
+        "--train.threads", "1"])
+    trainer = Trainer(config, DistContext(), None)
+    reads = ScalarReads()
+    at_step_records = []
+    trainer.subscribers.append(lambda kind, record: at_step_records.append(reads.count) if kind == "step" else None)
+    with reads:
+        result = trainer.run()
+    log_points = -(-steps // log_every)
+    loop = result.summary["loop"]
+    assert (loop["steps"], loop["host_reads"]) == (steps, log_points + 2)
+    assert len(at_step_records) == log_points
+    between = [b - a for a, b in zip(at_step_records[:-1], at_step_records[1:], strict=True)]
+    assert between == [1] * (log_points - 1), between
+
+
+# ----------------------------------------------------------------------------- a resume that seeks
+
+@pytest.mark.parametrize("data_path, workers", [("host", 0), ("host", 1), ("device", 0)])
+def test_a_loader_started_at_batch_k_yields_the_uninterrupted_batches_from_k(fmnist_cache, data_path, workers):
+    """``set_epoch(epoch, start_batch=k)``: the pass yields exactly batches k.. of the uninterrupted pass,
+    bit for bit (crops, flips, colour noise, labels, indices), without reading a batch before k; the next
+    ``set_epoch`` starts at batch 0 again."""
+    loader = build_loader(fmnist_cache, "train", batch_size=32, train=True, crop=24, seed=3, workers=workers,
+                          with_index=True, data_path=data_path)
+    epoch, k = 2, 15
+    loader.set_epoch(epoch)
+    whole = [tuple(t.clone() for t in batch) for batch in loader]
+    if workers == 0:                       # the batches the pass asks its reader for
+        asked, reader = [], loader.reader
+        loader.reader = lambda key: asked.append(key) or reader(key)
+    loader.set_epoch(epoch, start_batch=k)
+    tail = [tuple(t.clone() for t in batch) for batch in loader]
+    assert len(whole) == 19 and len(tail) == len(whole) - k
+    for expected, got in zip(whole[k:], tail, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    if workers == 0:
+        assert asked == [(epoch, b) for b in range(k, len(whole))]
+    loader.set_epoch(epoch + 1)
+    assert len(list(loader)) == len(whole)

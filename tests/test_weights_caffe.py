@@ -18,7 +18,7 @@ import torch
 from alexnet.checkpoint import load_checkpoint
 from alexnet.eval.predict import read_square
 from alexnet.models import build_model
-from alexnet.weights import load_pretrained
+from alexnet.weights import create_model
 from alexnet.weights.caffe import import_caffe
 
 
@@ -187,7 +187,8 @@ def test_current_layout_bvlc_alexnet_with_mean_file(tmp_path, real_image, cli):
     proc = cli("import", "caffe", path, "--mean", mean_file, "-o", ckpt)
     assert proc.returncode == 0, proc.stderr
 
-    imported, preprocess = load_pretrained(ckpt)
+    imported = create_model(weights=ckpt)
+    preprocess = imported.preprocess
     meta = load_checkpoint(ckpt).meta
     assert meta["model"]["name"] == "alexnet"
     assert meta["model"]["kwargs"] == {"conv1": [11, 4, 0], "lrn_k": 1.0, "lrn_alpha": 1e-4, "lrn_convention": "average"}
@@ -213,7 +214,8 @@ def test_v1_layout_caffenet_without_mean_file(tmp_path, real_image):
     path = tmp_path / "caffenet.caffemodel"
     path.write_bytes(caffemodel(weights, norm_first=False, v1=True, legacy=True))
     ckpt = import_caffe(path, tmp_path / "caffenet.safetensors")
-    imported, preprocess = load_pretrained(ckpt)
+    imported = create_model(weights=ckpt)
+    preprocess = imported.preprocess
     meta = load_checkpoint(ckpt).meta
     assert meta["model"]["name"] == "caffenet" and meta["model"]["num_classes"] == 10
     assert imported.classes == [str(i) for i in range(10)]

@@ -1,16 +1,20 @@
-"""ILSVRC-2012 class names (read at run time, never shipped) and load_pretrained."""
+"""ILSVRC-2012 class names (shipped as package data; a list of one's own by environment variable) and create_model(weights=...)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import alexnet.data
+
 from alexnet.data.preprocess import InputSpec, to_network_input
 from alexnet.errors import UserError
 from alexnet.eval.predict import read_square
-from alexnet.weights import ilsvrc_classes, load_pretrained, readable_names
-from alexnet.data.classnames import ENV_CLASSES
+from alexnet.weights import create_model, ilsvrc_classes, readable_names
+from alexnet.data.classnames import ENV_CLASSES, PACKAGE_LIST
 
 
 def write_list(path, n=1000, start=0):
@@ -24,21 +28,30 @@ def test_list_from_the_environment_variable_first(tmp_path, monkeypatch):
     assert len(wnids) == 1000 and wnids[207] == "n20000207" and names[207] == "class 207 name"
 
 
-def test_no_list_anywhere_gives_none_and_importers_name_by_index(tmp_path, monkeypatch, cli):
+def test_without_a_list_of_ones_own_the_package_names_the_imported_classes(tmp_path, monkeypatch, cli):
+    """No environment variable and no ../shared: the list shipped with the package names the
+    1000 outputs of imported torchvision weights, with no warning."""
     monkeypatch.delenv(ENV_CLASSES, raising=False)
     monkeypatch.setenv("ALEXNET_SHARED", str(tmp_path / "empty"))
-    assert ilsvrc_classes() is None
-    assert readable_names(["n02099601", "n02099712"]) == ["n02099601", "n02099712"]
+    wnids, names = ilsvrc_classes()
+    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    assert (wnids[0], names[0]) == ("n01440764", "tench") and (wnids[207], names[207]) == ("n02099601", "golden retriever")
+    assert readable_names(["n02099601", "n02099712"]) == ["golden retriever", "Labrador retriever"]
     from test_weights_torchvision import layout
     pth = tmp_path / "tv.pth"
     torch.save({k: torch.zeros(s) for k, s in layout()}, pth)
     ckpt = tmp_path / "tv.safetensors"
-    proc = cli("import", "torchvision", pth, "-o", ckpt)
+    proc = cli("import", "torchvision", pth, "-o", ckpt, env={"ALEXNET_SHARED": str(tmp_path / "empty")})
     assert proc.returncode == 0, proc.stderr
-    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "no ILSVRC-2012 class list" in warnings[0] and "named by their index" in warnings[0]
-    model, _ = load_pretrained(ckpt)
-    assert model.classes[:3] == ["0", "1", "2"] and model.class_names[999] == "999"
+    assert "warning" not in proc.stderr
+    model = create_model(weights=ckpt)
+    assert model.classes[:2] == ["n01440764", "n01443537"] and model.class_names[999] == "toilet tissue"
+
+
+def test_the_shipped_list_is_the_one_beside_the_checkout(shared_data):
+    """The package data is generated from ../shared/data/imagenet-classes.txt: the same 1000 lines."""
+    shipped = (Path(alexnet.data.__file__).parent / PACKAGE_LIST).read_text().splitlines()
+    assert [ln for ln in shipped if not ln.startswith("#")] == (shared_data / "imagenet-classes.txt").read_text().splitlines()
 
 
 def test_malformed_lists_are_one_line(tmp_path, monkeypatch):
@@ -72,7 +85,7 @@ def test_the_real_list_beside_the_checkout(shared_data, monkeypatch):
     assert readable_names(["n01440764"]) == ["tench"]
 
 
-def test_load_pretrained_three_lines_and_preprocess_inputs(tmp_path, shared_data, monkeypatch):
+def test_create_model_three_lines_and_preprocess_inputs(tmp_path, shared_data, monkeypatch):
     import tarfile
     from alexnet.checkpoint import save_model
     from alexnet.models import build_model
@@ -88,7 +101,8 @@ def test_load_pretrained_three_lines_and_preprocess_inputs(tmp_path, shared_data
     ckpt = save_model(tmp_path / "small.safetensors", model, name="alexnet_small", num_classes=3, in_channels=3,
                       classes=["n20000000", "n20000001", "n20000002"], input_spec=spec)
 
-    model, preprocess = load_pretrained(ckpt)
+    model = create_model(weights=ckpt)
+    preprocess = model.preprocess
     probs = model(preprocess([photo])).softmax(1)
     name = model.class_names[int(probs.argmax())]
 
@@ -102,27 +116,29 @@ def test_load_pretrained_three_lines_and_preprocess_inputs(tmp_path, shared_data
         preprocess([tmp_path / "missing.jpg"])
 
 
-def test_build_model_with_weights_is_the_checkpoints_model(tmp_path):
-    """`build_model(name, weights=CKPT)`: the same logits as the saved model; a wrong name, class
+def test_create_model_with_weights_is_the_checkpoints_model(tmp_path):
+    """`create_model(name, weights=CKPT)`: the same logits as the saved model; a wrong name, class
     count or options beside the weights are one-line errors, never ignored."""
-    from alexnet import build_model
+    from alexnet import create_model
     from alexnet.checkpoint import save_model
+    from alexnet.models import build_model
 
     torch.manual_seed(3)
     source = build_model("alexnet_small", num_classes=7, widths=[8, 16, 24, 24, 16], hidden=32).eval()
     spec = InputSpec(size=32, crop=28, channels=3, mean="none")
     ckpt = save_model(tmp_path / "m.safetensors", source, name="alexnet_small", num_classes=7, in_channels=3,
                       kwargs={"widths": [8, 16, 24, 24, 16], "hidden": 32}, classes=list("abcdefg"), input_spec=spec)
-    model = build_model("alexnet_small", weights=ckpt)
+    model = create_model("alexnet_small", weights=ckpt)
+    assert torch.equal(create_model(weights=ckpt)(x := torch.zeros(1, 3, 28, 28)), model(x))   # the name may go
     x = to_network_input(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), spec)
     with torch.no_grad():
         assert torch.equal(model(x), source(x))
     assert model.classes == list("abcdefg") and model.preprocess.spec.crop == 28
-    with pytest.raises(UserError, match="holds a alexnet_small model, not alexnet_owt"):
-        build_model("alexnet_owt", weights=ckpt)
-    with pytest.raises(UserError, match="num_classes is 7 in the checkpoint, not 10"):
-        build_model("alexnet_small", num_classes=10, weights=ckpt)
-    with pytest.raises(UserError, match="drop lrn"):
-        build_model("alexnet_small", weights=ckpt, lrn=False)
-    untrained = build_model("alexnet_small", num_classes=7)      # without weights: the registry's builder
+    with pytest.raises(UserError, match="alexnet_small.*alexnet_owt"):
+        create_model("alexnet_owt", weights=ckpt)
+    with pytest.raises(UserError, match="num_classes.*7.*10"):
+        create_model("alexnet_small", num_classes=10, weights=ckpt)
+    with pytest.raises(UserError, match="lrn"):
+        create_model("alexnet_small", weights=ckpt, lrn=False)
+    untrained = create_model("alexnet_small", num_classes=7)      # without weights: the registry's builder
     assert not hasattr(untrained, "checkpoint_info")

@@ -12,9 +12,8 @@ Integrity. The metadata carries a SHA-256 over the JSON document and every tenso
 bytes in name order; :func:`load_checkpoint` recomputes it and rejects a file that
 does not match (a torn copy, a flipped bit) with one line.
 
-Atomicity. :func:`save_checkpoint` writes ``NAME.tmp-PID`` in the same folder, fsyncs
-it, renames it over ``NAME`` (``os.replace`` is atomic on POSIX) and fsyncs the folder.
-A crash at any moment leaves either the previous complete file or the new complete
+Atomicity. :func:`save_checkpoint` writes by :mod:`alexnet.files`' one rule (``NAME.tmp-PID``
+beside it, fsync, ``os.replace``, fsync of the folder). A crash at any moment leaves either the previous complete file or the new complete
 file, never a mixture; stray ``.tmp-*`` files are ignored (and removed by the next save).
 """
 
@@ -40,7 +39,9 @@ from . import locations
 from .data.classnames import readable_names
 from .data.preprocess import InputSpec
 from .errors import UserError
+from .files import atomic_write_with
 from .models import build_model
+from .options import checkpoint_problem
 
 FORMAT = "alexnet-checkpoint/1"
 
@@ -154,24 +155,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module | dict, meta: d
     meta_json = json.dumps(meta, sort_keys=True)
     header = {"alexnet": meta_json, "sha256": _digest(meta_json, tensors)}
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-        safetensors_torch.save_file(tensors, str(tmp), metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())          # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)              # ... and the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
-    except (OSError, SafetensorError) as exc:   # full disk, quota, read-only folder...
-        tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "strerror", None) or str(exc).rsplit(": ", 1)[-1]
-        raise UserError(f"{path}: cannot write checkpoint ({reason})") from None
+    atomic_write_with(path, lambda tmp: safetensors_torch.save_file(tensors, str(tmp), metadata=header),
+                      what="checkpoint", errors=(SafetensorError,))
     return path
 
 
@@ -206,6 +191,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise UserError(f"{path}: folder holds no checkpoint (last.safetensors / best.safetensors)")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    foreign = checkpoint_problem(path)      # a .pth or .caffemodel: say how to import it
+    if foreign:
+        raise UserError(foreign)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -220,6 +208,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
     return Checkpoint(path, meta, tensors)
+
+
+def read_meta(path: str | os.PathLike) -> dict | None:
+    """A checkpoint file's JSON metadata (status, epoch, step, ...) from its header alone: no tensor is
+    read and nothing is verified, so it costs the same for any model size (what a listing of runs
+    needs). None for a missing, unreadable or foreign file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header["alexnet"])
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError):
+        return None
 
 
 def check_compatible(ckpt: Checkpoint, name: str, num_classes: int, in_channels: int) -> None:
@@ -272,7 +272,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     arguments), ``classes``, ``class_names``, ``input_spec`` (the
     :class:`~alexnet.data.preprocess.InputSpec` it was trained with), ``input_size``
     (crop), ``cache_size`` (the stored side S), ``mean`` (mean mode), ``stats`` (numpy
-    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from).
+    arrays), ``epoch``, ``step``, ``path``, ``source`` (where imported weights came from),
+    ``not_loaded`` (layers an imported partial checkpoint holds at their initialisation).
     """
     ckpt = load_checkpoint(path)
     m = ckpt.meta["model"]
@@ -293,6 +294,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         "stats": stats,
         "input_spec": InputSpec.from_checkpoint({"channels": m["in_channels"], **data}, stats) if data.get("size") and data.get("crop") else None,
         "source": ckpt.meta.get("source"),
+        "not_loaded": list(ckpt.meta.get("not_loaded") or []),   # layers an importer left at their initialisation
         "epoch": ckpt.meta.get("epoch"), "step": ckpt.meta.get("step"),
         "code_version": ckpt.meta.get("code_version"),
     }

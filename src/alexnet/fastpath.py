@@ -21,30 +21,16 @@ native: on CUDA devices that support it, and on CPUs with AVX512_BF16 or AMX (re
 the ``/proc/cpuinfo`` flags on Linux); float32 elsewhere. On a CPU without native bfloat16
 (AVX2 only) oneDNN emulates it and a training step is 10-30x slower than in float32.
 
-``channels_last = "auto"`` decides per device type, from this measurement (one SGD step
-of the model, median of 8 after 2 warm-up steps, best of 2 runs, one thread,
-``OMP_NUM_THREADS=1``; 2026-12-01, 2-core AMD EPYC Zen 4 with AVX-512 BF16, torch 2.13;
-the machine is shared, so read the ratios, not the absolute rates):
-
-==========================================  =======  ==============  ========  ===============
-training step, images/s                     float32  float32 + NHWC  bfloat16  bfloat16 + NHWC
-==========================================  =======  ==============  ========  ===============
-alexnet_small (fashion-mnist), 28 px, b128    542.7           580.1     648.3            809.5
-alexnet (the paper's), 224 px, batch 16         7.8            11.8      19.7             21.6
-==========================================  =======  ==============  ========  ===============
-
-Channels-last (NHWC) is faster in both precisions on this CPU, and on an AVX2-only CPU it
-measured within +-10% of NCHW per layer (docs/performance.md), so "auto" means on for
-CPUs and for CUDA devices (tensor cores read NHWC), off for other device types.
-The optimiser step is fused where PyTorch has a fused SGD for the device
-(:func:`fused_sgd`: CPU and CUDA in current releases): one pass over each parameter
-instead of the three or four of the per-tensor loop (weight decay, momentum, update),
-with the same numbers to float32 rounding (it forms ``grad + decay * w`` in one
-multiply-add, so a last bit may differ; tests/test_fastpath.py). For the paper's 61 M
-parameters it took the optimiser step from 86 ms to 32 ms on one thread (2026-12-01,
-Zen 4), about 6% of the default training step at batch 32.
-``torch.compile`` stays opt-in: on a 2-core CPU it compiled for 90-120 s and ran slower
-than eager; when compilation fails the model runs eagerly with a one-line warning.
+``channels_last = "auto"`` is on for CPUs and for CUDA devices (tensor cores read NHWC),
+off for other device types: channels-last measured faster in both precisions on the CPUs
+we have timed, and within +-10% of NCHW per layer on an AVX2-only one (the figures, with
+their machines and dates: docs/performance.md). The optimiser step is fused where PyTorch
+has a fused SGD for the device (:func:`fused_sgd`: CPU and CUDA in current releases): one
+pass over each parameter instead of the three or four of the per-tensor loop (weight
+decay, momentum, update), with the same numbers to float32 rounding (it forms
+``grad + decay * w`` in one multiply-add, so a last bit may differ; tests/test_fastpath.py).
+``torch.compile`` stays opt-in (on a 2-core CPU it compiled for minutes and ran slower than
+eager: docs/performance.md); when compilation fails the model runs eagerly with a one-line warning.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ Only rank 0 of a distributed run writes (the training loop guarantees it).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from .files import atomic_write
 
 
 def _clean(value: Any) -> Any:
@@ -70,9 +73,7 @@ def truncate_jsonl(path: str | os.PathLike, keep: callable) -> None:
     """Rewrite a log keeping only records for which ``keep(record)`` holds (used on resume)."""
     path = Path(path)
     records = [r for r in read_jsonl(path) if keep(r)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records), what="log")
 
 
 def write_csv(path: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -80,18 +81,16 @@ def write_csv(path: str | os.PathLike, records: Iterable[dict]) -> None:
     keys: list[str] = []
     for r in records:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    atomic_write(path, text.getvalue(), what="table")
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_clean(data), indent=2) + "\n", what="JSON file")
 
 
 def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "", steps: list[dict] | None = None) -> Path:

@@ -8,20 +8,16 @@ The memory allocator
 --------------------
 A training step allocates and frees tensors of 10-150 MB every iteration. glibc's
 malloc serves those with fresh ``mmap`` s and returns them on ``free``, so every
-step page-faults its whole working set again: measured here, a fresh 18 MB
-``torch.mul`` costs 16 ms against 2.5 ms into an existing buffer, and the plain
-paper network spends a large part of its step in the kernel (docs/performance.md).
-The allocator can only be swapped before the process starts, so
-:func:`configure_process` re-executes the process once:
+step page-faults its whole working set again. jemalloc (``LD_PRELOAD``, Debian package
+``libjemalloc2``) configured to keep freed pages (``dirty_decay_ms:-1,muzzy_decay_ms:-1``)
+reuses that memory without page faults; resident memory stays at the peak the process
+reached. ``alexnet bench --only memory`` times the training step under both, side by
+side (docs/performance.md has the figures: jemalloc pays; glibc's tunables, which this
+module once fell back to, did not, and were dropped). The allocator can only be swapped
+before the process starts, so :func:`configure_process` re-executes the process once
+with jemalloc preloaded when it is installed, and leaves it as it is otherwise.
 
-* with jemalloc (``LD_PRELOAD``, Debian package ``libjemalloc2``) configured to keep
-  freed pages (``dirty_decay_ms:-1,muzzy_decay_ms:-1``): memory is reused without
-  page faults; resident memory stays at the peak the process reached;
-* or, when jemalloc is not installed, with glibc tunables (transparent huge pages,
-  the largest mmap threshold glibc accepts, no trimming), which removes most of
-  the cost for tensors below 32 MB.
-
-Opt out with ``ALEXNET_ALLOCATOR=system`` (``jemalloc`` / ``glibc`` force one). The
+Opt out with ``ALEXNET_ALLOCATOR=system`` (``jemalloc`` forces the attempt). The
 re-exec happens only when the process really is the ``alexnet`` program (not when
 ``alexnet.cli.main`` is called from Python), at most once (``ALEXNET_RUNTIME`` marks
 the child), and never on platforms other than Linux.
@@ -41,7 +37,7 @@ import platform
 import sys
 from pathlib import Path
 
-ENV_ALLOCATOR = "ALEXNET_ALLOCATOR"     # auto (default) | jemalloc | glibc | system
+ENV_ALLOCATOR = "ALEXNET_ALLOCATOR"     # auto (default) | jemalloc | system
 ENV_MARKER = "ALEXNET_RUNTIME"          # set in the re-executed child: what was applied
 
 JEMALLOC_CANDIDATES = (
@@ -53,9 +49,6 @@ JEMALLOC_CANDIDATES = (
 )
 # Keep freed pages for reuse (no purging): no page faults in the steady state.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-# glibc: THP for large blocks, the maximum mmap threshold (32 MiB on 64-bit), never trim.
-GLIBC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
-                  "glibc.malloc.trim_threshold=68719476736")
 
 _configured = False
 
@@ -72,27 +65,24 @@ def find_jemalloc() -> str | None:
 def allocator_environment(choice: str = "auto", environ: dict | None = None) -> tuple[str, dict[str, str]]:
     """The allocator to use and the environment variables that select it.
 
-    Returns ``(name, changes)`` where name is "jemalloc", "glibc" or "system";
-    ``changes`` is empty for "system". Pure: it reads ``environ``, never writes it.
+    Returns ``(name, changes)`` where name is "jemalloc" or "system" ("auto" and "jemalloc"
+    give "system" where jemalloc is not installed); ``changes`` is empty for "system" and
+    when jemalloc is already preloaded. Pure: it reads ``environ``, never writes it.
     """
     environ = os.environ if environ is None else environ
-    if choice not in ("auto", "jemalloc", "glibc", "system"):
-        raise ValueError(f"{ENV_ALLOCATOR} must be auto, jemalloc, glibc or system, got {choice!r}")
-    if choice == "system" or not sys.platform.startswith("linux"):
+    if choice not in ("auto", "jemalloc", "system"):
+        raise ValueError(f"{ENV_ALLOCATOR} must be auto, jemalloc or system, got {choice!r}")
+    lib = find_jemalloc()
+    if choice == "system" or lib is None or not sys.platform.startswith("linux"):
         return "system", {}
-    if choice in ("auto", "jemalloc"):
-        lib = find_jemalloc()
-        if lib is not None:
-            preload = environ.get("LD_PRELOAD", "")
-            if "jemalloc" in preload:
-                return "jemalloc", {}
-            conf = environ.get("MALLOC_CONF")
-            return "jemalloc", {
-                "LD_PRELOAD": f"{lib}:{preload}" if preload else lib,
-                "MALLOC_CONF": f"{JEMALLOC_CONF},{conf}" if conf else JEMALLOC_CONF,
-            }
-    existing = environ.get("GLIBC_TUNABLES")
-    return "glibc", {"GLIBC_TUNABLES": f"{GLIBC_TUNABLES}:{existing}" if existing else GLIBC_TUNABLES}
+    preload = environ.get("LD_PRELOAD", "")
+    if "jemalloc" in preload:
+        return "jemalloc", {}
+    conf = environ.get("MALLOC_CONF")
+    return "jemalloc", {
+        "LD_PRELOAD": f"{lib}:{preload}" if preload else lib,
+        "MALLOC_CONF": f"{JEMALLOC_CONF},{conf}" if conf else JEMALLOC_CONF,
+    }
 
 
 def _started_as_alexnet_program() -> bool:
@@ -149,7 +139,7 @@ def configure_process(reexec: bool = True) -> dict[str, str]:
 
 
 def active_allocator() -> str:
-    """Which allocator this process runs with: "jemalloc", "glibc" (tuned) or "system"."""
+    """Which allocator this process runs with: "jemalloc" or "system"."""
     if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
         try:
             with open("/proc/self/maps") as maps:
@@ -157,8 +147,6 @@ def active_allocator() -> str:
                     return "jemalloc"
         except OSError:
             return "jemalloc"
-    if "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""):
-        return "glibc"
     return "system"
 
 

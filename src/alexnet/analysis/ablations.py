@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..data import open_cache
 from ..errors import UserError
+from ..files import atomic_write
 from ..report import write_csv, write_json
 from ..train import train
 from ..train.config import load_config
@@ -124,12 +125,22 @@ def _fingerprint(config) -> dict:
     return json.loads(json.dumps(d))
 
 
-def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: str, model: str | None,
-            quiet: bool, device: str = "") -> dict:
-    """Train (or re-use, or resume) one (arm, seed) run; return its summary."""
+def _under(base: dict, top: dict) -> dict:
+    """``top`` merged over ``base``, table by table."""
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _under(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
 
-    base = load_config(preset)
-    overrides = arm_overrides(arm, seed, budget, cache, base.data.crop)
+
+def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: str, model: str | None,
+            quiet: bool, device: str = "", settings: dict | None = None) -> dict:
+    """Train (or re-use, or resume) one (arm, seed) run; return its summary. ``settings``: nested
+    config overrides for every arm, under the budget and the arm's own switch."""
+
+    base = load_config(preset, settings or None)
+    overrides = _under(settings or {}, arm_overrides(arm, seed, budget, cache, base.data.crop))
     if model:
         overrides["model"]["name"] = model
     overrides["run"] = {"out": str(out / "runs"), "name": f"{arm.name}-s{seed}", "progress": not quiet}
@@ -147,10 +158,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: st
                 return summary
         if (run_dir / "last.safetensors").is_file():
             return train(resume=run_dir, overrides={"run": {"progress": not quiet}}).summary
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(want, indent=1))
-    os.replace(tmp, stamp)
+    atomic_write(stamp, json.dumps(want, indent=1), what="the run's settings")
     result = train(config)
     if result.interrupted:
         raise KeyboardInterrupt
@@ -224,8 +232,9 @@ def plot_ablations(rows: list[dict], out: Path, title: str) -> None:
 
 def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms: list[str] | None = None,
                   seeds: int = 2, budget: Budget | None = None, preset: str = "cifar10-ablations", model: str | None = None,
-                  device: str = "", quiet: bool = False) -> dict:
-    """Every requested arm x seed (re-using finished runs), then the tables and the plot in ``out``."""
+                  device: str = "", quiet: bool = False, settings: dict | None = None) -> dict:
+    """Every requested arm x seed (re-using finished runs), then the tables and the plot in ``out``.
+    ``settings``: nested config overrides that every arm gets (the arms' own switches win)."""
 
     budget = budget or Budget()
     cache = open_cache(cache_path)
@@ -247,7 +256,8 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
             done += 1
             if not quiet:
                 print(f"ablations: [{done}/{total}] {arm.name} seed {seed}", file=sys.stderr, flush=True)
-            s = run_arm(arm, seed, budget, cache, out, preset=preset, model=model, quiet=quiet, device=device)
+            s = run_arm(arm, seed, budget, cache, out, preset=preset, model=model, quiet=quiet, device=device,
+                        settings=settings)
             test = s.get("test") or {}
             runs.append({"arm": arm.name, "seed": seed, "top1_err": test.get("top1_err"), "top5_err": test.get("top5_err"),
                          "views": test.get("views"), "split": test.get("split"), "epochs_done": s.get("epochs_done"),
@@ -265,6 +275,7 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
     write_csv(files["runs_csv"], runs)
     files["md"].write_text(markdown_table(rows, "# " + header), encoding="utf-8")
     write_json(files["json"], {"budget": budget.__dict__, "seeds": seeds, "preset": preset, "model": model,
+                               **({"settings": settings} if settings else {}),
                                "cache": str(cache.path), "rows": rows, "runs": runs})
     plot_ablations(rows, files["png"], "Ablations (one change at a time)")
     if budget.val_every == 1:

@@ -28,6 +28,7 @@ from ..data import open_cache
 from ..data.resolve import ensure_prepared
 from ..data.preprocess import InputSpec, input_spec_of, read_square, to_network_input
 from ..errors import UserError
+from ..files import atomic_write, atomic_write_with
 from ..runtime import default_device
 
 
@@ -84,21 +85,17 @@ def extract_features(checkpoint: str | os.PathLike, cache_path: str | os.PathLik
     out = Path(out)
     if out.suffix != ".npy":
         raise UserError(f"{out}: features are written as .npy; give a name ending in .npy")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial.npy")
+    def write_to(tmp: Path) -> None:   # filled in place, batch by batch, then renamed
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         embed_batches(model, spec, images[:n] if isinstance(images, np.ndarray) else _Head(images, n),
                       batch_size, device, out=array, progress=progress, desc=f"fc7 {split}")
         array.flush()
         del array
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write features ({exc.strerror or exc})") from None
+    atomic_write_with(out, write_to, what="features")
     meta = {"checkpoint": str(Path(info["path"]).resolve()), "model": info["name"], "cache": str(Path(cache_path).resolve()),
             "split": split, "count": n, "dim": dim, "dtype": "float32", "crop": spec.crop,
             "mean": spec.mean, "epoch": info.get("epoch"), "step": info.get("step")}
-    sidecar_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write(sidecar_path(out), json.dumps(meta, indent=2) + "\n", what="the features' description")
     return {**meta, "path": str(out)}
 
 

@@ -16,8 +16,8 @@ Krizhevsky et al. 2012, Section 4.1:
   i.e. ``I_xy += [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` -> :func:`pca_offsets`.
 * Section 2: "subtracting the mean activity over the training set from each pixel":
   the mean *image*, cropped at the same offsets and flipped like the batch
-  (``mean="image"``); ``mean="channel"`` subtracts the per-channel mean instead
-  (common practice, and what a mean image of a different size would force).
+  (:class:`MeanCropper`); the arithmetic that applies it, with the colour offsets and the
+  input scale, is :class:`alexnet.data.preprocess.InputTransform`.
 
 Pixel scale of the PCA noise. The cache stores 0..255 values, and its ``eigval`` are
 eigenvalues of the covariance of those values (0..255^2 units). The paper's formula adds
@@ -72,6 +72,21 @@ def ten_view_params(n: int, size: int, crop: int):
     return top.repeat(n), left.repeat(n), flips.repeat(n)
 
 
+def view_params(n: int, size: int, crop: int, views: str = "center"):
+    """(top, left, flips, source) of the centre crop or the paper's ten views of ``n`` images.
+
+    ``source`` maps each output row to its image (None for the centre crop: row i is image i;
+    for the ten views rows i*10 .. i*10+9 are image i's).
+    """
+    if views == "ten":
+        top, left, flips = ten_view_params(n, size, crop)
+        return top, left, flips, torch.arange(n).repeat_interleave(10)
+    if views != "center":
+        raise ValueError(f"views {views!r}: 'center' or 'ten'")
+    top, left, flips = center_params(n, size, crop)
+    return top, left, flips, None
+
+
 def _crop_index(top: torch.Tensor, left: torch.Tensor, flips: torch.Tensor, crop: int):
     """Row (B,crop,1) and column (B,1,crop) indices; a mirrored crop reads its columns backwards."""
     steps = torch.arange(crop, device=top.device)
@@ -86,8 +101,8 @@ def gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, fl
 
     ``source`` maps output rows to input images (the 10 views read each image ten
     times); default: row i reads image i. One advanced-indexing op for the batch, on any
-    device. The loader uses the faster :func:`crop_batch`; this is its plain reference
-    (tests check the two agree exactly).
+    device: the device loader and :func:`alexnet.data.preprocess.to_network_input` use it;
+    the host loader uses the faster :func:`crop_batch` (tests check the two agree exactly).
     """
     rows, cols = _crop_index(top.to(images.device), left.to(images.device), flips.to(images.device), crop)
     if source is None:
@@ -98,7 +113,7 @@ def gather_crops(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, fl
 def crop_mean_image(mean_image: torch.Tensor, top, left, flips, crop: int) -> torch.Tensor:
     """The mean image (S,S,C) cut at each batch row's offsets and flips: (B, crop, crop, C).
 
-    Plain reference for :class:`MeanCropper` (what the loader uses).
+    Plain reference for :class:`MeanCropper` (what every input path uses; tests compare the two).
     """
     rows, cols = _crop_index(top.to(mean_image.device), left.to(mean_image.device), flips.to(mean_image.device), crop)
     return mean_image[rows, cols]
@@ -184,32 +199,3 @@ def pca_offsets(alpha: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor)
     alpha (B,C) ~ N(0, std); eigval (C,) in 0..255^2 units; eigvec (C,C), columns = p_i.
     """
     return ((alpha * (eigval / 255.0))[:, :, None] * eigvec.T[None]).sum(dim=1)  # (no BLAS call for a 3x3)
-
-
-def to_network_input(crops: torch.Tensor, *, mean_crops: torch.Tensor | None = None,
-                     channel_mean: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-                     scale: torch.Tensor | None = None, channels_last: bool = False,
-                     out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 NCHW crops -> float32 NCHW: minus the mean (crops of the mean image, or the
-    channel mean), plus the per-image colour offsets (B, C), times the per-channel ``scale`` (C,).
-
-    One float conversion for the whole batch (``out.copy_``), then in-place arithmetic:
-    on CPU this is several times faster than a mixed uint8 - float32 op, and writing into
-    a reused ``out`` avoids page-faulting a fresh 77 MB tensor for every batch.
-    """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if out is None:
-        out = torch.empty(crops.shape, dtype=torch.float32, device=crops.device, memory_format=fmt)
-    out.copy_(crops)
-    if mean_crops is not None:
-        out.sub_(mean_crops)
-        if offsets is not None:
-            out.add_(offsets[:, :, None, None])
-    elif channel_mean is not None:   # the colour offsets fold into the channel mean: one pass
-        shift = channel_mean.expand(len(crops), -1) if offsets is None else channel_mean - offsets
-        out.sub_(shift[:, :, None, None])
-    elif offsets is not None:
-        out.add_(offsets[:, :, None, None])
-    if scale is not None:
-        out.mul_(scale.view(1, -1, 1, 1))
-    return out

@@ -11,7 +11,7 @@ Layout of a cache directory (written by :func:`alexnet.data.prepare`)::
                               (memory-mapped: workers share the page cache, nothing is copied)
       <split>.jpeg.bin        storage "jpeg": the images re-encoded as JPEG, concatenated ...
       <split>.jpeg.index.npy  ... with (N, 2) int64 [offset, length] rows
-      <split>.labels.npy      N int64 class indices
+      <split>.labels.npy      N int64 class indices (-1 in a split meta.json marks "labelled": false)
       <split>.files.txt       N source names, one per line (for predictions and error reports)
       skipped.csv             path,reason: every bad file left out (with --skip-bad)
       ignored.csv             path,reason: stray and non-image files that were not images
@@ -140,6 +140,11 @@ class JpegImages:
             self._data = np.memmap(self.bin_path, dtype=np.uint8, mode="r") if os.path.getsize(self.bin_path) else np.zeros(0, np.uint8)
         return self._data
 
+    def encoded(self, rows) -> list[np.ndarray]:
+        """The JPEG bytes of images ``rows`` (views of the memory-mapped file)."""
+        data = self._bytes()
+        return [data[o: o + n] for o, n in self.index[np.asarray(rows, dtype=np.int64)]]
+
     def decode_one(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         offset, length = self.index[i]
         a = decode_jpeg(self._bytes()[offset: offset + length].tobytes(), self.channels)
@@ -172,6 +177,16 @@ class _IndexedImages:
 
     def __getitem__(self, key):
         return self.base[self.index[key]]
+
+
+def storage_rows(images, rows) -> tuple[object, np.ndarray]:
+    """(the memmap or :class:`JpegImages` under a split's ``images``, ``rows`` as row numbers in it),
+    through any subset views: for readers that fetch whole rows from the storage itself."""
+    rows = np.asarray(rows, dtype=np.int64)
+    while isinstance(images, _IndexedImages):
+        rows = np.asarray(images.index, dtype=np.int64)[rows]
+        images = images.base
+    return images, rows
 
 
 @dataclass
@@ -212,6 +227,10 @@ class Cache:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def labelled(self, name: str) -> bool:
+        """False for a split without labels (the ILSVRC test set; its labels are all -1)."""
+        return self.meta["splits"][name].get("labelled", True)
+
     def split(self, name: str) -> Split:
         if name not in self.meta["splits"]:
             raise UserError(f"{self.path}: no split '{name}' (this cache has: {', '.join(self.splits)})")
@@ -228,7 +247,11 @@ class Cache:
         if labels.dtype.kind not in "iu":
             raise UserError(f"{os.path.join(self.path, labels_file(name))}: labels of type {labels.dtype}, "
                             f"expected integers; the cache is damaged")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        if not self.labelled(name):     # the ILSVRC test set: every label is -1
+            if n and (labels != -1).any():
+                raise UserError(f"{os.path.join(self.path, labels_file(name))}: labels in split '{name}', which "
+                                f"meta.json says is unlabelled; the cache is damaged")
+        elif n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
             raise UserError(f"{os.path.join(self.path, labels_file(name))}: label {bad} is outside "
                             f"0..{self.num_classes - 1} ({self.num_classes} classes); the cache is damaged")

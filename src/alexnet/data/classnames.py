@@ -1,16 +1,12 @@
 """The 1000 ILSVRC-2012 classes (Russakovsky et al., IJCV 2015): WordNet ids in the
 standard index order, and their readable names.
 
-The list is *not* shipped with the package: it is read at run time from, in order,
-
-1. ``$ALEXNET_IMAGENET_CLASSES``: a text file with one ``index wnid name`` per line
-   (names use underscores for spaces, e.g. ``207 n02099601 golden_retriever``);
-2. ``alexnet.locations.shared_dir() / "data/imagenet-classes.txt"`` (the same format).
-
-When neither exists, :func:`ilsvrc_classes` returns None and the importers name the
-classes by their index, with one warning line. :func:`readable_names` turns any class
-list made of ILSVRC wnids (Imagewoof, Imagenette, an ILSVRC folder tree) into readable
-names when the list is available, and leaves other lists alone.
+The list ships with the package (``alexnet/data/ilsvrc2012_classes.txt``, one ``index wnid
+name`` per line, names with underscores for spaces, e.g. ``207 n02099601 golden_retriever``),
+so every install names the classes of imported torchvision or Caffe weights. A list of
+your own may replace it: ``$ALEXNET_IMAGENET_CLASSES`` names a file in the same format.
+:func:`readable_names` turns any class list made of ILSVRC wnids (Imagewoof, Imagenette,
+an ILSVRC folder tree) into readable names, and leaves other lists alone.
 
 Floor: basics only (``errors``, ``locations``), so that every other floor may use it.
 """
@@ -20,26 +16,26 @@ from __future__ import annotations
 import functools
 import os
 import re
+from importlib import resources
 from pathlib import Path
 
-from .. import locations
 from ..errors import UserError
 
 ENV_CLASSES = "ALEXNET_IMAGENET_CLASSES"
 NUM_CLASSES = 1000
+PACKAGE_LIST = "ilsvrc2012_classes.txt"   # package data beside this module
 _WNID = re.compile(r"n\d{8}")
 
 
-def class_list_path() -> Path | None:
-    """The class list :func:`ilsvrc_classes` reads, or None when there is none."""
+def class_list_path() -> Path:
+    """The class list :func:`ilsvrc_classes` reads: ``$ALEXNET_IMAGENET_CLASSES``, else the package's own."""
     explicit = os.environ.get(ENV_CLASSES)
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise UserError(f"${ENV_CLASSES}={explicit}: no such file")
         return path
-    shared = locations.shared_dir() / "data" / "imagenet-classes.txt"
-    return shared if shared.is_file() else None
+    return Path(str(resources.files("alexnet") / "data" / PACKAGE_LIST))
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,7 +46,7 @@ def _read_class_list(path: Path, mtime_ns: int) -> tuple[tuple[str, ...], tuple[
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the ILSVRC class list ({exc})") from None
     for number, line in enumerate(lines, 1):
-        if not line.strip():
+        if not line.strip() or line.startswith("#"):
             continue
         parts = line.split(maxsplit=2)
         if len(parts) != 3 or not parts[0].isdigit() or not _WNID.fullmatch(parts[1]):
@@ -64,18 +60,11 @@ def _read_class_list(path: Path, mtime_ns: int) -> tuple[tuple[str, ...], tuple[
     return tuple(wnids), tuple(names)
 
 
-def ilsvrc_classes() -> tuple[list[str], list[str]] | None:
-    """(wnids, readable names) of the 1000 classes in index order, or None when no list is found."""
+def ilsvrc_classes() -> tuple[list[str], list[str]]:
+    """(wnids, readable names) of the 1000 classes in index order."""
     path = class_list_path()
-    if path is None:
-        return None
     wnids, names = _read_class_list(path, path.stat().st_mtime_ns)
     return list(wnids), list(names)
-
-
-def missing_list_message() -> str:
-    return (f"no ILSVRC-2012 class list (set ${ENV_CLASSES} to an 'index wnid name' file, or put "
-            f"{locations.shared_dir() / 'data' / 'imagenet-classes.txt'} in place): classes are named by their index")
 
 
 def is_wnid_list(classes) -> bool:
@@ -89,8 +78,5 @@ def readable_names(classes: list[str] | None) -> list[str] | None:
     """
     if not is_wnid_list(classes):
         return classes
-    found = ilsvrc_classes()
-    if found is None:
-        return list(classes)
-    lookup = dict(zip(*found))
+    lookup = dict(zip(*ilsvrc_classes(), strict=True))
     return [lookup.get(c, c) for c in classes]

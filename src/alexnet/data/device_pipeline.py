@@ -1,4 +1,4 @@
-"""The GPU data path: whole uint8 squares to the device, the paper's augmentation there.
+"""The device data path: whole uint8 squares to the device, the paper's augmentation there.
 
     path = choose_data_path("cuda:0", cache.storage, torchvision_available())   # "device-nvjpeg", ...
     loader = DeviceLoader(cache, "train", data_path=path, batch_size=256, train=True, ...)
@@ -15,17 +15,20 @@ device does the rest, for the whole batch at once:
    loader's worker processes), as the host path does;
 2. *copy*: pinned host memory -> device with ``non_blocking=True`` (the copy overlaps compute);
 3. *augment*: crops and mirrors (:func:`alexnet.data.augment.gather_crops`, one gather),
-   the mean image cut at the same offsets, the PCA colour offsets of Krizhevsky et al.
-   (2012, section 4.1) and the float conversion (:func:`alexnet.data.augment.to_network_input`).
+   then the host path's own :class:`alexnet.data.preprocess.InputTransform`: the mean
+   image cut at the same offsets, the PCA colour offsets of Krizhevsky et al. (2012,
+   section 4.1), the input scale, the float conversion and the layout.
 
-Same random choices as the host path: the shuffle, crop offsets, flips and colour
-noise come from the same generators (``loader.generator(seed, epoch, rank, batch)``,
-:func:`alexnet.data.augment.random_crop_params`), drawn in the same order, and the
-arithmetic is the same sequence of float32 operations, so with the same cache and seed
-this path gives *identical* tensors to the host path on a CPU
-(``tests/test_device_pipeline.py`` checks it with ``torch.equal``). On CUDA the uint8
-gathers and the float32 subtractions/additions are exact too; only nvJPEG's decoding may
-differ from libjpeg-turbo's by a level here and there (the device check measures it).
+Same random choices as the host path: the shuffle, crop offsets, flips and colour noise
+are :func:`alexnet.data.loader.draw_batch`'s, the one function both paths call, and the
+arithmetic is the same object's, so with the same cache and seed this path gives
+*identical* tensors to the host path on a CPU (``tests/test_device_pipeline.py`` checks
+it with ``torch.equal`` for every input setting). On CUDA the uint8 gathers and the
+float32 subtractions, additions and multiplications are exact too; only nvJPEG's decoding
+may differ from libjpeg-turbo's by a level here and there (the device check measures it).
+
+Which path runs: ``data.path`` ("auto": the host path on a CPU, this one on CUDA; "host";
+"device": this one on any device, the CPU included), resolved by :func:`choose_data_path`.
 
 Prefetching: a background thread runs the host stage and the device stage (on its own
 CUDA stream) ``prefetch`` batches ahead of the training step, so the step only waits for
@@ -48,14 +51,14 @@ import torch
 
 from ..errors import UserError
 from . import augment
-from .cache import JpegImages, _IndexedImages
-from .loader import Loader, _BatchReader, generator
+from .cache import JpegImages, storage_rows
+from .loader import BatchPlan, BatchReader, Draw, Loader
 
 DATA_PATHS = {
     "host": "crops cut on the host, uint8 crops to the device",
     "device": "uint8 squares to the device (pinned, non-blocking); crops, flips, colour noise and mean there",
     "device-nvjpeg": "JPEG bytes to the GPU, decoded there by nvJPEG; crops, flips, colour noise and mean there",
-    "device-cpu-decode": "JPEGs decoded on the host (no torchvision), uint8 squares to the device; augmentation there",
+    "device-cpu-decode": "JPEGs decoded on the host, uint8 squares to the device; augmentation there",
 }
 
 
@@ -71,20 +74,31 @@ def torchvision_available() -> bool:
     return True
 
 
-def choose_data_path(device, storage: str, torchvision_available: bool) -> str:
-    """Which data path a loader on ``device`` over a ``storage`` ("raw" / "jpeg") cache takes.
+PATH_SETTINGS = ("auto", "host", "device")      # the values of data.path
 
-    "host" on anything but CUDA (on a CPU, cutting crops from the memory map is the fastest
-    way); on CUDA "device" for a raw cache, "device-nvjpeg" for a JPEG cache when torchvision
-    is importable, else "device-cpu-decode". :data:`DATA_PATHS` describes each in a phrase.
+
+def choose_data_path(device, storage: str, torchvision_available: bool, setting: str = "auto") -> str:
+    """The data path (a key of :data:`DATA_PATHS`) a loader on ``device`` over a ``storage``
+    ("raw" / "jpeg") cache takes for the ``data.path`` ``setting``.
+
+    "auto": "host" on anything but CUDA (on a CPU, cutting crops from the memory map is the
+    fastest way), the device path on CUDA. "host" and "device" force one on any device. The
+    device path is "device" for a raw cache; for a JPEG cache "device-nvjpeg" on CUDA when
+    torchvision is importable, else "device-cpu-decode". Any other key of :data:`DATA_PATHS`
+    is taken as it is.
     """
     if storage not in ("raw", "jpeg"):
         raise UserError(f"cache storage {storage!r}: expected 'raw' or 'jpeg'")
-    if torch.device(device).type != "cuda":
+    if setting not in PATH_SETTINGS:
+        if setting in DATA_PATHS:
+            return setting
+        raise UserError(f"data.path {setting!r}: choose one of {', '.join(PATH_SETTINGS)}")
+    cuda = torch.device(device).type == "cuda"
+    if setting == "host" or (setting == "auto" and not cuda):
         return "host"
     if storage == "raw":
         return "device"
-    return "device-nvjpeg" if torchvision_available else "device-cpu-decode"
+    return "device-nvjpeg" if cuda and torchvision_available else "device-cpu-decode"
 
 
 def describe_data_path(path: str) -> str:
@@ -92,23 +106,13 @@ def describe_data_path(path: str) -> str:
     return f"{path} ({DATA_PATHS[path]})"
 
 
-def _base_rows(images, idx: np.ndarray):
-    """(the underlying memmap / JpegImages, row numbers in it) through any subset views."""
-    idx = np.asarray(idx, dtype=np.int64)
-    while isinstance(images, _IndexedImages):
-        idx = np.asarray(images.index, dtype=np.int64)[idx]
-        images = images.base
-    return images, idx
+class SquareReader(BatchReader):
+    """Host stage of the device path: batch key -> whole uint8 squares (or JPEG bytes), labels, draw.
 
-
-class _SquareReader(_BatchReader):
-    """Host stage of the device path: batch key -> whole uint8 squares (or JPEG bytes) + parameters.
-
-    The random draws are those of :class:`alexnet.data.loader._BatchReader`, in the same
-    order (the tests compare the two paths tensor for tensor).
+    The draw is :func:`alexnet.data.loader.draw_batch`'s, as on the host path.
     """
 
-    def __init__(self, cache_path: str, split: str, plan: dict, jpeg_bytes: bool):
+    def __init__(self, cache_path: str, split: str, plan: BatchPlan, jpeg_bytes: bool):
         super().__init__(cache_path, split, plan)
         self.jpeg_bytes = jpeg_bytes
         self.pin = False          # True when it runs in the loader's own process (workers=0): workers may not pin
@@ -119,34 +123,14 @@ class _SquareReader(_BatchReader):
         state["_tensor_view"] = (None, None)
         return state
 
-    def params(self, key: tuple[int, int]):
-        """(dataset rows, labels, top, left, flips, alpha, source row of each crop or None)."""
-        epoch, batch = key
-        p = self.plan
-        idx = self.indices(epoch)[batch * p["batch_size"]: (batch + 1) * p["batch_size"]]
-        if p["train"]:
-            idx = np.sort(idx)
-        n, size, crop = len(idx), p["size"], p["crop"]
-        alpha, source = None, None
-        if p["train"]:
-            g = generator(p["seed"], epoch, p["rank"], batch)
-            top, left, flips = augment.random_crop_params(n, size, crop, g, flip=p["flip"])
-            if p["pca_std"] > 0:
-                alpha = torch.randn(n, p["channels"], generator=g) * p["pca_std"]
-            order = torch.argsort(flips.to(torch.uint8), stable=True)   # the host path's row order
-            idx, top, left, flips = idx[order.numpy()], top[order], left[order], flips[order]
-            alpha = alpha[order] if alpha is not None else None
-        elif p["views"] == "ten":
-            top, left, flips = augment.ten_view_params(n, size, crop)
-            source = torch.arange(n).repeat_interleave(10)
-        else:
-            top, left, flips = augment.center_params(n, size, crop)
-        labels = torch.from_numpy(self._data().labels[idx].astype(np.int64))
-        return idx, labels, top, left, flips, alpha, source
+    def read(self, draw: Draw):
+        base, rows = storage_rows(self.data().images, draw.rows)
+        if self.jpeg_bytes:
+            return [torch.from_numpy(np.array(blob)) for blob in base.encoded(rows)]
+        return self._squares(base, rows)
 
-    def _squares(self, idx: np.ndarray) -> torch.Tensor:
-        """uint8 (n, S, S, C) for dataset rows ``idx``, in pinned memory when ``self.pin``."""
-        base, rows = _base_rows(self._data().images, idx)
+    def _squares(self, base, rows: np.ndarray) -> torch.Tensor:
+        """uint8 (n, S, S, C) of storage rows ``rows``, in pinned memory when ``self.pin``."""
         shape = (len(rows),) + tuple(base.shape[1:])
         out = torch.empty(shape, dtype=torch.uint8, pin_memory=self.pin)
         if isinstance(base, JpegImages):
@@ -161,16 +145,6 @@ class _SquareReader(_BatchReader):
         # One multi-threaded copy from the page cache straight into (pinned) memory.
         torch.index_select(self._tensor_view[1], 0, torch.from_numpy(rows), out=out)
         return out
-
-    def _jpeg_bytes(self, idx: np.ndarray) -> list[torch.Tensor]:
-        base, rows = _base_rows(self._data().images, idx)
-        data = base._bytes()
-        return [torch.from_numpy(np.array(data[o: o + n])) for o, n in base.index[rows]]
-
-    def __call__(self, key: tuple[int, int]):
-        idx, labels, top, left, flips, alpha, source = self.params(key)
-        payload = self._jpeg_bytes(idx) if self.jpeg_bytes else self._squares(idx)
-        return payload, labels, top, left, flips, alpha, torch.from_numpy(np.asarray(idx, dtype=np.int64)), source
 
 
 class _Failure:
@@ -192,19 +166,19 @@ class DeviceLoader(Loader):
     def __init__(self, cache, split: str, *, data_path: str, **kwargs):
         if data_path not in DATA_PATHS or data_path == "host":
             raise UserError(f"data path {data_path!r}: choose one of {', '.join(p for p in DATA_PATHS if p != 'host')}")
-        super().__init__(cache, split, **kwargs)
         if data_path == "device-nvjpeg" and cache.storage != "jpeg":
             raise UserError(f"{cache.path}: data path 'device-nvjpeg' needs a JPEG cache (this one stores {cache.storage})")
         if data_path == "device-nvjpeg" and not torchvision_available():
             raise UserError("data path 'device-nvjpeg' needs torchvision (pip install torchvision), "
                             "or use 'device-cpu-decode'")
         self.data_path = data_path
-        self.reader = _SquareReader(cache.path, split, self.reader.plan, jpeg_bytes=data_path == "device-nvjpeg")
-        if self.workers == 0:
-            self.reader.bind(cache.split(split))
-            self.reader.pin = self.pin_memory
+        super().__init__(cache, split, **kwargs)
+        self.reader.pin = self.workers == 0 and self.pin_memory
         self.wait_s = 0.0          # seconds the consumer waited for data in the current / last pass
         self._stream = None
+
+    def _make_reader(self) -> SquareReader:
+        return SquareReader(self.cache.path, self.split_name, self.plan, jpeg_bytes=self.data_path == "device-nvjpeg")
 
     @property
     def description(self) -> str:
@@ -222,8 +196,8 @@ class DeviceLoader(Loader):
                                 f"expected ({self.cache.channels}, {size}, {size}); the cache is damaged")
         return torch.stack(images).permute(0, 2, 3, 1)      # NHWC view of the decoded NCHW batch
 
-    def _device_stage(self, batch):
-        payload, labels, top, left, flips, alpha, idx, source = batch
+    def _device_stage(self, payload, labels: torch.Tensor, draw: Draw):
+        """Whole squares (or JPEG bytes) -> (x, labels, dataset rows) on the device."""
         non_blocking = self.pin_memory
         if self.data_path == "device-nvjpeg":
             images = self._decode_on_device(payload)
@@ -232,23 +206,16 @@ class DeviceLoader(Loader):
                 payload = payload.pin_memory()
             images = payload.to(self.device, non_blocking=non_blocking)
         labels = labels.to(self.device, non_blocking=non_blocking)
-        dev = self.device
-        top_d, left_d, flips_d = (t.to(dev, non_blocking=non_blocking) for t in (top, left, flips))
-        src_d = None if source is None else source.to(dev, non_blocking=non_blocking)
-        crops = augment.gather_crops(images, top_d, left_d, flips_d, self.crop, source=src_d).permute(0, 3, 1, 2)
-        mean_crops = self.mean_cropper(top, left, flips) if self.mean_cropper is not None else None
-        offsets = None
-        if alpha is not None:   # (B, C): tiny, so computed on the host (as the host path does) and moved
-            offsets = augment.pca_offsets(alpha, self.eigval, self.eigvec).to(dev)
-        x = augment.to_network_input(crops, mean_crops=mean_crops, channel_mean=self.channel_mean,
-                                     offsets=offsets, channels_last=self.channels_last,
-                                     out=self._buffers.get(tuple(crops.shape)))
-        return x, labels, idx
+        where = [t.to(self.device, non_blocking=non_blocking) for t in (draw.top, draw.left, draw.flips)]
+        source = None if draw.source is None else draw.source.to(self.device, non_blocking=non_blocking)
+        crops = augment.gather_crops(images, *where, self.crop, source=source).permute(0, 3, 1, 2)
+        x = self.transform(crops, draw.top, draw.left, draw.flips, draw.alpha)
+        return x, labels, torch.from_numpy(draw.rows)
 
     # -- iteration -------------------------------------------------------------------------------
     def _batches(self):
         for batch in self._host_batches():
-            yield self._device_stage(batch)
+            yield self._device_stage(*batch)
 
     def __iter__(self):
         self.wait_s = 0.0

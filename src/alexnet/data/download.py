@@ -53,17 +53,13 @@ from pathlib import Path
 
 from ..console import info, progress, warn
 from ..errors import UserError
+from ..files import FileLock, human_size
 from ..locations import cache_root, preset_files, version
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no advisory lock; two downloads of one file must not overlap
-    fcntl = None
 
 ENV_MIRROR = "ALEXNET_DOWNLOAD_MIRROR"
 ENV_MANIFEST = "ALEXNET_DOWNLOAD_MANIFEST"
@@ -256,19 +252,26 @@ def fetch_file(remote: RemoteFile, folder: Path, *, quiet: bool = False) -> Path
             return final
         warn(f"{problem}; removed, downloading it again")
         final.unlink()
+    lock = FileLock(folder / (remote.name + ".lock"), remove=True)
+    holder = lock.acquire()
+    if holder is not None:
+        raise UserError(f"{part}: another alexnet process ({holder}) is downloading this file; "
+                        f"wait for it to finish, then run this again")
+    try:
+        _download_part(remote, part, final, quiet)
+    finally:
+        lock.release()
+    info(f"{final}: {_checked(remote)} verified", quiet)
+    return final
+
+
+def _download_part(remote: RemoteFile, part: Path, final: Path, quiet: bool) -> None:
+    """Append the missing bytes to ``part`` (a resumable partial file), verify, rename to ``final``."""
     try:
         handle = open(part, "ab")  # append: never truncate a partial file another run may be resuming
     except OSError as exc:
         raise UserError(f"{part}: cannot write the download ({exc.strerror or exc})") from None
     with handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"{part}: another alexnet process is downloading this file; "
-                                f"wait for it to finish, then run this again") from None
-            except OSError:
-                pass   # a file system without locks (some network mounts): go on unlocked
         offset = handle.seek(0, os.SEEK_END)
         if remote.size is not None and offset > remote.size:
             handle.truncate(0)   # longer than the published file: not a prefix of it
@@ -289,8 +292,6 @@ def fetch_file(remote: RemoteFile, folder: Path, *, quiet: bool = False) -> Path
             raise UserError(f"{problem}; the download from {remote.url} is corrupted or altered, "
                             f"removed (nothing kept)")
         os.replace(part, final)  # atomic: the final name only ever holds a verified file
-    info(f"{final}: {_checked(remote)} verified", quiet)
-    return final
 
 
 # --------------------------------------------------------------------------------------
@@ -368,8 +369,8 @@ def _transfer(remote: RemoteFile, handle, offset: int, part: Path, quiet: bool) 
 
 
 def _copy(response, handle, offset: int, total: int | None, url: str, part: Path, quiet: bool) -> None:
-    size = f" ({_human(total)})" if total else ""
-    resumed = f", resuming at {_human(offset)}" if offset else ""
+    size = f" ({human_size(total)})" if total else ""
+    resumed = f", resuming at {human_size(offset)}" if offset else ""
     info(f"downloading {url}{size}{resumed}", quiet)
     bar = progress(total, part.name[: -len(".part")], "B", initial=offset, disable=quiet)
     bar.unit_scale, bar.unit_divisor = True, 1024   # console.progress counts items; bytes read better in KiB/MiB
@@ -398,7 +399,7 @@ def _copy(response, handle, offset: int, total: int | None, url: str, part: Path
                         f"connection); {part} is kept and running this again resumes it")
     seconds = time.perf_counter() - started
     if seconds > 0 and received > offset:
-        info(f"received {_human(received - offset)} in {seconds:.1f} s ({_human((received - offset) / seconds)}/s)", quiet)
+        info(f"received {human_size(received - offset)} in {seconds:.1f} s ({human_size((received - offset) / seconds)}/s)", quiet)
 
 
 # --------------------------------------------------------------------------------------
@@ -443,9 +444,3 @@ def _checked(remote: RemoteFile) -> str:
     return ("size and " if remote.size is not None else "") + " and ".join(checks)
 
 
-def _human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} GiB"

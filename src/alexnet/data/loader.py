@@ -6,15 +6,21 @@
         loader.set_epoch(epoch)
         for x, y in loader: ...
 
-Work is split in two stages so that each runs where it is cheapest:
+This module holds what both data paths share, and the host path itself:
 
-1. *host* (in the calling process when ``workers == 0``, else in DataLoader worker
-   processes): read the batch's rows from the memory-mapped uint8 cache (sorted, for
-   locality) and cut the crops/mirrors with one indexing op -> uint8 NHWC crops. The
-   cache is opened lazily in each worker: only its path travels, never its pixels.
-2. *device* (calling process, on ``device``): one float conversion fused with the mean
-   subtraction (mean image cropped at the same offsets), the PCA colour offsets, and
-   NCHW layout. Moving uint8 to the GPU sends 4x fewer bytes than float.
+* :func:`shard_indices` and :func:`draw_batch`: *which* images a batch holds and *how* they
+  are cut: the one sequence of random draws, called by both paths (and so the reason
+  they give identical batches);
+* :class:`BatchReader`: the host stage's base, batch number -> what the device stage
+  needs; picklable, so it runs in the caller's process (``workers == 0``) or in
+  DataLoader worker processes, which open the cache from its path (its pixels never travel);
+* :class:`Loader`: the host path. The host stage (:class:`CropReader`) reads the batch's
+  rows from the memory-mapped uint8 cache and cuts the crops and mirrors with one
+  indexing op; the device stage moves the uint8 crops (4x fewer bytes than float) and
+  runs :class:`alexnet.data.preprocess.InputTransform` there: the mean (the mean image
+  cut at the same offsets), the PCA colour offsets, the input scale, the float
+  conversion and the layout. The device path (:mod:`alexnet.data.device_pipeline`)
+  subclasses it.
 
 Randomness: the shuffle of epoch e comes from a generator seeded with (seed, e), the
 same on every rank, so the ranks' shards partition it; each batch's crops, flips and
@@ -30,7 +36,8 @@ sample is seen exactly once across ranks, and the last batch may be short.
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +45,7 @@ import torch
 from ..errors import UserError
 from . import augment
 from .cache import Cache, open_cache
-from .preprocess import InputSpec
+from .preprocess import InputSpec, InputTransform
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
@@ -74,10 +81,70 @@ def shard_indices(n: int, *, train: bool, seed: int, epoch: int, rank: int, worl
     return np.arange(rank, n, world_size)
 
 
-class _BatchReader:
-    """Stage 1 (host): batch number -> uint8 crops + what stage 2 needs. Picklable for workers."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything that decides a batch's images and draws (besides the epoch and batch number)."""
 
-    def __init__(self, cache_path: str, split: str, plan: dict):
+    n: int                 # images in the split
+    train: bool
+    seed: int
+    rank: int
+    world_size: int
+    drop_last: bool
+    batch_size: int
+    size: int              # stored side S
+    crop: int
+    channels: int
+    flip: bool
+    pca_std: float         # 0: no colour noise (always 0 for evaluation)
+    views: str             # evaluation: "center" or "ten"
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        return shard_indices(self.n, train=self.train, seed=self.seed, epoch=epoch, rank=self.rank,
+                             world_size=self.world_size, drop_last=self.drop_last)
+
+
+class Draw(NamedTuple):
+    """One batch, decided: which dataset rows, where each output row is cut, its colour noise."""
+
+    rows: np.ndarray                # dataset rows of the batch's images, in batch order (int64)
+    top: torch.Tensor               # (R,) per output row: R = B, or B * 10 for the ten views
+    left: torch.Tensor
+    flips: torch.Tensor             # (R,) bool
+    alpha: torch.Tensor | None      # (B, C) PCA colour-noise draws (training with pca_std > 0)
+    source: torch.Tensor | None     # (R,) output row -> batch image; None: row i is image i
+
+
+def draw_batch(plan: BatchPlan, indices: np.ndarray, epoch: int, batch: int) -> Draw:
+    """Batch ``batch`` of an epoch whose shard is ``indices``: the one sequence of random draws.
+
+    Training: the rows in file order (reading locality; a batch's order carries no
+    information), then from ``generator(seed, epoch, rank, batch)`` the crop offsets, the
+    flips (drawn even with flips off, so an ablation changes nothing else) and the colour
+    noise, in that order; then the rows reordered unflipped-first (the host path mirrors a
+    slice in one op). Evaluation: the centre crop or the ten views, no randomness.
+    """
+    rows = indices[batch * plan.batch_size: (batch + 1) * plan.batch_size]
+    n, size, crop = len(rows), plan.size, plan.crop
+    if not plan.train:
+        top, left, flips, source = augment.view_params(n, size, crop, plan.views)
+        return Draw(np.asarray(rows, dtype=np.int64), top, left, flips, None, source)
+    rows = np.sort(rows)
+    g = generator(plan.seed, epoch, plan.rank, batch)
+    top, left, flips = augment.random_crop_params(n, size, crop, g, flip=plan.flip)
+    alpha = torch.randn(n, plan.channels, generator=g) * plan.pca_std if plan.pca_std > 0 else None
+    order = torch.argsort(flips.to(torch.uint8), stable=True)
+    return Draw(np.asarray(rows[order.numpy()], dtype=np.int64), top[order], left[order], flips[order],
+                None if alpha is None else alpha[order], None)
+
+
+class BatchReader:
+    """The host stage: batch key (epoch, batch) -> what the device stage needs. Picklable for workers.
+
+    Subclasses say what is read (:meth:`read`); the draw is :func:`draw_batch`'s for both.
+    """
+
+    def __init__(self, cache_path: str, split: str, plan: BatchPlan):
         self.cache_path, self.split, self.plan = cache_path, split, plan
         self._split = None
         self._indices = (None, None)
@@ -89,50 +156,39 @@ class _BatchReader:
         return state
 
     def bind(self, split_obj) -> None:
+        """Use an already-open split (same process) instead of opening the cache from its path."""
         self._split = split_obj
 
-    def _data(self):
+    def data(self):
         if self._split is None:
             self._split = open_cache(self.cache_path).split(self.split)
         return self._split
 
-    def indices(self, epoch: int) -> np.ndarray:
+    def draw(self, key: tuple[int, int]) -> Draw:
+        epoch, batch = key
         if self._indices[0] != epoch:
-            p = self.plan
-            self._indices = (epoch, shard_indices(p["n"], train=p["train"], seed=p["seed"], epoch=epoch,
-                                                  rank=p["rank"], world_size=p["world_size"], drop_last=p["drop_last"]))
-        return self._indices[1]
+            self._indices = (epoch, self.plan.epoch_indices(epoch))
+        return draw_batch(self.plan, self._indices[1], epoch, batch)
 
     def __call__(self, key: tuple[int, int]):
-        epoch, batch = key
-        p = self.plan
-        idx = self.indices(epoch)[batch * p["batch_size"]: (batch + 1) * p["batch_size"]]
-        if p["train"]:
-            idx = np.sort(idx)  # reading rows in file order; a batch's order carries no information
-        data = self._data()
-        n, size, crop = len(idx), p["size"], p["crop"]
-        alpha = None
-        rows = np.arange(n)
-        if p["train"]:
-            g = generator(p["seed"], epoch, p["rank"], batch)
-            top, left, flips = augment.random_crop_params(n, size, crop, g, flip=p["flip"])
-            if p["pca_std"] > 0:
-                alpha = torch.randn(n, p["channels"], generator=g) * p["pca_std"]
-            # unflipped rows first, flipped rows last: the mirror is then one flip of a slice
-            order = torch.argsort(flips.to(torch.uint8), stable=True)
-            idx, top, left, flips = idx[order.numpy()], top[order], left[order], flips[order]
-            alpha = alpha[order] if alpha is not None else None
-        elif p["views"] == "ten":
-            top, left, flips = augment.ten_view_params(n, size, crop)
-            rows = np.repeat(rows, 10)
-        else:
-            top, left, flips = augment.center_params(n, size, crop)
-        labels = torch.from_numpy(data.labels[idx].astype(np.int64))
-        if isinstance(data.images, np.ndarray):   # raw cache: crops read straight from the memory map
-            crops = augment.crop_batch(data.images, idx[rows], top.numpy(), left.numpy(), flips.numpy(), crop)
-        else:                                     # compact cache: decode the batch's images first
-            crops = augment.crop_batch(data.images[idx], rows, top.numpy(), left.numpy(), flips.numpy(), crop)
-        return crops, labels, top, left, flips, alpha, torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        draw = self.draw(key)
+        labels = torch.from_numpy(self.data().labels[draw.rows].astype(np.int64))
+        return self.read(draw), labels, draw
+
+    def read(self, draw: Draw):
+        raise NotImplementedError
+
+
+class CropReader(BatchReader):
+    """The host path's host stage: uint8 NCHW crops, cut straight from the memory map."""
+
+    def read(self, draw: Draw) -> torch.Tensor:
+        images = self.data().images
+        out_rows = np.arange(len(draw.rows)) if draw.source is None else draw.source.numpy()
+        args = (draw.top.numpy(), draw.left.numpy(), draw.flips.numpy(), self.plan.crop)
+        if isinstance(images, np.ndarray):   # raw cache: crops read straight from the memory map
+            return augment.crop_batch(images, draw.rows[out_rows], *args)
+        return augment.crop_batch(images[draw.rows], out_rows, *args)   # compact cache: decode first
 
 
 class Loader:
@@ -153,7 +209,7 @@ class Loader:
         self.device = torch.device(device)
         self.views, self.drop_last, self.channels_last = views, drop_last, channels_last
         self.with_index = with_index
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
         self.num_classes = cache.num_classes
         self.classes = cache.classes
         self.pin_memory = (self.device.type == "cuda") if pin_memory is None else pin_memory
@@ -166,22 +222,22 @@ class Loader:
         if input_spec is None:   # the cache's own statistics, no input scale
             input_spec = InputSpec.from_stats(stats, size=cache.size, crop=crop, channels=cache.channels, mean=mean)
         self.input_spec = input_spec
-        self.mean_mode = input_spec.mean
-        self.mean_image, self.channel_mean = input_spec.mean_tensors(self.device)
-        self.mean_cropper = augment.MeanCropper(self.mean_image, crop) if self.mean_image is not None else None
-        self.scale = input_spec.scale_tensor(self.device)
         self.pca_std = float(pca_std) if train else 0.0
+        eigen = None
         if self.pca_std > 0:
-            self.eigval = torch.as_tensor(stats["eigval"], dtype=torch.float32)
-            self.eigvec = torch.as_tensor(stats["eigvec"], dtype=torch.float32)
-        plan = {"n": self.dataset_size, "train": train, "seed": seed, "rank": rank, "world_size": world_size,
-                "drop_last": drop_last, "batch_size": batch_size, "size": cache.size, "crop": crop,
-                "channels": cache.channels, "flip": flip, "pca_std": self.pca_std, "views": views}
-        self.reader = _BatchReader(cache.path, split, plan)
+            eigen = (torch.as_tensor(stats["eigval"], dtype=torch.float32),
+                     torch.as_tensor(stats["eigvec"], dtype=torch.float32))
+        self.transform = InputTransform(input_spec, self.device, eigen=eigen, channels_last=channels_last)
+        self.plan = BatchPlan(n=self.dataset_size, train=train, seed=seed, rank=rank, world_size=world_size,
+                              drop_last=drop_last, batch_size=batch_size, size=cache.size, crop=crop,
+                              channels=cache.channels, flip=flip, pca_std=self.pca_std, views=views)
+        self.reader = self._make_reader()
         if workers == 0:
             self.reader.bind(data)  # same process: use the already-open memmap
         self._dataloader = None
-        self._buffers = _BufferPool(self.device, channels_last)
+
+    def _make_reader(self) -> BatchReader:
+        return CropReader(self.cache.path, self.split_name, self.plan)
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -197,13 +253,21 @@ class Loader:
             return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select epoch ``epoch``'s shuffle and augmentation (deterministic from (seed, epoch))."""
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select epoch ``epoch``'s shuffle and augmentation (deterministic from (seed, epoch)); the next
+        pass yields its batches from number ``start_batch`` on (a resume mid-epoch seeks, reading
+        nothing before it), the same batches an uninterrupted pass yields there."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def batch_numbers(self) -> list[int]:
+        """The batches a pass over the current epoch reads, in order: where an epoch's list is made
+        (from ``start_batch`` on, :meth:`set_epoch`)."""
+        return list(range(self.start_batch, len(self)))
 
     # -- iteration -------------------------------------------------------------------------
     def _host_batches(self):
-        keys = [(self.epoch, b) for b in range(len(self))]
+        """(payload, labels, draw) of each batch of the epoch, read here or in worker processes."""
+        keys = [(self.epoch, b) for b in self.batch_numbers()]
         if self.workers == 0:
             for key in keys:
                 yield self.reader(key)
@@ -221,67 +285,23 @@ class Loader:
         self._keys.keys = keys
         yield from self._dataloader
 
+    def _device_stage(self, crops: torch.Tensor, labels: torch.Tensor, draw: Draw):
+        """uint8 crops -> (x, labels, dataset rows) on the device."""
+        if self.workers == 0 and self.pin_memory:
+            crops = crops.pin_memory()
+        crops = crops.to(self.device, non_blocking=self.pin_memory)
+        labels = labels.to(self.device, non_blocking=self.pin_memory)
+        x = self.transform(crops, draw.top, draw.left, draw.flips, draw.alpha)
+        return x, labels, torch.from_numpy(draw.rows)
+
     def __iter__(self):
-        for crops, labels, top, left, flips, alpha, idx in self._host_batches():
-            if self.workers == 0 and self.pin_memory:
-                crops = crops.pin_memory()
-            non_blocking = self.pin_memory
-            crops = crops.to(self.device, non_blocking=non_blocking)
-            labels = labels.to(self.device, non_blocking=non_blocking)
-            mean_crops = None
-            if self.mean_cropper is not None:
-                mean_crops = self.mean_cropper(top, left, flips)
-            offsets = None
-            if alpha is not None:  # (B, C): tiny, so computed on the host and moved
-                offsets = augment.pca_offsets(alpha, self.eigval, self.eigvec).to(self.device)
-            x = augment.to_network_input(crops, mean_crops=mean_crops, channel_mean=self.channel_mean,
-                                         offsets=offsets, scale=self.scale, channels_last=self.channels_last,
-                                         out=self._buffers.get(tuple(crops.shape)))
-            if self.with_index:
-                yield x, labels, idx
-            else:
-                yield x, labels
+        for batch in self._host_batches():
+            x, labels, rows = self._device_stage(*batch)
+            yield (x, labels, rows) if self.with_index else (x, labels)
 
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage-collected)."""
         self._dataloader = None
-
-
-class _BufferPool:
-    """Reuses output tensors on CPU once nobody holds them any more.
-
-    A fresh 77 MB tensor per batch costs more in page faults than the arithmetic that
-    fills it (measured 3-6x here). A buffer is handed out again only when the pool holds
-    the only reference to it and to its storage (no caller variable, view or saved
-    tensor), so reuse can never overwrite a batch someone still uses. CUDA's caching
-    allocator already does this, so the pool is CPU-only.
-    """
-
-    def __init__(self, device: torch.device, channels_last: bool, size: int = 3):
-        self.enabled = device.type == "cpu" and hasattr(torch._C, "_storage_Use_Count")
-        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.size = size
-        self.buffers: list[torch.Tensor] = []
-
-    @staticmethod
-    def _refs(buffers: list, i: int) -> tuple[int, int]:
-        t = buffers[i]
-        return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
-
-    def get(self, shape: tuple):
-        if not self.enabled:
-            return None
-        # What the counts are for a tensor held only by a list, measured the same way (so a
-        # Python version that counts references differently cannot make a held buffer look free).
-        baseline = self._refs([torch.empty(0)], 0)
-        for i in range(len(self.buffers)):  # (no loop variable holding a buffer: it would count)
-            if tuple(self.buffers[i].shape) == shape and self._refs(self.buffers, i) == baseline:
-                return self.buffers[i]
-        t = torch.empty(shape, dtype=torch.float32, memory_format=self.fmt)
-        if len(self.buffers) >= self.size:
-            self.buffers.pop(0)
-        self.buffers.append(t)
-        return t
 
 
 class _KeyList(torch.utils.data.Sampler):
@@ -298,7 +318,7 @@ class _KeyList(torch.utils.data.Sampler):
 
 
 class _ReaderDataset(torch.utils.data.Dataset):
-    def __init__(self, reader: _BatchReader):
+    def __init__(self, reader: BatchReader):
         self.reader = reader
 
     def __getitem__(self, key):

@@ -2,9 +2,11 @@
 
 The host loader (:mod:`alexnet.data.loader`: crops cut on the CPU, the arithmetic on the
 device) or the device loader (:mod:`alexnet.data.device_pipeline`: whole uint8 squares to
-the GPU, crops, flips, colour noise and the mean there, JPEGs decoded by nvJPEG); both give
-identical tensors for the same seed (tests/test_device_pipeline.py). The choice is
-automatic and printed in a training run's first line.
+the device, crops, flips, colour noise, mean and scale there, JPEGs decoded by nvJPEG on
+CUDA); both draw through one function and compute through one transform, and give
+identical tensors for the same seed (tests/test_device_pipeline.py). ``data.path``
+chooses: "auto" (the host path on a CPU, the device path on CUDA), "host" or "device"
+(on any device). A training run prints the path in its first lines.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def build_loader(cache, split: str = "train", batch_size: int = 128, train: bool
     trainer's :class:`~alexnet.data.preprocess.InputSpec`: crop, mean, scale); it overrides
     ``crop`` and ``mean``, and its stored side must be the cache's. Default: the cache's own
     statistics with ``mean`` and no input scale.
-    ``data_path``: "auto" (:func:`~alexnet.data.device_pipeline.choose_data_path`: the host
-    loader on a CPU, the device path on CUDA), or one of its names to force one.
+    ``data_path``: the ``data.path`` setting, "auto" (the host loader on a CPU, the device
+    path on CUDA), "host" or "device", or a key of
+    :data:`~alexnet.data.device_pipeline.DATA_PATHS` (resolved by
+    :func:`~alexnet.data.device_pipeline.choose_data_path`).
     """
     if not isinstance(cache, Cache):
         cache = open_cache(cache)
@@ -67,9 +71,9 @@ def build_loader(cache, split: str = "train", batch_size: int = 128, train: bool
         raise UserError(f"workers {workers}: must be >= 0")
     if pca_std < 0:
         raise UserError(f"pca_std {pca_std}: must be >= 0")
-    if data_path == "auto":
-        nvjpeg = torch.device(device).type == "cuda" and cache.storage == "jpeg" and torchvision_available()
-        data_path = choose_data_path(device, cache.storage, nvjpeg)
+    # (torchvision is imported, slowly, only where nvJPEG could be used)
+    nvjpeg = torch.device(device).type == "cuda" and cache.storage == "jpeg" and torchvision_available()
+    data_path = choose_data_path(device, cache.storage, nvjpeg, data_path)
     kwargs = dict(batch_size=batch_size, train=train, crop=crop, seed=seed, rank=rank, world_size=world_size,
                   workers=workers, device=device, flip=flip, pca_std=pca_std, mean=mean,
                   views="center" if views == "centre" else views, drop_last=drop_last,

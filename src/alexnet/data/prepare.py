@@ -11,12 +11,17 @@ file, checked by ``alexnet cache-info OUT --verify``). Progress is checkpointed 
 few seconds (which images are done, the running statistics), so an interrupted run
 continues where it stopped when re-run with the same source and options; with
 anything different it starts over. One ``prepare`` at a time writes a given ``OUT``: it
-holds a POSIX lock on ``OUT.lock`` (released by the kernel when the process ends, however
-it ends), and a second one refuses with one line. Raw images are written with ordinary
+holds the :class:`~alexnet.files.FileLock` ``OUT.lock`` (released by the kernel when the
+process ends, however it ends), and a second one refuses with one line. Every file of the
+cache but the raw images goes through :func:`~alexnet.files.atomic_write` (the progress
+file, the labels, the reports, ``meta.json``); raw images are written with ordinary
 ``pwrite`` calls, never through a memory map, so a full disk is an error (``ENOSPC``) and
-not a SIGBUS, and the partial cache stays resumable. Bad files stop the run with one line
-naming the file (default) or are skipped and listed in ``skipped.csv`` (``skip_bad=True``);
-so do class folders that hold no image (only stray or non-image files, or nothing).
+not a SIGBUS, and the partial cache stays resumable. A decoding worker that dies (killed,
+out of memory, a crash in a decoder) stops the run with one line saying how, and so does
+SIGINT/SIGTERM, even while no result comes; both keep the partial cache for a re-run. Bad
+files stop the run with one line naming the file (default) or are skipped and listed in
+``skipped.csv`` (``skip_bad=True``); so do class folders that hold no image (only stray or
+non-image files, or nothing).
 """
 
 from __future__ import annotations
@@ -26,13 +31,11 @@ import errno
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,15 +44,18 @@ from PIL import Image
 
 from ..console import progress
 from ..errors import UserError
+from ..files import FileLock, atomic_write, fsync_folder, human_size
 from ..signals import StopFlag
 from . import cache as layout
 from .decode import BadImage, decode_square, resize_square
+from .process_pool import ProcessPool, WorkerDied
 from .sources import GRAY_MODES, ArraySplit, Source, open_source, read_payload
 
 CHECKPOINT_SECONDS = float(os.environ.get("ALEXNET_PREPARE_CHECKPOINT_SECONDS", "10"))  # tests shorten it
 ARRAY_CHUNK = 512          # decoded-array sources (CIFAR, IDX): images per task
 ENCODED_CHUNK = 32         # encoded images per task (at most)
 STREAM_CHUNK_BYTES = 1 << 20  # ... or this many streamed bytes
+POLL_SECONDS = 0.2         # a result is awaited in slices this long, to see a stop request meanwhile
 
 
 def default_workers() -> int:
@@ -75,14 +81,15 @@ class PrepareSummary:
     decoded: int = 0
     resumed_from: int = 0
     up_to_date: bool = False
+    unlabelled: tuple = ()
 
     def line(self) -> str:
-        counts = ", ".join(f"{k} {v:,}" for k, v in self.counts.items())
+        counts = ", ".join(f"{k} {v:,}" + (" (unlabelled)" if k in self.unlabelled else "") for k, v in self.counts.items())
         if self.up_to_date:
             return f"{self.out}: already prepared ({counts}); nothing to do"
         rate = f"{self.decoded / self.seconds:,.0f} images/s" if self.seconds > 0 and self.decoded else "-"
         parts = [f"prepared {self.out}: {counts} images, {self.classes} classes, "
-                 f"{self.size}x{self.size}x{self.channels} {self.storage}, {_human(self.bytes)}",
+                 f"{self.size}x{self.size}x{self.channels} {self.storage}, {human_size(self.bytes)}",
                  f"skipped {len(self.skipped)} bad file(s)" + (" (listed in skipped.csv)" if self.skipped else ""),
                  f"ignored {len(self.ignored)} stray/non-image file(s)" + (" (listed in ignored.csv)" if self.ignored else "")]
         if self.warnings:
@@ -93,28 +100,52 @@ class PrepareSummary:
         return "; ".join(parts)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000.0
-    return f"{n:.1f} TB"
-
-
 # --------------------------------------------------------------------------------------
 # worker side: pure functions of their arguments (they run in a process pool)
 
 _CONFIG: dict = {}
+_RAW_FILES: dict = {}   # split -> this process's descriptor of the partial raw file (raw storage)
 
 
 def _init_worker(config: dict) -> None:
+    _close_raw_files()
     _CONFIG.clear()
     _CONFIG.update(config)
     if config.get("pool"):
         torch.set_num_threads(1)  # one process per core: the resize must not spawn threads of its own
-        # Ctrl-C reaches the whole process group: the parent stops between chunks and terminates
-        # the pool; a worker killed mid-task by KeyboardInterrupt would leave its result pending.
+        # Ctrl-C reaches the whole process group: the parent stops between chunks and ends the
+        # workers itself; a worker killed mid-task by KeyboardInterrupt would look like a crash.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A SIGTERM ends a worker, even one forked from a process with a StopFlag installed
+        # (prepare called by a training run), whose handler it would otherwise inherit.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _close_raw_files() -> None:
+    for fd in _RAW_FILES.values():
+        os.close(fd)
+    _RAW_FILES.clear()
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """Write all of ``data`` at ``offset``, or raise OSError (ENOSPC, EFBIG, ...)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)   # a short write near a limit: the next call raises
+        view, offset = view[written:], offset + written
+
+
+def _write_rows(split: str, indices: list, images: np.ndarray) -> None:
+    """Raw storage: the decoded rows go to their offsets in the split's file from the process that
+    decoded them (consecutive rows in one call), so that the main process, the one serial part of
+    prepare, never receives the pixels through a pipe nor writes them (measured in docs/data.md)."""
+    if split not in _RAW_FILES:
+        _RAW_FILES[split] = os.open(_CONFIG["raw_paths"][split], os.O_WRONLY)
+    fd, start = _RAW_FILES[split], 0
+    for j in range(1, len(indices) + 1):
+        if j == len(indices) or indices[j] != indices[j - 1] + 1:
+            _pwrite_all(fd, np.ascontiguousarray(images[start:j]), indices[start] * images[0].nbytes)
+            start = j
 
 
 def _image_stats(a: np.ndarray) -> np.ndarray:
@@ -167,8 +198,10 @@ def _work_encoded(task: tuple) -> dict:
         xtx = _image_stats(stacked)
         # the chunk's share of the mean image, summed here so the main process adds once per chunk
         image_sum = _sum_images(stacked)
-    return {"split": split, "indices": indices, "images": stacked, "blobs": blobs or None, "xtx": xtx,
-            "image_sum": image_sum, "errors": errors, "warnings": warnings}
+    if storage == "raw" and indices:
+        _write_rows(split, indices, stacked)
+    return {"split": split, "indices": indices, "images": None if storage == "raw" else stacked,
+            "blobs": blobs or None, "xtx": xtx, "image_sum": image_sum, "errors": errors, "warnings": warnings}
 
 
 def _work_arrays(task: tuple) -> tuple:
@@ -186,7 +219,10 @@ def _work_arrays(task: tuple) -> tuple:
         blobs = [layout.encode_jpeg(a, quality) for a in out]
         out = np.stack([layout.decode_jpeg(b, channels) for b in blobs])
     train = split == "train"
-    return {"split": split, "indices": list(range(start, start + len(out))), "images": out, "blobs": blobs,
+    indices = list(range(start, start + len(out)))
+    if storage == "raw":
+        _write_rows(split, indices, out)
+    return {"split": split, "indices": indices, "images": None if storage == "raw" else out, "blobs": blobs,
             "xtx": _image_stats(out) if train else None, "image_sum": _sum_images(out) if train else None,
             "errors": [], "warnings": []}
 
@@ -216,7 +252,7 @@ class _Writer:
 
     # -- files -------------------------------------------------------------------------
     def open_files(self, resume: bool) -> None:
-        for split, n in self.counts.items():
+        for split in self.counts:
             if self.storage == "raw":
                 # Rows are written at their offsets with pwrite; the file grows (sparse where rows
                 # are still missing) as they arrive. Not a memory map: a write into a mapped page
@@ -241,11 +277,11 @@ class _Writer:
 
     # -- results -----------------------------------------------------------------------
     def _pwrite(self, split: str, row: int, data) -> None:
-        """Write ``data`` at row ``row`` of the split's raw file, all of it or an OSError."""
-        fd, view, offset = self.raw_files[split], memoryview(data).cast("B"), row * self.row_bytes
-        while view:
-            written = os.pwrite(fd, view, offset)   # a short write near a limit: the next call raises
-            view, offset = view[written:], offset + written
+        """Write ``data`` at row ``row`` of the split's raw file, all of it or an OSError.
+
+        Not through files.atomic_write: the pixels are many writes into one large file, each at
+        its row, made durable by the checkpoint's fsync before the progress file counts them."""
+        _pwrite_all(self.raw_files[split], data, row * self.row_bytes)
 
     def store(self, split: str, index: int, img: np.ndarray | None, blob: bytes | None) -> None:
         if self.storage == "raw":
@@ -258,8 +294,13 @@ class _Writer:
         self.done[split][index] = True
         self.valid[split][index] = True
 
-    def store_many(self, split: str, indices: list, images: np.ndarray, blobs: list | None) -> None:
+    def store_many(self, split: str, indices: list, images: np.ndarray | None, blobs: list | None) -> None:
+        """Record a chunk's results; ``images`` None: raw rows the worker has written itself."""
         if not indices:
+            return
+        if images is None:
+            self.done[split][indices] = True
+            self.valid[split][indices] = True
             return
         if self.storage == "raw" and indices == list(range(indices[0], indices[0] + len(indices))):
             self._pwrite(split, indices[0], np.ascontiguousarray(images))  # one write for the run of rows
@@ -290,9 +331,12 @@ class _Writer:
             arrays[f"done.{split}"] = self.done[split]
             arrays[f"valid.{split}"] = self.valid[split]
             arrays[f"jpeg_index.{split}"] = self.jpeg_index[split]
-        tmp = os.path.join(self.root, "progress.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(self.root, "progress.npz"))
+        try:
+            atomic_write(os.path.join(self.root, "progress.npz"), lambda f: np.savez(f, **arrays),
+                         what="the progress file")
+        except UserError as exc:     # the previous progress file is intact (atomic_write)
+            raise UserError(f"{exc}; the partial cache is kept and a re-run resumes it from its last "
+                            f"checkpoint") from None
 
     def load_checkpoint(self, fingerprint: str) -> bool:
         path = os.path.join(self.root, "progress.npz")
@@ -324,15 +368,20 @@ class _Writer:
     def finish(self, meta: dict) -> dict:
         """Drop the holes left by skipped files, write labels, names, stats, reports and meta.json."""
         final_counts = {}
-        for split, n in self.counts.items():
+        if self.storage == "raw" and not all(v.all() for v in self.valid.values()):
+            # Compacting moves rows in place, which a second pass would repeat on moved rows: once
+            # it starts, the progress file no longer describes the file, so it goes first (a run
+            # stopped from here on starts over instead of resuming into a scrambled cache).
+            self._remove_progress()
+        for split in self.counts:
             keep = np.flatnonzero(self.valid[split])
             final_counts[split] = len(keep)
             content = self.source.splits[split]
             labels = content.labels if isinstance(content, ArraySplit) else np.array([it.label for it in content], dtype=np.int64)
             names = content.names if isinstance(content, ArraySplit) else [it.name for it in content]
-            np.save(os.path.join(self.root, layout.labels_file(split)), labels[keep].astype(np.int64))
-            with open(os.path.join(self.root, layout.files_file(split)), "w", encoding="utf-8") as f:
-                f.write("\n".join(names[i].replace("\n", " ") for i in keep))
+            self._write(layout.labels_file(split), _npy(labels[keep].astype(np.int64)), "the labels")
+            self._write(layout.files_file(split), "\n".join(names[i].replace("\n", " ") for i in keep),
+                        "the list of image names")
             if self.storage == "raw":
                 fd = self.raw_files[split]
                 for dst, src in enumerate(keep):  # compact in place: rows only move towards the start
@@ -341,31 +390,37 @@ class _Writer:
                 os.ftruncate(fd, len(keep) * self.row_bytes)   # also sizes a file whose last rows were skipped
                 os.fsync(fd)
             else:
-                np.save(os.path.join(self.root, layout.jpeg_index_file(split)), self.jpeg_index[split][keep])
+                self._write(layout.jpeg_index_file(split), _npy(self.jpeg_index[split][keep]), "the JPEG index")
         self.close_files()
         stats = self.statistics()
         if stats:
-            np.savez(os.path.join(self.root, "stats.npz"), **stats)
-        _write_csv(os.path.join(self.root, "skipped.csv"), ("path", "reason"), self.skipped)
-        _write_csv(os.path.join(self.root, "ignored.csv"), ("path", "reason"), self.source.ignored)
-        _write_csv(os.path.join(self.root, "warnings.csv"), ("path", "warning"), self.warnings)
-        meta["splits"] = {k: {"count": v} for k, v in final_counts.items()}
+            self._write("stats.npz", lambda f: np.savez(f, **stats), "the train statistics")
+        self._write("skipped.csv", _csv(("path", "reason"), self.skipped), "the list of skipped files")
+        self._write("ignored.csv", _csv(("path", "reason"), self.source.ignored), "the list of ignored files")
+        self._write("warnings.csv", _csv(("path", "warning"), self.warnings), "the list of warnings")
+        meta["splits"] = {k: {"count": v, **({"labelled": False} if k in self.source.unlabelled else {})}
+                          for k, v in final_counts.items()}
         meta["skipped"], meta["ignored"], meta["warnings"] = len(self.skipped), len(self.source.ignored), len(self.warnings)
         meta["stats"] = ({"split": "train", "images": self.stat_images,
                           **{k: stats[k].tolist() for k in ("channel_mean", "channel_std", "eigval", "eigvec")}}
                          if stats else None)
         meta["complete"] = True
-        for name in ("progress.npz", "progress.tmp.npz"):
-            if os.path.exists(os.path.join(self.root, name)):
-                os.remove(os.path.join(self.root, name))
+        self._remove_progress()
         meta["files"] = layout.checksum_files(self.root, quiet=self.quiet)
-        tmp = os.path.join(self.root, "meta.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.root, "meta.json"))
+        # meta.json last: "complete": true is what makes the folder a cache (once renamed to OUT)
+        self._write("meta.json", json.dumps(meta, indent=1), "the cache metadata")
         return final_counts
+
+    def _write(self, name: str, data, what: str) -> None:
+        """One file of the cache, by the package's one atomic write (a failure: one line naming it)."""
+        atomic_write(os.path.join(self.root, name), data, what=what)
+
+    def _remove_progress(self) -> None:
+        """The progress file and any temporary file a killed writer left: not part of the cache."""
+        for name in os.listdir(self.root):
+            if name in ("progress.npz", "progress.tmp.npz") or ".tmp-" in name:   # progress.tmp.npz: older versions
+                os.remove(os.path.join(self.root, name))
+        fsync_folder(self.root)
 
     def statistics(self) -> dict:
         """The paper's statistics from the train split's accumulated sums (float64)."""
@@ -389,11 +444,18 @@ class _Writer:
                 "covariance": cov, "images": np.int64(self.stat_images)}
 
 
-def _write_csv(path: str, header: tuple, rows: list) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+def _csv(header: tuple, rows: list) -> str:
+    """A report's text, as ``csv`` writes it (CRLF line ends)."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows(rows)
+    return text.getvalue()
+
+
+def _npy(array: np.ndarray):
+    """A writer of ``array`` in ``.npy`` format, for :func:`atomic_write`."""
+    return lambda f: np.save(f, array)
 
 
 def _probe_channels(source: Source, probes: int = 64) -> int:
@@ -419,62 +481,9 @@ def _probe_channels(source: Source, probes: int = 64) -> int:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
-class _OutputLock:
-    """``OUT.lock``, locked with ``lockf`` for as long as one ``prepare`` writes ``OUT``.
-
-    A second ``prepare`` of the same ``OUT`` refuses in one line instead of deleting the
-    first one's partial output. The kernel drops the lock when its process ends (even by
-    SIGKILL), so a killed run never leaves a stale lock; forked decoding processes do not
-    inherit it. The file is removed on release; a waiter that opened the removed file
-    notices (its inode is no longer the path's) and tries again.
-    """
-
-    def __init__(self, out: str):
-        self.path = out + ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> "_OutputLock":
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise UserError(f"{self.path}: cannot create the lock file ({exc.strerror})") from None
-            try:
-                os.lockf(fd, os.F_TLOCK, 0)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    os.close(fd)
-                    raise UserError(f"{self.path}: cannot lock ({exc.strerror})") from None
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise UserError(f"{self.path[:-5]}: another 'alexnet prepare' (process {holder}) is writing "
-                                f"this cache; wait for it to finish or choose another path") from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                self.fd = fd
-                return self
-            os.close(fd)   # the holder removed it as we opened it: lock the new one
-
-    def __exit__(self, *exc) -> bool:
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-        return False
-
-
 def _display(source: Source, name: str) -> str:
-    if source.kind in ("tar", "tar-stream"):
-        return f"{source.location}:{name}"
-    if source.kind == "folder":
+    """Where an image is, for a message: ``FOLDER/a/b.jpg``, ``ARCHIVE:member``, ``FOLDER/ARCHIVE:member``."""
+    if source.kind == "folder" or (source.kind == "ilsvrc" and os.path.isdir(source.location)):
         return os.path.join(source.location, name)
     return f"{source.location}:{name}"
 
@@ -493,16 +502,26 @@ def prepare(source, out, *, size: int | str = 256, storage: str = "raw", quality
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise UserError(f"{parent}: no such directory")
-    with _OutputLock(out):   # first: a second prepare of OUT refuses before it spends time listing
+    # First: a second prepare of OUT refuses before it spends time listing, instead of deleting the
+    # first one's partial output. The kernel drops the lock however this process ends.
+    lock = FileLock(out + ".lock", remove=True)
+    holder = lock.acquire()
+    if holder is not None:
+        raise UserError(f"{out}: another 'alexnet prepare' ({holder}) is writing this cache; "
+                        f"wait for it to finish or choose another path")
+    try:
         return _prepare_locked(source, out, parent, size=size, storage=storage, quality=int(quality),
                                skip_bad=skip_bad, workers=workers, quiet=quiet, labels=labels, classes=classes,
                                limit=limit, channels=channels, overwrite=overwrite, started=started)
+    finally:
+        lock.release()
 
 
 def _prepare_locked(source, out: str, parent: str, *, size, storage: str, quality: int, skip_bad: bool, workers,
                     quiet: bool, labels, classes, limit, channels, overwrite: bool, started: float) -> PrepareSummary:
     """The body of :func:`prepare`, run while holding ``OUT.lock``."""
-    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit)
+    src = source if isinstance(source, Source) else open_source(os.fspath(source), labels=labels, classes=classes, limit=limit,
+                                                                  quiet=quiet)
 
     if size == "native":
         if src.encoded:
@@ -554,8 +573,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
         need = total * size * size * channels
         free = shutil.disk_usage(parent).free + (_dir_bytes(partial) if resume else 0)
         if need > free:
-            raise UserError(f"{out}: needs {_human(need)} for {total:,} images at {size}x{size}x{channels}, "
-                            f"only {_human(free)} free (try --format jpeg, or a smaller --size)")
+            raise UserError(f"{out}: needs {human_size(need)} for {total:,} images at {size}x{size}x{channels}, "
+                            f"only {human_size(free)} free (try --format jpeg, or a smaller --size)")
     for folder in src.empty_folders:  # --skip-bad: said and listed, never silently dropped
         row = (_display(src, folder), "empty class folder (no images); no class made for it")
         if row not in writer.skipped:
@@ -575,15 +594,16 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
             "preprocessing": f"central square (integer offsets) rescaled to {size}x{size}, bilinear antialiased "
                              f"= short side {size} then central crop (Krizhevsky et al. 2012, Section 2); "
                              f"JPEG DCT-domain downscaling by 1/2..1/8 while the short side stays >= {size}",
-            "pixel_scale": "uint8 0..255"}
-    config = {"size": size, "channels": channels, "storage": storage, "quality": quality}
+            "pixel_scale": "uint8 0..255", **src.extra}
+    config = {"size": size, "channels": channels, "storage": storage, "quality": quality,
+              "raw_paths": {split: os.path.join(partial, layout.images_file(split)) for split in counts}}
     decoded = 0
     try:
         decoded = _run(src, writer, config, workers, skip_bad, quiet, fingerprint, total)
     except BaseException as exc:
         try:
             writer.checkpoint(fingerprint)
-        except OSError:
+        except (OSError, UserError):
             pass  # the disk that failed the write may fail the checkpoint too; the cache stays partial
         finally:
             writer.close_files()
@@ -596,6 +616,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
     except OSError as exc:
         raise UserError(f"{partial}: cannot write the cache ({exc.strerror or exc})") from None
 
+    # A folder, not one file: it cannot go through atomic_write. Every file in it is on disk
+    # (atomic_write, the fsync'd raw files) and meta.json says complete, so one rename publishes it.
     if os.path.exists(out):  # --overwrite: swap the new cache in, then remove the old one
         old = out + ".old"
         if os.path.exists(old):
@@ -607,7 +629,8 @@ def _prepare_locked(source, out: str, parent: str, *, size, storage: str, qualit
         os.rename(partial, out)
     return PrepareSummary(out, final_counts, len(src.classes), size, channels, storage, _dir_bytes(out),
                           list(writer.skipped), list(src.ignored), list(writer.warnings),
-                          time.perf_counter() - started, decoded, resumed_from)
+                          time.perf_counter() - started, decoded, resumed_from,
+                          unlabelled=tuple(sorted(src.unlabelled)))
 
 
 def _dir_bytes(path: str) -> int:
@@ -660,13 +683,24 @@ def _tasks(src: Source, writer: _Writer):
             yield "encoded", (split, [(int(i), content[i].name, content[i].ref) for i in pending[start:start + step]])
 
 
+def _died_line(partial: str, exc: WorkerDied) -> str:
+    """The one line for a decoding worker that died: how, and what that usually means."""
+    why = ""
+    if exc.exitcode == -signal.SIGKILL:
+        why = ": killed by hand or by the kernel's out-of-memory killer (fewer --workers need less memory)"
+    elif exc.signal_name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE"):
+        why = ": a crash in an image decoder"
+    return (f"{partial}: a decoding worker died ({exc.how}, process {exc.pid}){why}; the partial cache is kept "
+            f"and a re-run resumes it")
+
+
 def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: bool, quiet: bool,
          fingerprint: str, total: int) -> int:
     bar = progress(total, "prepare", "img", initial=writer.done_count(), disable=quiet)
     functions = {"encoded": _work_encoded, "arrays": _work_arrays}
     pool = None
     if workers > 1:
-        pool = multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=({**config, "pool": True},))
+        pool = ProcessPool(workers, initializer=_init_worker, initargs=({**config, "pool": True},))
     else:
         _init_worker(config)
     decoded = 0
@@ -699,12 +733,16 @@ def _run(src: Source, writer: _Writer, config: dict, workers: int, skip_bad: boo
 
     try:
         with StopFlag(second_interrupts=False) as stop:
-            _drive(src, writer, functions, pool, workers, handle, stop, fingerprint)
+            finished = False
+            try:
+                _drive(src, writer, functions, pool, workers, handle, stop, fingerprint)
+                finished = True
+            finally:
+                if pool is not None:     # still under the StopFlag: a second Ctrl-C cannot cut this short
+                    pool.close(kill=not finished)
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        _close_raw_files()      # the rows written in this process (workers=1)
     return decoded
 
 
@@ -721,19 +759,15 @@ def _drive(src: Source, writer: _Writer, functions: dict, pool, workers: int, ha
                 writer.checkpoint(fingerprint)
                 last_checkpoint = time.monotonic()
     else:
-        in_flight: deque = deque()
-        window = 4 * workers
-        for kind, task in _tasks(src, writer):
-            in_flight.append((kind, pool.apply_async(functions[kind], (task,))))
-            while len(in_flight) >= window:
-                k, r = in_flight.popleft()
-                handle(r.get())
+        work = ((functions[kind], task) for kind, task in _tasks(src, writer))
+        try:
+            for result in pool.imap(work, stop.check, window=4 * workers, poll=POLL_SECONDS):
+                handle(result)
                 stop.check()
-            if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                writer.checkpoint(fingerprint)
-                last_checkpoint = time.monotonic()
-        while in_flight:
-            k, r = in_flight.popleft()
-            handle(r.get())
-            stop.check()
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    writer.checkpoint(fingerprint)
+                    last_checkpoint = time.monotonic()
+        except WorkerDied as exc:
+            stop.check()     # a SIGTERM to the whole process group ends the workers too: that is a stop
+            raise UserError(_died_line(writer.root, exc)) from None
     stop.check()

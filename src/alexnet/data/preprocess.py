@@ -1,4 +1,4 @@
-"""How images become network input: one :class:`InputSpec`, one function, used everywhere.
+"""How images become network input: one :class:`InputSpec`, one transform, used everywhere.
 
 The paper (section 2): images are down-sampled so that the shorter side is 256, the
 central 256x256 patch is kept, and "the mean activity over the training set" is
@@ -20,11 +20,12 @@ stores it (its ``data`` section plus the ``extra.stats.*`` tensors), and
 :func:`alexnet.checkpoint.load_model` gives it back, so predict, eval, features and the
 experiments feed a model exactly the way it was trained, without being told.
 
-:func:`to_network_input` is the one path from uint8 squares to network input for
-predict, features and the experiments; the training/evaluation loader runs the same
-arithmetic (:func:`alexnet.data.augment.to_network_input`, plus the colour noise while
-training) on whole batches, and ``tests/test_input_path.py`` checks that both give
-identical tensors.
+:class:`InputTransform` is the one arithmetic from uint8 crops to network input: the
+host loader and the device loader (with the colour noise while training), predict,
+features, neighbors and the experiments (through :func:`to_network_input`, which cuts
+the centre crop or the paper's ten views of whole squares first), and the exported graph
+(:meth:`InputTransform.centre_constants` and :func:`normalise_`) all run it.
+``tests/test_input_path.py`` checks that every path gives identical tensors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -124,15 +126,85 @@ class InputSpec:
         return None if self.scale is None else torch.tensor(self.scale, dtype=torch.float32, device=device)
 
 
-def view_params(n: int, spec: InputSpec, views: str = "center"):
-    """(top, left, flips, source row of each view) of the centre crop or the paper's ten views."""
-    if views not in VIEWS:
-        raise UserError(f"views {views!r}: choose center or ten")
-    if views == "ten":
-        top, left, flips = augment.ten_view_params(n, spec.size, spec.crop)
-        return top, left, flips, torch.arange(n).repeat_interleave(10)
-    top, left, flips = augment.center_params(n, spec.size, spec.crop)
-    return top, left, flips, None
+class InputTransform:
+    """uint8 crops -> network input for one :class:`InputSpec` on one device: the one arithmetic.
+
+    ``transform(crops, top, left, flips, alpha=None, out=None)``: ``crops`` uint8 NCHW
+    (B, C, crop, crop) on the device; ``top``, ``left``, ``flips`` (B,) where each row was
+    cut from its stored square (CPU tensors; the mean image is cut at the same place);
+    ``alpha`` (B, C) the PCA colour-noise draws of a training batch (needs ``eigen``, the
+    cache's ``(eigval, eigvec)``). Returns float32 NCHW (channels-last when asked), written
+    into ``out`` when given (a buffer of the right shape the caller may overwrite).
+
+    The host loader, the device loader, :func:`to_network_input` (predict, features,
+    neighbors, the experiments) and the exported graph (:meth:`centre_constants`) all go
+    through this class and :func:`normalise_`, so the operations and their order are the
+    same everywhere, and so are the results, bit for bit.
+    """
+
+    def __init__(self, spec: InputSpec, device: torch.device | str = "cpu", *,
+                 eigen: tuple[torch.Tensor, torch.Tensor] | None = None, channels_last: bool = False):
+        self.spec = spec
+        self.device = torch.device(device)
+        mean_image, self.channel_mean = spec.mean_tensors(self.device)
+        self.mean_cropper = augment.MeanCropper(mean_image, spec.crop) if mean_image is not None else None
+        scale = spec.scale_tensor(self.device)
+        self.scale = None if scale is None else scale.view(1, -1, 1, 1)
+        self.eigen = eigen
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def shifts(self, top: torch.Tensor, left: torch.Tensor, flips: torch.Tensor,
+               alpha: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(what to subtract, what to add) for rows cut at (top, left, flips), broadcastable to NCHW.
+
+        The mean image cut at each row's offsets and mirrored with it, or the channel mean;
+        the PCA colour offsets fold into the channel mean (one pass over the batch) and are
+        added after the mean image otherwise.
+        """
+        offsets = None
+        if alpha is not None:
+            if self.eigen is None:
+                raise ValueError("colour-noise draws given to an InputTransform built without eigen")
+            # (B, C): tiny, so computed on the host and moved
+            offsets = augment.pca_offsets(alpha, *self.eigen).to(self.device)[:, :, None, None]
+        if self.mean_cropper is not None:
+            return self.mean_cropper(top, left, flips), offsets
+        if self.channel_mean is not None:
+            mean = self.channel_mean.view(1, -1, 1, 1)
+            return (mean if offsets is None else mean - offsets), None
+        return None, offsets
+
+    def __call__(self, crops: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flips: torch.Tensor,
+                 alpha: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(crops.shape, dtype=torch.float32, device=crops.device, memory_format=self.memory_format)
+        # One float conversion for the whole batch, then in-place arithmetic: on a CPU several
+        # times faster than a mixed uint8 - float32 operation.
+        out.copy_(crops)
+        return normalise_(out, *self.shifts(top, left, flips, alpha), self.scale)
+
+    def centre_constants(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(shift (1, C, crop, crop) or (1, C, 1, 1), scale (1, C, 1, 1)) of the centre view, None where
+        unused: what the exported graph applies with :func:`normalise_` to centre-crop pixels."""
+        top, left, flips, _ = augment.view_params(1, self.spec.size, self.spec.crop, "center")
+        shift, _ = self.shifts(top, left, flips)
+        return (None if shift is None else shift.contiguous()), self.scale
+
+
+def normalise_(x: torch.Tensor, shift: Optional[torch.Tensor], add: Optional[torch.Tensor],
+               scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` (float32 pixels, 0..255) minus ``shift``, plus ``add``, times ``scale``, in place; returns x.
+
+    The arithmetic of every input path, the exported graph's included (TorchScript compiles
+    it, hence the ``Optional`` annotations).
+    """
+    if shift is not None:
+        x.sub_(shift)
+    if add is not None:
+        x.add_(add)
+    if scale is not None:
+        x.mul_(scale)
+    return x
 
 
 def to_network_input(squares: torch.Tensor | np.ndarray, spec: InputSpec, views: str = "center",
@@ -141,6 +213,8 @@ def to_network_input(squares: torch.Tensor | np.ndarray, spec: InputSpec, views:
 
     With ``views="ten"``, rows i*10 .. i*10+9 are image i's ten views (the loader's order).
     """
+    if views not in VIEWS:
+        raise UserError(f"views {views!r}: choose center or ten")
     if isinstance(squares, np.ndarray):
         array = np.asarray(squares)
         # a read-only memory map: torch can only wrap writable memory, so read it into a copy
@@ -150,14 +224,9 @@ def to_network_input(squares: torch.Tensor | np.ndarray, spec: InputSpec, views:
     if batch.dtype != torch.uint8 or batch.dim() != 4 or tuple(batch.shape[1:]) != (spec.size, spec.size, spec.channels):
         raise UserError(f"images of shape {tuple(batch.shape)} ({batch.dtype}); this model takes uint8 "
                         f"({spec.size}, {spec.size}, {spec.channels}) squares")
-    top, left, flips, source = view_params(len(batch), spec, views)
+    top, left, flips, source = augment.view_params(len(batch), spec.size, spec.crop, views)
     crops = augment.gather_crops(batch, top, left, flips, spec.crop, source=source).permute(0, 3, 1, 2).to(device)
-    mean_image, channel_mean = spec.mean_tensors(device)
-    mean_crops = None
-    if mean_image is not None:
-        mean_crops = augment.crop_mean_image(mean_image, top, left, flips, spec.crop).permute(0, 3, 1, 2)
-    return augment.to_network_input(crops, mean_crops=mean_crops, channel_mean=channel_mean,
-                                    scale=spec.scale_tensor(device))
+    return InputTransform(spec, device)(crops, top, left, flips)
 
 
 def input_spec_of(info: dict) -> InputSpec:
@@ -183,14 +252,20 @@ def read_square(path: str | os.PathLike, size: int, channels: int) -> np.ndarray
         raise UserError(f"{path}: no such file") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    return square_from_bytes(data, size, channels, str(path))
+
+
+def square_from_bytes(data: bytes, size: int, channels: int, name: str) -> np.ndarray:
+    """An image file's bytes -> uint8 (S, S, C), as :func:`read_square` (an upload, say); UserError
+    starting with ``name`` when they are not a readable image."""
     try:
-        image, _warning = decode_square(data, size, channels, name=str(path))
+        image, _warning = decode_square(data, size, channels, name=name)
     except BadImage as exc:
         if channels != 1 or "colour" not in str(exc):
-            raise UserError(f"{path}: {exc}") from None
+            raise UserError(f"{name}: {exc}") from None
         try:
-            rgb, _warning = decode_square(data, size, 3, name=str(path))
+            rgb, _warning = decode_square(data, size, 3, name=name)
         except BadImage as exc2:
-            raise UserError(f"{path}: {exc2}") from None
+            raise UserError(f"{name}: {exc2}") from None
         image = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))[:, :, None]
     return image if image.ndim == 3 else image[..., None]

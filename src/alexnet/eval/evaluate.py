@@ -16,6 +16,7 @@ evaluated cache). A ``--data`` argument becomes a cache by the one rule of
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,9 +28,11 @@ from ..console import progress as progress_bar
 from ..data import build_loader
 from ..data.resolve import resolve_cache
 from ..errors import UserError
+from ..options import warn_once
 from ..runtime import default_device
 from ..data.preprocess import input_spec_of
 from .metrics import ClassificationMeter, view_average
+from .prediction_file import check_prediction_path, write_predictions
 
 
 def pick_split(cache, split: str | None) -> str:
@@ -37,7 +40,7 @@ def pick_split(cache, split: str | None) -> str:
         cache.split(split)    # UserError naming the splits that exist
         return split
     for name in ("test", "val"):
-        if name in cache.splits:
+        if name in cache.splits and cache.labelled(name):   # ILSVRC's test set has no labels
             return name
     raise UserError(f"{cache.path}: no test or val split (has: {', '.join(cache.splits)}); choose one with --split")
 
@@ -73,12 +76,14 @@ def predict_split(model, info: dict, cache, split: str, *, views: str = "center"
 def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, views: str = "center",
              split: str | None = None, batch_size: int = 100, device: str | None = None, workers: int = 2,
              limit: int = 0, out: str | os.PathLike | None = None, plots: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, predictions: str | os.PathLike | None = None) -> dict:
     """Top-1/top-5 error, per-class accuracy and confusion matrix of one checkpoint or an ensemble.
 
     ``checkpoints``: a path (or run folder) or a list of them; several = an ensemble whose
     softmax outputs are averaged. ``data``: a cache folder or a source (prepared on first use).
-    Writes ``metrics.json``, ``per_class.csv`` and ``confusion.png`` into ``out`` when given.
+    Writes ``metrics.json``, ``per_class.csv`` and ``confusion.png`` into ``out`` when given, and
+    each image's top 5 into the file ``predictions`` (:mod:`.prediction_file`). A split without
+    labels (the ILSVRC-2012 test set) has no metrics: it needs ``predictions``.
     """
     if views not in ("center", "ten"):
         raise UserError(f"--views {views!r}: choose center or ten")
@@ -96,17 +101,31 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
         raise UserError(f"{cache.path}: classes differ from the checkpoint's ({len(cache.classes)} vs {len(classes)}); "
                         f"evaluate on data with the same class list")
     split = pick_split(cache, split)
+    if predictions is not None:
+        predictions = check_prediction_path(predictions, cache)
+        if limit:
+            raise UserError("-o with --limit: a prediction file covers the whole split; leave out --limit")
+    elif not cache.labelled(split):
+        raise UserError(f"{cache.path}: split '{split}' has no labels, so no error rates; give -o FILE to write "
+                        f"its predictions")
+    labelled = cache.labelled(split)
     total, labels, members = None, None, []
     for model, info in loaded:
         probs, y = predict_split(model, info, cache, split, views=views, batch_size=batch_size, device=dev,
                                  workers=workers, limit=limit, progress=progress)
-        member = ClassificationMeter(len(classes))
-        member.update(probs, y)
-        members.append({"checkpoint": info["path"], **member.result()})
+        if labelled:
+            member = ClassificationMeter(len(classes))
+            member.update(probs, y)
+            members.append({"checkpoint": info["path"], **member.result()})
         if labels is not None and not torch.equal(labels, y):
             raise RuntimeError("loader returned a different order for two checkpoints")
         total, labels = (probs if total is None else total + probs), y
     probs = total / len(loaded)
+    if predictions is not None:
+        write_predictions(predictions, probs, labels if labelled else None, cache.split(split).files, cache)
+        if not labelled:
+            return {"split": split, "views": views, "cache": str(cache.path), "count": len(probs),
+                    "checkpoints": [i["path"] for _, i in loaded], "predictions": str(predictions)}
     meter = ClassificationMeter(len(classes))
     nll = float(torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum"))
     meter.update(probs, labels, nll)
@@ -117,6 +136,8 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
               "confusion": meter.confusion.tolist(), "class_names": list(names)}
     if len(loaded) > 1:
         result["members"] = members
+    if predictions is not None:
+        result["predictions"] = str(predictions)
     if out == "auto":      # beside the first checkpoint: eval-<split>-<views>[-ensemble]
         first = Path(paths[0])
         folder = first if first.is_dir() else first.parent
@@ -124,6 +145,7 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        _warn_if_replacing(out / "metrics.json", result)
         report.write_json(out / "metrics.json", result)
         report.write_csv(out / "per_class.csv", [
             {"class": c, "name": n, "images": int(meter.confusion[i].sum()), "accuracy": a}
@@ -135,7 +157,25 @@ def evaluate(checkpoints: str | os.PathLike | list, data: str | os.PathLike, *, 
     return result
 
 
+def _warn_if_replacing(path: Path, result: dict) -> None:
+    """An earlier evaluation of other data (another cache, split, subset or checkpoint) in the same
+    folder is replaced: say so once, naming what it was."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    keys = ("cache", "split", "views", "count", "checkpoints")
+    differ = [k for k in keys if before.get(k) != result.get(k)]
+    if differ:
+        warn_once(f"{path} held an evaluation of other data ({', '.join(f'{k} {before.get(k)!r}' for k in differ)}); "
+                  f"it is replaced (give --out-dir to keep both)")
+
+
 def format_result(result: dict, max_classes: int = 20) -> str:
+    if "top1_err" not in result:      # a split without labels: its predictions only
+        return (f"{', '.join(result['checkpoints'])} on {result['cache']} [{result['split']}, {result['count']:,} "
+                f"images without labels, {result['views']} view{'s' if result['views'] == 'ten' else ''}]\n"
+                f"wrote {result['predictions']}")
     lines = []
     for m in result.get("members", []):
         lines.append(f"  member {m['checkpoint']}: top-1 error {100 * m['top1_err']:.2f}%, top-5 error {100 * m['top5_err']:.2f}%")
@@ -153,4 +193,6 @@ def format_result(result: dict, max_classes: int = 20) -> str:
         lines.append("worst classes: " + ", ".join(f"{n} {100 * a:.1f}%" for a, n in ranked[:5]))
     if result.get("out"):
         lines.append(f"wrote {result['out']}/metrics.json, per_class.csv, confusion.png")
+    if result.get("predictions"):
+        lines.append(f"wrote {result['predictions']}")
     return "\n".join(lines)

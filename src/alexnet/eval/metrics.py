@@ -92,14 +92,6 @@ class ClassificationMeter:
                 "top1_err": 1 - self.top1 / n, "top5_err": 1 - self.top5 / n}
 
 
-def view_average(logits: torch.Tensor, views: int) -> torch.Tensor:
-    """Softmax over classes, then the mean over each image's ``views`` consecutive rows: (B, C)."""
-    probs = torch.softmax(logits.float(), dim=1)
-    if views == 1:
-        return probs
-    return probs.view(-1, views, probs.shape[1]).mean(dim=1)
-
-
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader, num_classes: int, *, views: str = "center",
                     fast: FastPath | None = None) -> ClassificationMeter:

@@ -13,8 +13,9 @@ metadata:
 The preprocessing is part of the graph by default: the exported input is the *pixels*
 of the centre crop (float32, N x C x crop x crop, RGB, 0..255), and the graph subtracts
 the checkpoint's mean (the centre crop of the mean image, or the channel mean) and
-applies its scale, exactly as :func:`alexnet.data.preprocess.to_network_input` does for
-the centre view. The consumer only resizes and crops. ``preprocess=False`` exports the
+applies its scale with the project's one input arithmetic
+(:class:`alexnet.data.preprocess.InputTransform`, :func:`~alexnet.data.preprocess.normalise_`),
+as :func:`alexnet.data.preprocess.to_network_input` does for the centre view. The consumer only resizes and crops. ``preprocess=False`` exports the
 bare network (input already mean-subtracted and scaled); docs/export.md says why the
 default is the other way round.
 
@@ -24,7 +25,6 @@ failed export never leaves a half-written file under the target name.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import code_version, load_model
-from ..data.preprocess import InputSpec
+from ..data.preprocess import InputSpec, InputTransform, normalise_
 from ..errors import UserError
+from ..files import atomic_write
 from ..models import get_model_info
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -53,31 +54,22 @@ EXPORT_BATCH = 2                      # the sample batch traced; the exported ba
 class CentreCropInput(nn.Module):
     """The network behind the checkpoint's preprocessing for the centre view.
 
-    ``forward(pixels)``: float32 (N, C, crop, crop) on the 0..255 scale ->
-    ``network((pixels - mean) * scale)``, with ``mean`` the centre crop of the mean
-    image (offset ``(size - crop) // 2``, as :func:`alexnet.data.augment.center_params`),
-    the channel mean, or zero, and ``scale`` the per-channel multipliers or one.
-    Same operations in the same order as :func:`alexnet.data.augment.to_network_input`.
+    ``forward(pixels)``: float32 (N, C, crop, crop) on the 0..255 scale -> the network's
+    output for :func:`alexnet.data.preprocess.normalise_` of them, with the constants of
+    the centre view from the checkpoint's :class:`~alexnet.data.preprocess.InputTransform`
+    (the centre crop of the mean image or the channel mean, and the scale): the same
+    arithmetic, in the same order, as every other input path.
     """
 
     def __init__(self, network: nn.Module, spec: InputSpec):
         super().__init__()
         self.network = network
-        c, crop = spec.channels, spec.crop
-        if spec.mean == "image":
-            top = (spec.size - spec.crop) // 2
-            window = np.asarray(spec.mean_image, np.float32)[top:top + crop, top:top + crop]
-            mean = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))
-        elif spec.mean == "channel":
-            mean = torch.as_tensor(np.asarray(spec.channel_mean, np.float32)).view(c, 1, 1)
-        else:
-            mean = torch.zeros(c, 1, 1)
-        scale = torch.ones(c, 1, 1) if spec.scale is None else torch.tensor(spec.scale, dtype=torch.float32).view(c, 1, 1)
-        self.register_buffer("mean", mean)
+        shift, scale = InputTransform(spec).centre_constants()
+        self.register_buffer("shift", shift)
         self.register_buffer("scale", scale)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network((pixels - self.mean) * self.scale)
+        return self.network(normalise_(pixels.clone(), self.shift, None, self.scale))
 
 
 def export_metadata(info: dict, preprocess: bool) -> dict:
@@ -158,27 +150,6 @@ WRITERS: dict[str, Callable] = {"onnx": _write_onnx, "torchscript": _write_torch
                                 "exported-program": _write_exported_program}
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """``write(file)`` into ``NAME.tmp-PID`` beside ``path``, fsync, rename over ``path``."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(tmp, "wb")
-        except OSError as exc:
-            raise UserError(f"{path}: cannot write the export ({exc.strerror or exc})") from None
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:                   # a full disk while writing, a vanished folder
-        raise UserError(f"{path}: cannot write the export ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(OSError):   # nothing to remove when the folder itself was unusable
-            tmp.unlink(missing_ok=True)
-
-
 def default_output(checkpoint_path: str | os.PathLike, fmt: str) -> Path:
     return Path(checkpoint_path).with_suffix(SUFFIXES[fmt])
 
@@ -211,7 +182,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike
     input_name = "pixels" if meta["input"] == "pixels" else "input"
     meta_json = json.dumps(meta, sort_keys=True)
     with torch.no_grad():
-        _atomic_write(out, lambda f: WRITERS[fmt](module, sample, input_name, meta_json, f))
+        atomic_write(out, lambda f: WRITERS[fmt](module, sample, input_name, meta_json, f), what="the export")
     return out, meta
 
 

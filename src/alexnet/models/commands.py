@@ -6,6 +6,7 @@ import json
 import re
 
 from ..errors import UserError
+from ..options import Spec
 from .registry import MODELS, build_model, get_model_info, list_models
 from .summary import format_table, layer_table, rows_as_dicts, totals
 
@@ -55,8 +56,9 @@ def register(sub) -> None:
     p = sub.add_parser("summary", help="print a model's layer table (shapes, parameters, multiply-adds, neurons)",
                        description="Print the layer table of MODEL: per layer output shape, parameters, "
                                    "multiply-adds and neurons, with totals.")
-    p.add_argument("model", help=f"model name ({', '.join(list_models())})")
-    p.add_argument("--input", metavar="CxHxW", help="input size, e.g. 3x224x224 (default: the model's own)")
-    p.add_argument("--num-classes", type=int, default=1000, metavar="N", help="classes in fc8 (default 1000)")
+    p.add_argument("model", choices=list_models(), metavar="MODEL", help=f"model name ({', '.join(list_models())})")
+    p.add_argument("--input", metavar="CxHxW", type=Spec(pattern=r"\s*\d+\s*[xX,]\s*\d+(\s*[xX,]\s*\d+)?\s*",
+                                                         what="CxHxW or CxS, e.g. 3x224x224"), help="input size, e.g. 3x224x224 (default: the model's own)")
+    p.add_argument("--num-classes", type=Spec(int, ge=1), default=1000, metavar="N", help="classes in fc8 (default 1000)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=_summary)

@@ -209,26 +209,6 @@ def _alpha_on_sum(alpha: float, size: int, convention: str) -> float:
     return alpha if convention == "paper" else alpha / size
 
 
-def local_response_norm_reference(
-    x: torch.Tensor,
-    size: int = 5,
-    alpha: float = 1e-4,
-    beta: float = 0.75,
-    k: float = 2.0,
-    convention: str = "paper",
-) -> torch.Tensor:
-    """The formula written out with plain autograd ops: the reference the fast path is tested against."""
-    effective_alpha = _alpha_on_sum(alpha, size, convention)
-    channels = x.shape[1]
-    squares = x * x
-    terms = []
-    for c in range(channels):
-        lo, hi = max(0, c - size // 2), min(channels, c + (size - 1) // 2 + 1)
-        terms.append(squares[:, lo:hi].sum(dim=1))
-    sums = torch.stack(terms, dim=1)
-    return x / (k + effective_alpha * sums) ** beta
-
-
 class LocalResponseNorm(nn.Module):
     """Cross-channel local response normalisation with an explicit alpha convention.
 

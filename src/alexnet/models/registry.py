@@ -7,9 +7,7 @@ all read from this table.
 
 from __future__ import annotations
 
-import collections.abc
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,6 +15,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import UserError
+from ..options import Mismatch, conform, shown, type_name
 from .caffenet import caffenet
 from .cuda_convnet import (CUDA_CONVNET, cuda_convnet_18pct, cuda_convnet_19pct, cuda_convnet_conv_local_11pct,
                            cuda_convnet_conv_local_13pct)
@@ -154,41 +153,6 @@ def model_options(name: str) -> dict[str, tuple[object, object]]:
     return options
 
 
-def _fits(value, kind) -> bool:
-    """Whether ``value`` (as parsed from TOML or given in Python) has the annotated type ``kind``."""
-    if kind is None or kind is typing.Any:
-        return True
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if kind is type(None):
-        return value is None
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin in (tuple, list, collections.abc.Sequence) or kind in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
-        return all(_fits(v, args[0]) for v in value) if args else True
-    return isinstance(value, kind) if isinstance(kind, type) else True
-
-
-def _type_name(kind) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "none"}
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(kind))
-    if typing.get_origin(kind) in (tuple, list, collections.abc.Sequence):
-        args = typing.get_args(kind)
-        n = f"{len(args)} " if typing.get_origin(kind) is tuple and args and args[-1] is not Ellipsis else ""
-        return f"a list of {n}{_type_name(args[0]) if args else 'values'}".replace("an integer", "integers")
-    return names.get(kind, getattr(kind, "__name__", str(kind)))
-
-
 def check_model_options(name: str, kwargs: dict, where: str = "model.kwargs") -> None:
     """UserError naming the first option ``name`` does not take, or whose value has the wrong type.
 
@@ -202,9 +166,11 @@ def check_model_options(name: str, kwargs: dict, where: str = "model.kwargs") ->
             raise UserError(f"{where}.{key}: model {name!r} has no option {key!r} "
                             f"(options: {', '.join(sorted(options))})")
         kind = options[key][0]
-        if not _fits(value, kind):
+        try:
+            conform(value, kind)
+        except Mismatch:
             hint = " (TOML booleans are lowercase: true, false)" if kind is bool and isinstance(value, str) else ""
-            raise UserError(f"{where}.{key}: expected {_type_name(kind)}, got {value!r}{hint}")
+            raise UserError(f"{where}.{key}: got {shown(value)}, expected {type_name(kind)}{hint}") from None
 
 
 def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Module:

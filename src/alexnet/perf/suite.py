@@ -19,13 +19,17 @@ Groups: ``limits`` (float32 / bfloat16 matmul GFLOP/s), ``lrn`` (forward and
 forward+backward on the conv1 and conv2 shapes), ``train`` and ``infer`` (the
 paper's network; inference also for ``alexnet_owt``), ``scaling`` (images/s and
 peak RSS of a training step against batch size and input size, one fresh
-process per point), ``data`` (:mod:`alexnet.perf.data_bench`: prepare and loader).
+process per point), ``data`` (:mod:`alexnet.perf.data_bench`: prepare and loader),
+``memory`` (:mod:`alexnet.perf.memory_bench`: the allocator and output-buffer reuse,
+each with and without), ``loop`` (:mod:`alexnet.perf.loop`: ``alexnet train`` itself beside
+its bare step, and a resume's time to its first step at 90% of an epoch against at its start).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,11 +39,12 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..files import atomic_write
 from ..runtime import ENV_MARKER, active_allocator, allocator_environment, machine_description, machine_line
-from . import data_bench
+from . import data_bench, loop, memory_bench
 from .limits import native_low_precision, step_flops
 
-GROUPS = ("limits", "lrn", "train", "infer", "scaling", "data")
+GROUPS = ("limits", "lrn", "train", "infer", "scaling", "data", "memory", "loop")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -61,16 +66,23 @@ def _reference_env() -> dict[str, str]:
 def _ours_env() -> dict[str, str]:
     base = _reference_env()
     base.pop("ALEXNET_ALLOCATOR", None)
-    name, changes = allocator_environment(os.environ.get("ALEXNET_ALLOCATOR", "auto") or "auto", base)
+    try:
+        name, changes = allocator_environment(os.environ.get("ALEXNET_ALLOCATOR", "auto") or "auto", base)
+    except ValueError:          # an unknown value: the program ran with the system allocator too
+        name, changes = "system", {}
     base.update(changes)
     base[ENV_MARKER] = name
     return base
 
 
 class Worker:
-    def __init__(self, side: str):
+    def __init__(self, side: str, env: dict[str, str] | None = None):
+        """``side``: "reference" (plain process settings) or "ours"; ``env`` replaces the side's
+        environment (an "ours" worker with another allocator)."""
         self.side = side
-        env = _reference_env() if side == "reference" else _ours_env()
+        if env is None:
+            env = _reference_env() if side == "reference" else _ours_env()
+        env = dict(env)
         # The folder holding this alexnet package (src/ of a checkout, or site-packages): the
         # workers import the same package as the suite, whichever way it was made importable.
         src = str(Path(__file__).resolve().parents[2])
@@ -125,6 +137,7 @@ class Suite:
         self.rows: list[dict] = []
         self.scaling: list[dict] = []
         self.data_rows: list[dict] = []
+        self.memory_workers: dict[str, dict] = {}   # the memory group's workers: what each ran with
         self.limits: dict[str, float] = {}
         self.notes: list[str] = []
         self.progress = progress
@@ -157,13 +170,19 @@ class Suite:
                 w.close()
 
     def _side_by_side(self, name: str, group: str, unit_items: int, unit: str, reference: dict | None,
-                      variants: dict[str, dict], training: bool | None = None) -> None:
-        """Set up the reference and each variant, alternate timed rounds, add one row per variant."""
+                      variants: dict[str, dict], training: bool | None = None,
+                      workers: dict[str, Worker] | None = None) -> None:
+        """Set up the reference and each variant, alternate timed rounds, add one row per variant.
+
+        ``workers``: the process of each label ("reference" included) where it is not the
+        suite's own reference or ours worker (a worker with another allocator, say)."""
+        workers = workers or {}
         entries = []   # (label, worker, id, case)
         if reference is not None:
-            entries.append(("reference", self._worker("reference"), f"{name}/reference", reference))
+            entries.append(("reference", workers.get("reference") or self._worker("reference"),
+                            f"{name}/reference", reference))
         for label, case in variants.items():
-            entries.append((label, self._worker("ours"), f"{name}/{label}", case))
+            entries.append((label, workers.get(label) or self._worker("ours"), f"{name}/{label}", case))
         setups, results = {}, {}
         for label, worker, cid, case in entries:
             reply = worker.call(op="setup", id=cid, case=case)
@@ -183,7 +202,7 @@ class Suite:
                     results[label]["cpu"] += reply["cpu"]
                 else:
                     self._note(f"{name}/{label}: run failed: {reply['error']}")
-        for label, worker, cid, _case in entries:
+        for _label, worker, cid, _case in entries:
             worker.call(op="drop", id=cid)
         ref = results.get("reference")
         for label in variants:
@@ -356,6 +375,61 @@ class Suite:
             self.rows.append(row)
             self._log(_format_row(row))
 
+    def _group_memory(self) -> None:
+        workers: dict[str, Worker] = {}
+        cache = None
+        try:
+            for name in memory_bench.ALLOCATORS:
+                env = memory_bench.allocator_env(_reference_env(), name)
+                if env is None:
+                    self._note(f"memory rows: {name} is not installed here; its variant is skipped")
+                    continue
+                workers[name] = Worker("ours", env=env)
+                # What each worker really runs with (jemalloc: mapped into the process), for the report.
+                info = workers[name].call(op="info")["runtime"]
+                self.memory_workers[name] = {k: info[k] for k in ("allocator", "malloc_conf", "glibc_tunables")}
+            if "system" not in workers:
+                return
+            # The training step (the default fast path) under each allocator, plain glibc malloc the reference.
+            case = {"kind": "train", "impl": "ours", "model": "alexnet", "batch": self.batch, "size": self.size,
+                    "device": self.device, "precision": "auto", "channels_last": "auto"}
+            self._side_by_side("train_step_allocator", "memory", self.batch, "images/s", case,
+                               {name: case for name in workers if name != "system"}, training=True,
+                               workers={"reference": workers["system"], **workers})
+            if self.device != "cpu":
+                self._note("memory rows: loader_output_reuse runs on a CPU only (CUDA caches its allocations)")
+                return
+            if not data_bench.sample_path().is_file():
+                self._note(f"memory rows: {data_bench.sample_path()} not found; loader_output_reuse skipped")
+                return
+            cache = memory_bench.make_cache(data_bench.sample_path(), 128 if self.quick else 256)
+            loader = {"kind": "loader", "impl": "ours", "cache": cache, "batch": 128, "crop": 224,
+                      "batches": 1 if self.quick else 2}
+            for name in ("jemalloc", "system"):
+                if name in workers:
+                    self._side_by_side(f"loader_output_reuse_{name}", "memory", 128 * loader["batches"], "images/s",
+                                       {**loader, "reuse": False}, {"reused": {**loader, "reuse": True}},
+                                       workers={"reference": workers[name], "reused": workers[name]})
+        finally:
+            for worker in workers.values():
+                worker.close()
+            if cache is not None:
+                shutil.rmtree(Path(cache).parent, ignore_errors=True)
+
+    def _group_loop(self) -> None:
+        if not data_bench.sample_path().is_file():
+            self.notes.append(f"loop rows skipped: {data_bench.sample_path()} not found (set ALEXNET_SHARED)")
+            return
+        try:
+            rows = loop.loop_rows(data_bench.sample_path(), batch=self.batch, crop=self.size, rounds=self.rounds,
+                                  quick=self.quick, env=_ours_env(), log=self._log)
+        except Exception as exc:   # noqa: BLE001 - the loop rows must not sink the whole suite
+            self.notes.append(f"loop rows failed: {type(exc).__name__}: {exc}")
+            return
+        for row in rows:
+            self.rows.append(row)
+            self._log(_format_row(row))
+
     # -- report
     def report(self, elapsed: float) -> dict:
         for row in self.rows:
@@ -372,6 +446,7 @@ class Suite:
             "limits_gflops": self.limits,
             "rows": self.rows,
             "scaling": self.scaling,
+            "memory_workers": self.memory_workers,
             "notes": self.notes,
             "elapsed_s": elapsed,
         }
@@ -422,7 +497,7 @@ def format_table(report: dict) -> str:
 
 
 def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dict:
-    """Run the suite, print the table, write the JSON report; returns the report."""
+    """Run the suite and write the JSON report to ``json_out``; returns the report (``format_table`` prints it)."""
     groups = kwargs.pop("groups", None) or GROUPS
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -436,13 +511,10 @@ def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dic
     def save(report: dict) -> None:
         if json_out is not None:
             report["command"] = command
-            tmp = Path(str(json_out) + ".tmp")
-            tmp.write_text(json.dumps(report, indent=1))
-            os.replace(tmp, json_out)
+            atomic_write(json_out, json.dumps(report, indent=1), what="the benchmark report")
 
     suite = Suite(quick=quick, groups=tuple(groups), **kwargs)
     report = suite.run(checkpoint=save)   # partial results survive an interrupted run
     report["command"] = command
     save(report)
-    print(format_table(report))
     return report

@@ -12,8 +12,11 @@ per line on stdout:
     {"op": "matmul", "dtype": "float32"}        -> {"ok": true, "gflops": ..., "n": ...}
     {"op": "info"}                              -> {"ok": true, "rss_peak_mb": ..., "runtime": {...}}
 
-Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb"), impl ("plain" | "ours"),
-model, batch, size, precision, channels_last, compile, shape (for LRN), device. A model
+Case keys: kind ("train" | "infer" | "lrn_f" | "lrn_fb" | "loader"), impl ("plain" | "ours"),
+model, kwargs (the model's options), batch, size, precision, channels_last, compile,
+compile_backend (a ``torch.compile`` backend instead of the fast path's compilation, e.g.
+"eager" for a check of the path on a small CPU), shape (for LRN), device; for the loader
+(:func:`alexnet.perf.memory_bench.loader_work`) cache, batch, crop, batches, reuse. A model
 case of ours runs :func:`alexnet.fastpath.choose_fast_path` with its precision,
 channels_last and compile (``"auto"`` for both = the path training takes by default),
 the trainer's optimiser (:func:`alexnet.train.schedule.build_optimizer`) and the one
@@ -40,6 +43,7 @@ from ..runtime import configure_process, describe
 from ..train.config import OptimConfig
 from ..train.schedule import build_optimizer
 from .limits import matmul_gflops, model_macs
+from .memory_bench import loader_work
 from .reference import plain_reference_alexnet
 
 
@@ -59,6 +63,9 @@ class Case:
         start = time.perf_counter()
         if kind in ("lrn_f", "lrn_fb"):
             self._setup_lrn(spec, gen, impl)
+        elif kind == "loader":
+            self.work = loader_work(spec)
+            self.work()   # warm-up
         else:
             self._setup_model(spec, gen, impl)
         self.setup_s = time.perf_counter() - start
@@ -87,10 +94,11 @@ class Case:
     def _setup_model(self, spec, gen, impl):
         name, batch, size = spec["model"], spec["batch"], spec["size"]
         torch.manual_seed(0)
+        kwargs = spec.get("kwargs") or {}
         if impl == "plain":
-            model = plain_reference_alexnet() if name == "alexnet" else build_model(name)
+            model = plain_reference_alexnet() if name == "alexnet" and not kwargs else build_model(name, **kwargs)
         else:
-            model = build_model(name)
+            model = build_model(name, **kwargs)
         self.macs = model_macs(model, (3, size, size))
         training = spec["kind"] == "train"
         x = torch.randn(batch, 3, size, size, generator=gen)
@@ -119,7 +127,10 @@ class Case:
                                     spec.get("compile", False))
             self.fast = fast.to_dict()
             model = fast.prepare_model(model)
-            model, _ = fast.compile_model(model, x[:2], doing="benchmarking")
+            if spec.get("compile_backend"):
+                model = torch.compile(model, backend=spec["compile_backend"])
+            else:
+                model, _ = fast.compile_model(model, x[:2], doing="benchmarking")
             x = fast.prepare_input(x)
             y = y.to(self.device)
             model.train(training)
@@ -127,8 +138,12 @@ class Case:
                 # The trainer's optimiser (the paper's SGD, fused where the device has it).
                 optimizer = build_optimizer(model, OptimConfig(), lr=0.01)
 
+                def step(xb: torch.Tensor, yb: torch.Tensor) -> None:   # exactly the trainer's step
+                    fast.train_step(model, optimizer, fast.prepare_input(xb), yb.to(self.device))
+                self.step, self.model = step, model   # other batches than the case's own (the device check's loaders)
+
                 def work():
-                    fast.train_step(model, optimizer, x, y)     # exactly the trainer's step
+                    step(x, y)
             else:
                 def work():
                     with torch.inference_mode(), fast.autocast():

@@ -5,7 +5,7 @@ with ``--nnodes``/``--rdzv-endpoint``) starts N copies; :func:`setup` joins them
 one process group - gloo on CPU, NCCL on CUDA - with a timeout, so that a rank that
 dies makes every other rank's next collective fail with an error instead of waiting
 forever (torchrun then stops the whole job and reports the failed rank, or restarts it
-with ``--max-restarts``: see alexnet.train.restart). Gradients are
+with ``--max-restarts``: see alexnet.train.rundir). Gradients are
 averaged by ``DistributedDataParallel``; each rank sees ``batch_size / world_size``
 images of every global batch; metrics are summed across ranks; only rank 0 writes.
 
@@ -128,11 +128,43 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     return all_reduce_sum([1.0 if flag else 0.0], ctx)[0] > 0
 
 
-def any_rank_flags(flags: list[bool], ctx: DistContext) -> list[bool]:
-    """:func:`any_rank` for several flags in one collective (one all-reduce per step, not one per flag)."""
-    if not ctx.distributed:
-        return list(flags)
-    return [v > 0 for v in all_reduce_sum([1.0 if f else 0.0 for f in flags], ctx)]
+class HostFlags:
+    """Host-side facts every rank must act on at the same step - a stop request, a periodic
+    checkpoint due by the clock - agreed without blocking and without touching the device.
+
+        flags.send([stop.requested, clock_due])          # before a step
+        loss = train_step(...)
+        stopping, due = flags.receive([stop.requested, clock_due])   # after it: act on these
+
+    One process: :meth:`receive` gives the flags as they are now. Several: :meth:`send` starts an
+    asynchronous all-reduce on a CPU (gloo) group of their own, which travels while the step runs,
+    and :meth:`receive` collects it, so every rank acts after the same step on what any rank had
+    raised before it began, and no step waits for the GPU (on NCCL the default group would put the
+    flags on the device: a host-device sync every step) or, in the steady state, for the other hosts."""
+
+    def __init__(self, ctx: DistContext, timeout_s: float):
+        self._group = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+                       if ctx.distributed else None)
+        self._pending = None        # (work, values) of the exchange in flight
+
+    def send(self, flags: list[bool]) -> None:
+        if self._group is not None:
+            values = torch.tensor([1.0 if f else 0.0 for f in flags], dtype=torch.float64)
+            self._pending = (dist.all_reduce(values, group=self._group, async_op=True), values)
+
+    def receive(self, flags: list[bool]) -> list[bool]:
+        """Whether any rank raised each flag: ``flags`` with one process, else the exchange :meth:`send` started."""
+        if self._pending is None:
+            return list(flags)
+        work, values = self._pending
+        self._pending = None
+        work.wait()
+        return [v > 0 for v in values.tolist()]
+
+    def close(self) -> None:
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
+            self._group = None
 
 
 def on_main(fn, ctx: DistContext):
@@ -255,7 +287,7 @@ class TwoTowerModel(nn.Module):
     def grouped_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights in the grouped model's layout (``features.conv1.weight`` ...)."""
         state = {}
-        for name, kind in self.source.items():
+        for name in self.source:
             prefix = "classifier" if name.startswith("fc") else "features"
             for p in ("weight", "bias"):
                 halves = [getattr(self.towers[t][name], p).detach().to(self.devices[0]) for t in range(2)]

@@ -47,7 +47,9 @@ from torch import nn
 
 from .. import checkpoint as ckpt_io
 from ..console import info, warn
+from ..data.cache import read_meta
 from ..data.preprocess import InputSpec
+from ..data.resolve import is_cache
 from ..errors import UserError
 from ..models import build_model
 from . import rundir
@@ -224,6 +226,32 @@ def _freeze_and_collect(model: nn.Module, result: InitFrom) -> None:
                 param.requires_grad_(False)
 
 
+def _refuse_unmatched(ckpt: ckpt_io.Checkpoint, model: nn.Module, name: str) -> None:
+    ours = ", ".join(f"{_short(n)} {_shape(next(iter(ts.values())))}" for n, ts in list(layers_of(model).items())[:3])
+    raise UserError(f"{ckpt.path}: no layer of the checkpoint ({ckpt.describe()}) matches this run's "
+                    f"{name} by name and shape (here: {ours}, ...); nothing to initialise from")
+
+
+def check_before_data(config) -> None:
+    """Refuse a ``train.init_from`` checkpoint that cannot start this run before any data is prepared
+    (a prepare can take hours): the settings, and whether any layer matches. The data decides only
+    the class count (fc8) and the input channels (conv1), so the model is built here with the
+    prepared cache's, or before a prepare with the checkpoint's own: when nothing matches even
+    then, nothing will."""
+    t = config.train
+    check_options(t)
+    if not t.init_from:
+        return
+    ckpt = ckpt_io.load_checkpoint(Path(os.path.expanduser(t.init_from)))
+    m = ckpt.meta["model"]
+    cache = read_meta(config.cache_dir()) if is_cache(config.cache_dir()) else {}   # the data's, when prepared
+    classes = len(cache.get("classes") or []) or m["num_classes"]
+    model = build_model(config.model.name, num_classes=classes, in_channels=cache.get("channels") or m["in_channels"],
+                        **config.model.kwargs)
+    if not match_layers(model, ckpt)[1]:
+        _refuse_unmatched(ckpt, model, config.model.name)
+
+
 def apply_init_from(model: nn.Module, config, *, run_dir: Path | None, resuming: bool,
                     input_spec: InputSpec | None = None, is_main: bool = True, quiet: bool = False) -> InitFrom:
     """Load ``config.train.init_from`` into ``model`` (a fresh run) or rebuild what it loaded (a resume).
@@ -258,9 +286,7 @@ def apply_init_from(model: nn.Module, config, *, run_dir: Path | None, resuming:
     result.checkpoint = str(ckpt.path)
     state, result.loaded, result.left = match_layers(model, ckpt)
     if not result.loaded:
-        ours = ", ".join(f"{_short(n)} {_shape(next(iter(ts.values())))}" for n, ts in list(layers_of(model).items())[:3])
-        raise UserError(f"{ckpt.path}: no layer of the checkpoint ({ckpt.describe()}) matches this run's "
-                        f"{config.model.name} by name and shape (here: {ours}, ...); nothing to initialise from")
+        _refuse_unmatched(ckpt, model, config.model.name)
     with torch.no_grad():
         current = model.state_dict()
         for key, value in state.items():

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from ..data import Cache, build_loader, open_cache
 from ..data.preprocess import InputSpec
 from ..data.resolve import ensure_prepared, is_cache
+from ..options import warn_once
 from . import distributed as dist_utils
 from .config import Config
 
@@ -74,7 +75,12 @@ class RunData:
     def open(cls, config: Config, ctx: dist_utils.DistContext, quiet: bool = False) -> "RunData":
         c = config
         cache = open_training_cache(c, ctx, quiet)
-        val_split, test_split, notes = choose_splits(c, cache.splits)
+        if cache.num_classes < 2 and ctx.is_main:
+            warn_once(f"{cache.path}: one class only ({', '.join(cache.classes)}): every image has the same label, "
+                      f"so the loss drops to 0 and there is nothing to learn; a folder of images needs one "
+                      f"subfolder per class")
+        # a split without labels (the ILSVRC-2012 test set) can neither validate nor test
+        val_split, test_split, notes = choose_splits(c, [s for s in cache.splits if cache.labelled(s)])
         limits = {c.data.train_split: c.data.train_subset}
         limits.update({split: c.data.val_subset for split in (val_split, test_split) if split})
         subset = any(limits.values())
@@ -97,7 +103,8 @@ class RunData:
         extra = dict(flip=c.data.flip, pca_std=c.data.pca_std) if train else dict(views=views)
         return build_loader(self.selection, split, batch_size=batch_size, train=train, seed=c.train.seed,
                             rank=ctx.rank, world_size=ctx.world_size, workers=self.workers, device=ctx.device,
-                            input_spec=self.input_spec, with_index=train and c.train.log_samples, **extra)
+                            input_spec=self.input_spec, with_index=train and c.train.log_samples,
+                            data_path=c.data.path, **extra)
 
 
 def choose_splits(config: Config, splits) -> tuple[str, str, list[str]]:
@@ -113,6 +120,6 @@ def choose_splits(config: Config, splits) -> tuple[str, str, list[str]]:
         # Like `alexnet eval`: no test split (Imagewoof, ILSVRC) -> the final evaluation, with
         # the configured views, runs on the validation split instead of silently not at all.
         test_split = val_split
-        notes.append(f"the cache has no '{c.data.test_split}' split: the final "
+        notes.append(f"the cache has no '{c.data.test_split}' split with labels: the final "
                      f"{c.train.test_views}-view evaluation runs on '{val_split}'")
     return val_split, test_split, notes

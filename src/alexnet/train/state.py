@@ -6,8 +6,8 @@ global batch: the position is :attr:`TrainState.samples_in_epoch`, a count of im
 ranks, and the epoch's running sums are saved summed over the ranks (:class:`EpochSums`).
 
 Besides this state a resume needs the model and optimiser tensors, the schedule, the
-gradient scaler and every rank's random generators; those are saved beside it by
-alexnet.train.checkpoints, in alexnet.checkpoint's format.
+gradient scaler and every rank's random generators; the trainer (alexnet.train.trainer) saves
+those beside it, in alexnet.checkpoint's format, as files of the run folder (alexnet.train.rundir).
 """
 
 from __future__ import annotations
@@ -59,37 +59,50 @@ class TrainState:
                    partial=dict(meta.get("partial") or {}))
 
 
-@dataclass
 class EpochSums:
-    """Running sums of one epoch's training, kept on the device (no sync per step); an epoch cut
-    by a signal saves them in :attr:`TrainState.partial` and the resumed run adds to them."""
+    """Running sums of one epoch's training, kept on the device: adding a step reads nothing back to
+    the host. The host reads them at log points (:meth:`window`), before a checkpoint and at the epoch
+    end; an epoch cut by a signal saves them in :attr:`TrainState.partial` and the resumed run adds to them.
 
-    loss_sum: torch.Tensor            # float64: sum of per-batch mean loss x batch size
-    correct: torch.Tensor             # int64: top-1 hits
-    seen: int = 0                     # images
-    prior_time: float = 0.0           # this epoch's training seconds before an interruption
+    Besides the epoch's loss and top-1 hits: the losses since the last log point, the last step's loss,
+    and the first step whose loss was not finite (``inf`` while there is none), so a divergence is
+    found at the next read and named by the step it happened at."""
 
-    @classmethod
-    def resume(cls, partial: dict, device: torch.device, rank: int = 0) -> "EpochSums":
-        """The sums of an epoch cut mid-way. ``partial`` holds the sums of all ranks (summed when
-        saved), so rank 0 alone starts from them and the epoch's all-reduced totals count each image
-        once, whatever the number of processes; every rank keeps the epoch's earlier time."""
+    def __init__(self, device: torch.device, partial: dict | None = None, rank: int = 0):
+        """``partial``: the sums of an epoch cut mid-way, over all ranks (summed when saved), so rank 0
+        alone starts from them and the epoch's all-reduced totals count each image once, whatever the
+        number of processes; every rank keeps the epoch's earlier time."""
+        partial = dict(partial or {})
         if rank != 0:
             partial = {"time": partial.get("time", 0.0)}
-        return cls(torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64, device=device),
-                   torch.tensor(int(partial.get("correct", 0)), dtype=torch.int64, device=device),
-                   int(partial.get("seen", 0)), float(partial.get("time", 0.0)))
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        def zero(value=0.0):
+            return torch.tensor(value, dtype=torch.float64, device=device)
+        self.loss_sum = zero(partial.get("loss_sum", 0.0))          # sum of per-batch mean loss x batch size
+        self.correct = torch.tensor(int(partial.get("correct", 0)), dtype=torch.int64, device=device)
+        self.seen = int(partial.get("seen", 0))                     # images (a host count)
+        self.prior_time = float(partial.get("time", 0.0))           # this epoch's seconds before an interruption
+        self.window_loss, self.last_loss, self.first_bad = zero(), zero(), zero(math.inf)
+        self.window_steps = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        """Step ``step``'s loss and hits (device tensors, detached)."""
         n = labels.numel()
         self.seen += n
-        self.loss_sum += loss.double() * n
+        loss = loss.double()
+        self.loss_sum += loss * n
         self.correct += (logits.argmax(1) == labels).sum()
+        self.window_loss += loss
+        self.last_loss.copy_(loss)
+        self.first_bad.masked_fill_(~torch.isfinite(loss) & torch.isinf(self.first_bad), float(step))
+        self.window_steps += 1
 
-    def to_partial(self, elapsed: float, reduce=None) -> dict:
-        """What :attr:`TrainState.partial` stores after ``elapsed`` more seconds of this epoch."""
-        sums = [float(self.loss_sum), float(self.correct), float(self.seen)]
-        if reduce is not None:          # the sums over all ranks (alexnet.train.distributed.all_reduce_sum)
-            sums = reduce(sums)
-        return {"loss_sum": sums[0], "correct": int(sums[1]), "seen": int(sums[2]),
+    def reset_window(self) -> None:
+        self.window_loss.zero_()
+        self.window_steps = 0
+
+    def to_partial(self, values: list[float], elapsed: float) -> dict:
+        """What :attr:`TrainState.partial` stores after ``elapsed`` more seconds of this epoch, from
+        ``values`` = [loss_sum, correct, seen] as read (and summed over the ranks)."""
+        return {"loss_sum": values[0], "correct": int(values[1]), "seen": int(values[2]),
                 "time": self.prior_time + elapsed}

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from ..console import info
+from ..options import Spec, make_parents
+
+OUTPUT = Spec(path="output")
+CLASSES = Spec(pattern=r".*\S.*", what="a class-list file, or comma-separated class ids")
 
 
 def _done(kind: str, source: str, out) -> int:
@@ -17,20 +21,23 @@ def _done(kind: str, source: str, out) -> int:
 def _torchvision(args) -> int:
     from .common import parse_classes_option
     from .torchvision import import_torchvision
-    out = import_torchvision(args.file, args.out, classes=parse_classes_option(args.classes))
+    make_parents(args.output)
+    out = import_torchvision(args.file, args.output, classes=parse_classes_option(args.classes))
     return _done("torchvision", args.file, out)
 
 
 def _caffe(args) -> int:
     from .caffe import import_caffe
     from .common import parse_classes_option
-    out = import_caffe(args.file, args.out, mean=args.mean, classes=parse_classes_option(args.classes))
+    make_parents(args.output)
+    out = import_caffe(args.file, args.output, mean=args.mean, classes=parse_classes_option(args.classes))
     return _done("Caffe", args.file, out)
 
 
 def _theano(args) -> int:
     from .theano import import_theano_alexnet
-    out = import_theano_alexnet(args.folder, args.out, num_classes=args.num_classes, seed=args.seed)
+    make_parents(args.output)
+    out = import_theano_alexnet(args.folder, args.output, num_classes=args.num_classes, seed=args.seed)
     return _done("theano_alexnet", args.folder, out)
 
 
@@ -50,9 +57,10 @@ def register(sub) -> None:
                     "the class count comes from classifier.6.weight) with torchvision's preprocessing: short side "
                     "256, centre 224, ImageNet mean/std. Read with torch.load(weights_only=True): a file that "
                     "carries code is refused.")
-    t.add_argument("file", metavar="FILE.pth")
-    t.add_argument("-o", "--out", required=True, metavar="CKPT", help="checkpoint to write (.safetensors)")
-    t.add_argument("--classes", metavar="FILE_OR_LIST", help=classes_help)
+    t.add_argument("file", metavar="FILE.pth", type=Spec(path="file"))
+    t.add_argument("-o", "--output", required=True, metavar="CKPT", type=OUTPUT,
+                   help="checkpoint to write (.safetensors)")
+    t.add_argument("--classes", metavar="FILE_OR_LIST", type=CLASSES, help=classes_help)
     t.set_defaults(func=_torchvision)
 
     c = kinds.add_parser(
@@ -61,10 +69,11 @@ def register(sub) -> None:
                     "CaffeNet (pooling before LRN -> caffenet) caffemodel, current or V1 layout. conv1 is turned "
                     "from BGR to RGB; the input is 0..255 minus the mean image of --mean (BGR binaryproto or "
                     ".npy), or Caffe's channel mean B=104, G=117, R=123 without one.")
-    c.add_argument("file", metavar="FILE.caffemodel")
-    c.add_argument("-o", "--out", required=True, metavar="CKPT")
-    c.add_argument("--mean", metavar="MEAN", help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy (BGR)")
-    c.add_argument("--classes", metavar="FILE_OR_LIST", help=classes_help)
+    c.add_argument("file", metavar="FILE.caffemodel", type=Spec(path="file"))
+    c.add_argument("-o", "--output", required=True, metavar="CKPT", type=OUTPUT, help="checkpoint to write")
+    c.add_argument("--mean", metavar="MEAN", type=Spec(path="file"),
+                   help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy (BGR)")
+    c.add_argument("--classes", metavar="FILE_OR_LIST", type=CLASSES, help=classes_help)
     c.set_defaults(func=_caffe)
 
     a = kinds.add_parser(
@@ -73,8 +82,9 @@ def register(sub) -> None:
                     ".npy files, two towers, RGB mean image) into the two-tower alexnet with its conventions "
                     "(kernels flipped, 227 crop, pool then LRN k=2). fc6-fc8 stay at their initialisation: "
                     "the checkpoint is for features and fine-tuning.")
-    a.add_argument("folder", metavar="DIR")
-    a.add_argument("-o", "--out", required=True, metavar="CKPT")
-    a.add_argument("--num-classes", type=int, default=1000, metavar="N", help="size of the (untrained) fc8")
-    a.add_argument("--seed", type=int, default=0, help="seed of the fc layers' initialisation")
+    a.add_argument("folder", metavar="DIR", type=Spec(path="dir"))
+    a.add_argument("-o", "--output", required=True, metavar="CKPT", type=OUTPUT, help="checkpoint to write")
+    a.add_argument("--num-classes", type=Spec(int, ge=1), default=1000, metavar="N",
+                   help="size of the (untrained) fc8")
+    a.add_argument("--seed", type=Spec(int, ge=0), default=0, help="seed of the fc layers' initialisation")
     a.set_defaults(func=_theano)

@@ -7,9 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..console import warn
 from ..errors import UserError
-from ..data.classnames import NUM_CLASSES, ilsvrc_classes, missing_list_message, readable_names
+from ..data.classnames import NUM_CLASSES, ilsvrc_classes, readable_names
 
 
 def existing_file(path: str | os.PathLike, what: str) -> Path:
@@ -58,17 +57,14 @@ def resolve_classes(num_classes: int, given: list[str] | None) -> tuple[list[str
     """(class ids, readable names) for a model with ``num_classes`` outputs.
 
     Given classes must match the count; 1000 outputs without given classes are the
-    ILSVRC-2012 classes (or their indices, with one warning, when no list is found);
-    any other count without given classes is named by index.
+    ILSVRC-2012 classes (the list ships with the package); any other count without given
+    classes is named by index.
     """
     if given is not None:
         if len(given) != num_classes:
             raise UserError(f"--classes names {len(given)} classes, the weights have {num_classes} outputs")
         return list(given), readable_names(list(given))
     if num_classes == NUM_CLASSES:
-        found = ilsvrc_classes()
-        if found is not None:
-            return found
-        warn(missing_list_message())
+        return ilsvrc_classes()
     index = [str(i) for i in range(num_classes)]
     return index, list(index)

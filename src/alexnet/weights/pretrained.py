@@ -1,8 +1,15 @@
-"""A checkpoint and its preprocessing as two Python objects: a prediction with names in three lines.
+"""One way to get a model, with weights or without: :func:`create_model`.
 
-    >>> model, preprocess = load_pretrained("alexnet-tv.safetensors")
-    >>> probs = model(preprocess(["dog.jpg"])).softmax(1)
+    >>> from alexnet import create_model
+    >>> model = create_model("alexnet", num_classes=10, lrn=False)     # untrained, the paper's init
+    >>> model = create_model(weights="tv.safetensors")                   # a checkpoint's trained model
+    >>> probs = model(model.preprocess(["dog.jpg"])).softmax(1)
     >>> print(model.class_names[int(probs.argmax())])
+
+Like timm's ``create_model(name, pretrained=...)`` and torchvision's ``get_model(name,
+weights=...)``: the registry's builder (:func:`alexnet.models.build_model`) for an untrained
+network, the checkpoint reader (:func:`alexnet.checkpoint.load_model`) for a trained one, and
+the checkpoint's own preprocessing (:class:`Preprocess`) attached to it. ``hubconf.py`` calls it.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_model
-from ..data.preprocess import InputSpec, input_spec_of, read_square, to_network_input
 from ..data.classnames import readable_names
+from ..data.preprocess import InputSpec, read_square, to_network_input
 from ..errors import UserError
-from ..models import build_model as _build_untrained
+from ..models import build_model, list_models
 
 
 class Preprocess:
@@ -49,43 +56,43 @@ class Preprocess:
         return f"Preprocess({self.spec.describe()}, views={self.views!r})"
 
 
-def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    views: str = "center") -> tuple[nn.Module, Preprocess]:
-    """(model in eval mode on ``device``, its preprocessing) from a checkpoint.
+def create_model(name: str | None = None, *, weights: str | os.PathLike | None = None, num_classes: int | None = None,
+                 in_channels: int | None = None, device: str | torch.device = "cpu", **kwargs) -> nn.Module:
+    """A registered model (``alexnet models`` lists them), untrained or with a checkpoint's weights.
 
-    The model carries ``classes``, ``class_names`` (readable names for ILSVRC wnids)
-    and ``checkpoint_info`` (what :func:`alexnet.checkpoint.load_model` returns).
+    Without ``weights``: ``name``'s builder with ``num_classes`` (default 1000), ``in_channels``
+    (default 3) and the model's own options (``lrn=False``, ``groups=1``... docs/models.md), in
+    the model's initialisation.
+
+    With ``weights`` (a checkpoint file or run folder of this project; import others' weights first
+    with ``alexnet import``): the checkpoint's trained model in eval mode on ``device``, carrying
+    ``classes``, ``class_names`` (readable names for ILSVRC wnids), ``input_spec``, ``preprocess``
+    (its :class:`Preprocess`; None when the checkpoint does not say how its input is prepared) and
+    ``checkpoint_info`` (what :func:`alexnet.checkpoint.load_model` returns). The checkpoint fixes the model, its class
+    count, channels and options: ``name`` may be left out (or be ``"alexnet"``, the family: any
+    registered model); a different name, class count or channel count, or options given beside
+    ``weights``, is a UserError, never silently ignored.
     """
-    model, info = load_model(path, device=device)
-    spec = input_spec_of(info)
+    if weights is None:
+        if name is None:
+            raise UserError(f"create_model: give a model name ({', '.join(list_models())}) or weights=CHECKPOINT")
+        return build_model(name, num_classes=1000 if num_classes is None else num_classes,
+                           in_channels=3 if in_channels is None else in_channels, **kwargs)
+    model, info = load_model(weights, device=device)
+    if name not in (None, "alexnet", info["name"]):
+        raise UserError(f"{info['path']}: checkpoint holds {info['name']}, not {name} "
+                        f"(leave the name out, or give {info['name']!r})")
+    for option, wanted, held in (("num_classes", num_classes, info["num_classes"]),
+                                 ("in_channels", in_channels, info["in_channels"])):
+        if wanted is not None and wanted != held:
+            raise UserError(f"{info['path']}: checkpoint has {option}={held}, asked for {wanted}")
+    if kwargs:
+        raise UserError(f"{info['path']}: model options {', '.join(sorted(kwargs))} cannot be changed when loading "
+                        f"weights (the checkpoint was built with {info['kwargs']})")
     classes = info["classes"] or [str(i) for i in range(info["num_classes"])]
     model.classes = list(classes)
     model.class_names = list(readable_names(info.get("class_names") or classes))
+    model.input_spec = info["input_spec"]          # None for a checkpoint that does not say (it cannot be fed images)
+    model.preprocess = Preprocess(model.input_spec, device) if model.input_spec is not None else None
     model.checkpoint_info = info
-    return model, Preprocess(spec, device, views)
-
-
-def build_model(name: str, num_classes: int = 1000, in_channels: int = 3, *, weights: str | os.PathLike | None = None,
-                device: str | torch.device = "cpu", **kwargs) -> nn.Module:
-    """:func:`alexnet.models.build_model`, or with ``weights=CKPT`` that checkpoint's trained model.
-
-    ``build_model("alexnet_owt", weights="tv.safetensors")`` is the checkpoint's model in eval
-    mode, carrying ``classes``, ``class_names``, ``checkpoint_info`` and ``preprocess`` (its
-    :class:`Preprocess`). The checkpoint says the class count, channels and options: a different
-    model name, or options given beside ``weights``, is a UserError, never silently ignored.
-    """
-    if weights is None:
-        return _build_untrained(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    if kwargs:
-        raise UserError(f"build_model({name!r}, weights=...): the checkpoint fixes the model's options; "
-                        f"drop {', '.join(sorted(kwargs))}")
-    model, preprocess = load_pretrained(weights, device=device)
-    info = model.checkpoint_info
-    if info["name"] != name:
-        raise UserError(f"{weights}: holds a {info['name']} model, not {name}")
-    for what, asked, held, default in (("num_classes", num_classes, info["num_classes"], 1000),
-                                       ("in_channels", in_channels, info["in_channels"], 3)):
-        if asked != default and asked != held:
-            raise UserError(f"{weights}: {what} is {held} in the checkpoint, not {asked}")
-    model.preprocess = preprocess
     return model

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -64,7 +65,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         what = f" (it asks for {found.group(1)})" if found else ""
         raise UserError(f"{path}: refused: the file carries code or objects other than tensors{what}; "
                         f"only plain state dicts are loaded (torch.load weights_only=True)") from None
-    except (EOFError, zipfile.BadZipFile) as exc:
+    except (EOFError, zipfile.BadZipFile, struct.error) as exc:    # struct.error: a legacy-format file cut short
         raise UserError(f"{path}: truncated or not a PyTorch file ({first_line(exc)})") from None
     except RuntimeError as exc:
         raise UserError(f"{path}: truncated or not a PyTorch file ({first_line(exc)})") from None
