@@ -777,8 +777,11 @@ def plot_figure1(runs: list[dict], summary: dict, out: str | os.PathLike) -> Pat
              f"{summary.get('train_images', '?')} training images,"
              f" inputs {st.get('inputs', 'standardized')}, init {st.get('init', 'default')}")
     if ratio is not None:
-        spread = summary.get("ratio_std") or 0.0
-        title += f"\ntanh / ReLU epochs: {'>=' if summary['ratio_is_lower_bound'] else ''}{ratio:.2f} +- {spread:.2f} (paper: 6)"
+        # One seed has no spread: say so rather than print +- 0.00.
+        spread = summary.get("ratio_std")
+        seeds = len(summary.get("ratio_per_seed") or [])
+        title += (f"\ntanh / ReLU epochs: {'>=' if summary['ratio_is_lower_bound'] else ''}{ratio:.2f}"
+                  + (f" +- {spread:.2f}" if spread is not None and seeds > 1 else f" ({seeds} seed{'s' if seeds != 1 else ''})") + " (paper: 6)")
     every = st.get("report_every") or 0
     ax.set(xlabel="epochs" + (f" (training error per {every:,} images)" if every else ""),
            ylabel="training error rate", ylim=(0, 1))
