@@ -219,6 +219,50 @@ def test_relu_tanh_end_to_end(tiny_cifar, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
 
 
+@pytest.mark.slow
+def test_relu_tanh_on_a_cuda_convnet_net_end_to_end(tiny_cifar, tmp_path):
+    """--net cuda-convnet-19pct: cuda-convnet's protocol (batch 128, one fixed order, lr by epochs to
+    the target on the grid, the seed-0 runs re-used as the first seed and as the neighbours)."""
+    _, cache_dir, _ = tiny_cifar
+    out = tmp_path / "fig1-cc"
+    args = ("experiment", "relu-tanh", "--net", "cuda-convnet-19pct", "--data", cache_dir, "--out-dir", out,
+            "--seeds", "2", "--max-epochs", "2", "--lr-grid", "0.001,0.002,0.004", "--max-steps", "2", "--quiet")
+    proc = run_cli(*args, check=True)
+    summary = json.loads((out / "figure1.json").read_text())
+    st = summary["settings"]
+    assert (st["net"], st["batch_size"], st["order"], st["report_every"], st["init"], st["inputs"]) == \
+        ("cuda-convnet-19pct", 128, "fixed", 10000, "config", "mean")
+    assert summary["search"] == "crossing" and summary["train_images"] == 200
+    search = _csv(out / "lr_search.csv")
+    chosen = summary["lr"]
+    for act in ("relu", "tanh"):
+        # the walk starts at the grid's middle and ends with the chosen lr's neighbours both measured
+        lrs = {round(float(r["lr"]), 9) for r in search if r["activation"] == act}
+        assert 0.002 in lrs and {round(chosen[act] * 2, 9), round(chosen[act] / 2, 9)} <= lrs
+    pairs = {(n["relu_lr"], n["tanh_lr"]) for n in summary["neighbour_ratios"]}
+    assert (chosen["relu"], chosen["tanh"]) in pairs and len(pairs) >= 5
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    # seed 0 at every lr tried is the search itself; seed 1 only at the chosen lrs
+    assert sum(n.startswith("run-relu-") and "-s0-" in n for n in runs) == len([r for r in search if r["activation"] == "relu"])
+    assert [n for n in runs if "-s1-" in n] == [f"run-relu-lr{chosen['relu']:g}-s1-e2.json",
+                                                 f"run-tanh-lr{chosen['tanh']:g}-s1-e2.json"]
+    assert "seed 0, ReLU lr" in proc.stdout
+    # our net's options that do not apply are refused in one line, before any work
+    for extra in (("--init", "default"), ("--inputs", "standardized")):
+        proc = run_cli(*args, *extra)
+        assert proc.returncode == 2 and extra[0] in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # one activation at a time, then both: the second call trains nothing
+    one = tmp_path / "fig1-one"
+    base = [a if a != out else one for a in args]
+    proc = run_cli(*base, "--activation", "relu", check=True)
+    assert "relu only" in proc.stdout and not any("tanh" in p.name for p in (one / "runs").iterdir())
+    run_cli(*base, "--activation", "tanh", check=True)
+    before = {p.name: p.stat().st_mtime_ns for p in (one / "runs").iterdir()}
+    run_cli(*base, check=True)
+    assert {p.name: p.stat().st_mtime_ns for p in (one / "runs").iterdir()} == before
+    assert json.loads((one / "figure1.json").read_text())["activations"] == summary["activations"]
+
+
 def test_relu_tanh_paper_inputs_are_the_pixels_minus_the_training_mean_image(tiny_cifar):
     """inputs="mean": the paper's preprocessing, written out here from the raw cache arrays."""
     from alexnet.analysis.relu_tanh import load_training_tensors

@@ -4,6 +4,7 @@ reference (a hand-made curve, brute-force numpy, the layout written out, the pap
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.analysis import ablations, filters, neighbors, relu_tanh
+from alexnet.analysis import ablations, filters, neighbors, overfitting, relu_tanh
 from alexnet.eval.panels import prediction_panel
 from alexnet.errors import UserError
 from alexnet.models import build_model, list_models
@@ -91,6 +92,29 @@ def test_lr_grid_search_extends_past_an_edge_until_the_winner_is_inside():
     assert relu_tanh.grid_search([0.01, 0.05, 0.2], error_of)[0] == 0.05 and len(tried) == 3
 
 
+
+def test_lr_walk_starts_at_the_middle_and_stops_when_a_step_gets_no_better():
+    minimum = {}
+
+    def error_of(lr):          # a parabola in log2(lr) with its minimum at minimum["lr"]
+        tried.append(lr)
+        return (math.log2(lr) - math.log2(minimum["lr"])) ** 2
+    grid = [0.0005, 0.001, 0.002]
+    for at, expect_tried, expect_best in (
+            (0.001, [0.001, 0.002, 0.0005], 0.001),              # the middle wins: both neighbours measured
+            (0.004, [0.001, 0.002, 0.004, 0.008], 0.004),        # up, past the edge, until a step is worse
+            (0.0005, [0.001, 0.002, 0.0005, 0.00025], 0.0005),  # up is worse: down instead
+    ):
+        minimum["lr"], tried = at, []
+        chosen, errors = relu_tanh.walk_search(grid, error_of)
+        assert tried == pytest.approx(expect_tried) and chosen == pytest.approx(expect_best)
+        assert sorted(errors) == pytest.approx(sorted(expect_tried))
+    # at most max_extensions steps past the grid
+    minimum["lr"], tried = 1.0, []
+    chosen, _ = relu_tanh.walk_search(grid, error_of, max_extensions=2)
+    assert chosen == pytest.approx(0.008) and tried == pytest.approx([0.001, 0.002, 0.004, 0.008])
+
+
 def test_four_layer_net_paper_init_is_gaussian_0_01_with_zero_biases():
     torch.manual_seed(0)
     net = relu_tanh.FourLayerNet("tanh", init="gaussian")
@@ -139,6 +163,120 @@ def test_an_interrupted_figure1_run_carries_on_to_the_uninterrupted_result(tmp_p
     relu_tanh.train_run(x, y, "tanh", 0.02, 3, settings, 4, stop_at_target=False, partial=partial,
                         progress=lambda *a: other_epochs.append(a[3]))
     assert other_epochs == [1, 2, 3, 4]
+
+def test_crossing_on_cuda_convnet_points_per_10000_images():
+    # five points per epoch (50,000 images, one per 10,000): 25% is crossed between point 4
+    # (0.30) and point 5 (0.20): 4 + 0.05 / 0.10 = 4.5 points = 0.9 epochs
+    assert relu_tanh.crossing_epoch([0.8, 0.6, 0.4, 0.3, 0.2], points_per_epoch=5) == pytest.approx(0.9)
+    assert relu_tanh.crossing_epoch([0.5, 0.2], start_error=0.9, points_per_epoch=5) == pytest.approx(
+        (1 + 0.25 / 0.3) / 5)
+    runs = [{"activation": "relu", "seed": 0, "errors": [0.5, 0.4, 0.3, 0.2], "points_per_epoch": 2},   # 1.75
+            {"activation": "tanh", "seed": 0, "errors": [0.8, 0.6, 0.5, 0.45], "points_per_epoch": 2}]  # >= 2
+    s = relu_tanh.summarise(runs)
+    assert s["activations"]["relu"]["epochs_to_target"] == pytest.approx([1.75])
+    assert s["activations"]["tanh"]["epochs_to_target"] == [2.0] and s["ratio_is_lower_bound"]
+    assert s["ratio_per_seed"] == pytest.approx([2.0 / 1.75])
+
+
+def test_neighbour_ratios_pair_each_lr_with_the_other_activations_chosen_one():
+    def run(errors, diverged=False):
+        return {"errors": errors, "points_per_epoch": 1, "diverged": diverged}
+    search = {"relu": {0.001: run([0.5, 0.2]), 0.002: run([0.4, 0.3, 0.2]), 0.0005: run([0.6, 0.5])},
+              "tanh": {0.001: run([0.8, 0.6, 0.5, 0.3, 0.2]), 0.002: run([0.9, 0.5, 0.4, 0.3, 0.3, 0.2]),
+                       0.0005: run([1.0], diverged=True)}}
+    rows = relu_tanh.neighbour_ratios(search, {"relu": 0.001, "tanh": 0.001}, 0.25)
+    by = {(r["relu_lr"], r["tanh_lr"]): r for r in rows}
+    relu_e, tanh_e = 1 + 0.25 / 0.3, 4.5
+    assert set(by) == {(0.001, 0.001), (0.001, 0.002), (0.0005, 0.001), (0.002, 0.001)}   # the diverged run left out
+    assert by[(0.001, 0.001)]["chosen"] and by[(0.001, 0.001)]["ratio"] == pytest.approx(tanh_e / relu_e)
+    assert by[(0.001, 0.002)]["ratio"] == pytest.approx(5.5 / relu_e) and by[(0.001, 0.002)]["bound"] == ""
+    assert by[(0.002, 0.001)]["ratio"] == pytest.approx(tanh_e / 2.5)
+    # ReLU at 0.0005 never crossed within its 2 epochs: its epochs are a lower bound, the ratio an upper one
+    assert by[(0.0005, 0.001)]["ratio"] == pytest.approx(tanh_e / 2) and by[(0.0005, 0.001)]["bound"] == "<="
+
+
+def test_cuda_convnet_protocol_reports_per_block_in_one_fixed_order():
+    """report_every: one error per block of images, each block's last minibatch the rest (cuda-convnet's
+    10,000 = 78 x 128 + 16); order "fixed": the same sequence every epoch. With lr 0 nothing learns, so a
+    fixed order repeats every block's error exactly, a fresh shuffle per epoch does not."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(192, 3, 16, 16, generator=gen) * 60, torch.randint(0, 10, (192,), generator=gen)
+    settings = relu_tanh.Settings(batch_size=48, target=0.0, net="cuda-convnet-19pct", init="config",
+                                  report_every=64, order="fixed")
+    fixed = relu_tanh.train_run(x, y, "relu", 0.0, 1, settings, 3, stop_at_target=False)
+    assert fixed["points_per_epoch"] == 3 and len(fixed["errors"]) == 9
+    assert fixed["steps"] == 3 * 3 * 2                       # 48 + 16 per 64-image block
+    assert fixed["errors"][:3] == fixed["errors"][3:6] == fixed["errors"][6:]
+    assert all(e * 64 == round(e * 64) for e in fixed["errors"])      # whole images out of each block of 64
+    settings.order = "shuffle"
+    shuffled = relu_tanh.train_run(x, y, "relu", 0.0, 1, settings, 3, stop_at_target=False)
+    assert shuffled["errors"][:3] != shuffled["errors"][3:6]
+    # the per-epoch totals agree (same untrained network, same images)
+    assert sum(shuffled["errors"][:3]) == pytest.approx(sum(fixed["errors"][:3]))
+    with pytest.raises(UserError, match="report blocks"):
+        settings.report_every = 100
+        relu_tanh.train_run(x, y, "relu", 0.0, 1, settings, 1)
+
+
+@pytest.mark.parametrize("net", [n for n in relu_tanh.NETS if n != "ours"])
+def test_every_cuda_convnet_arm_swaps_every_neuron_and_nothing_else(net):
+    settings = relu_tanh.Settings(net=net, init="config")
+    relu, tanh = (relu_tanh.build_net(settings, act, 3, 10, 32) for act in ("relu", "tanh"))
+    kinds = [type(m).__name__ for m in relu.modules()]
+    assert kinds.count("ReLU") >= 3 and "Tanh" not in kinds
+    assert [k.replace("ReLU", "Tanh") for k in kinds] == [type(m).__name__ for m in tanh.modules()]
+    with pytest.raises(UserError, match="config"):
+        relu_tanh.build_net(relu_tanh.Settings(net=net, init="gaussian"), "relu", 3, 10, 32)
+
+
+def test_runs_of_our_net_keep_the_key_they_were_stored_with(tmp_path):
+    """Settings added for cuda-convnet's nets stay out of the key of our net's runs at their defaults,
+    so the runs stored before they existed are re-used, not refused."""
+    stored = ["batch_size", "cache", "extra_epochs", "init", "inputs", "max_epochs", "max_steps", "momentum",
+              "split", "subset_seed", "target", "train_subset"]
+    path = tmp_path / "run-relu-lr0.001-s0-e25.json"
+    assert sorted(relu_tanh.RunStore.key(path, relu_tanh.Settings())) == stored
+    other = relu_tanh.Settings(net="cuda-convnet-19pct", report_every=10000, order="fixed", init="config")
+    assert {"net", "report_every", "order"} <= set(relu_tanh.RunStore.key(path, other))
+
+
+def test_a_runs_cap_only_decides_where_it_stops(tmp_path):
+    """Raising --max-epochs carries a run in progress on, and re-uses a run that reached the target
+    before both caps; a run that ended at its cap is trained again (it would have gone on)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 16, 16, generator=gen), torch.randint(0, 3, (96,), generator=gen)
+    store = relu_tanh.RunStore(tmp_path)
+    quiet = lambda *a: None    # noqa: E731
+    short = relu_tanh.Settings(batch_size=32, max_epochs=3, extra_epochs=0, target=0.0)
+    long = relu_tanh.Settings(batch_size=32, max_epochs=5, extra_epochs=0, target=0.0)
+    whole = relu_tanh.train_run(x, y, "relu", 0.01, 0, long, 5)
+
+    def stop_after_2(activation, lr, seed, epoch, error):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):         # cap 3, interrupted after epoch 2 (its partial kept)
+        relu_tanh._main_run(x, y, "relu", 0.01, 0, short, store, "cpu", quiet, stop_after_2)
+    seen = []
+    run = relu_tanh._main_run(x, y, "relu", 0.01, 0, long, store, "cpu", quiet, lambda *a: seen.append(a[3]))
+    assert seen == [2, 3, 4, 5] and run["errors"] == whole["errors"]     # epoch 1 from the file, on to cap 5
+    assert not list(tmp_path.glob("*.partial.pt"))
+    # reached (target 1.0: at once) and stopped before both caps: the cap-3 run is the cap-5 run
+    easy3, easy5 = (relu_tanh.Settings(batch_size=32, max_epochs=m, extra_epochs=1, target=1.0) for m in (3, 5))
+    first = relu_tanh._main_run(x, y, "tanh", 0.01, 0, easy3, store, "cpu", quiet)
+    assert relu_tanh.run_epochs(first) == 2
+    seen = []
+    again = relu_tanh._main_run(x, y, "tanh", 0.01, 0, easy5, store, "cpu", quiet, lambda *a: seen.append(a[3]))
+    assert seen == [] and again["errors"] == first["errors"]
+    assert store.path("run", "tanh", 0.01, 0, 5).is_file()
+    # ended at its cap without reaching the target: not the same run under a larger cap
+    assert store.same_run_other_cap(store.path("run", "relu", 0.01, 0, 8),
+                                    relu_tanh.Settings(batch_size=32, max_epochs=8, extra_epochs=0, target=0.0)) is None
+
+
+def test_the_cli_names_the_same_nets_as_the_experiment():
+    from alexnet.analysis import commands
+    assert commands.NETS == relu_tanh.NETS
+
 
 # ----------------------------------------------------------------------------- exact k-NN
 
@@ -308,3 +446,30 @@ def test_one_reuse_rule_names_the_first_difference(tmp_path):
     (tmp_path / "cut.json").write_text('{"settings": {"a": 1')      # cut off while written
     assert read_settings(tmp_path / "cut.json", "settings") is None
     assert read_settings(tmp_path / "absent.json") is None
+
+
+# ----------------------------------------------------------------------------- overfitting (section 4)
+
+def test_overfitting_measures_from_hand_made_curves(tmp_path):
+    # validation error lowest at epoch 3 (0.40), then up to 0.47: turned up at epoch 3, rose 7 points;
+    # training error down to 0.05: a 42-point gap
+    lines = [{"epoch": 1, "train_top1_err": 0.8, "val_top1_err": 0.7},
+             {"epoch": 2, "train_top1_err": 0.5, "val_top1_err": 0.5},
+             {"epoch": 3, "train_top1_err": 0.3, "val_top1_err": 0.40},
+             {"epoch": 4, "train_top1_err": 0.1, "val_top1_err": 0.44},
+             {"epoch": 5, "train_top1_err": 0.05, "val_top1_err": 0.47},
+             {"epoch": 6, "train_top1_err": 0.04}]                      # no validation: left out
+    (tmp_path / "epochs.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    curves = overfitting.run_curves(tmp_path)
+    assert curves["epochs"] == [1, 2, 3, 4, 5]
+    m = overfitting.overfitting_measures(curves)
+    assert m["final_val_err"] == 0.47 and m["final_train_err"] == 0.05 and m["gap"] == pytest.approx(0.42)
+    assert m["best_val_epoch"] == 3 and m["rise_after_best"] == pytest.approx(0.07) and m["turns_up_at"] == 3
+    # still falling at the end: no turn-up; a rise below the threshold does not count either
+    flat = overfitting.overfitting_measures({"epochs": [1, 2, 3], "train_err": [0.6, 0.5, 0.4],
+                                             "val_err": [0.6, 0.55, 0.553]})
+    assert flat["best_val_epoch"] == 2 and flat["turns_up_at"] is None
+    rows = overfitting.summarise([{"arm": "a", "seed": 0, **m}, {"arm": "a", "seed": 1, **flat}])
+    assert rows[0]["gap_mean"] == pytest.approx((42 + 15.3) / 2) and rows[0]["turns_up_at"] == [3, None]
+    table = overfitting.markdown_table(rows)
+    assert "| a | 2 |" in table and "3, no" in table

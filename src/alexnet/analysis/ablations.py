@@ -43,6 +43,7 @@ from ..files import atomic_write
 from ..report import write_csv, write_json
 from ..train import train
 from ..train.config import load_config
+from . import overfitting
 from .common import mean_std, read_settings, reusable
 
 
@@ -277,4 +278,19 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
                                **({"settings": settings} if settings else {}),
                                "cache": str(cache.path), "rows": rows, "runs": runs})
     plot_ablations(rows, files["png"], "Ablations (one change at a time)")
+    if budget.val_every == 1:
+        # Validated after every epoch: the curves say whether, and when, each arm overfits (section 4).
+        measured = []
+        for r in runs:
+            curves = overfitting.run_curves(r["run_dir"])
+            measured.append({"arm": r["arm"], "seed": r["seed"], "curves": curves,
+                             **overfitting.overfitting_measures(curves)})
+        over = overfitting.summarise(measured)
+        files.update({"overfitting_md": out / "overfitting.md", "overfitting_csv": out / "overfitting.csv",
+                      "overfitting_png": out / "overfitting.png"})
+        write_csv(files["overfitting_csv"], [{k: v for k, v in m.items() if k != "curves"} for m in measured])
+        files["overfitting_md"].write_text(overfitting.markdown_table(over, "# Overfitting: " + header),
+                                           encoding="utf-8")
+        overfitting.plot_curves(measured, files["overfitting_png"],
+                                f"Training and validation error per epoch\n{header}")
     return {"rows": rows, "runs": runs, "files": {k: str(v) for k, v in files.items()}, "header": header}

@@ -18,6 +18,10 @@ from ..options import DEVICE, SPLIT, Spec, make_parents
 from ..train.config import load_config, parse_overrides
 from .common import plus_minus
 
+# Figure 1's nets (alexnet.analysis.relu_tanh.NETS; here so that --help does not import torch).
+NETS = ("ours", "cuda-convnet-19pct", "cuda-convnet-18pct", "cuda-convnet-conv-local-13pct",
+        "cuda-convnet-conv-local-11pct")
+
 DEFAULT_CIFAR = "../shared/data/cifar10-jpg.tar.gz"   # beside a checkout; alexnet.locations.expand_source
 
 CHECKPOINT = Spec(path="checkpoint")
@@ -34,18 +38,40 @@ def _progress(args) -> bool:
 # ----------------------------------------------------------------------------- experiment relu-tanh
 
 def _relu_tanh(args) -> int:
-    from .relu_tanh import Settings, run_experiment
+    from .relu_tanh import CUDA_CONVNET_DEFAULTS, CUDA_CONVNET_LR_GRID, DEFAULT_LR_GRID, Settings, run_experiment
 
+    ours = args.net == "ours"
+    # Defaults per net: ours keeps its protocol (and its stored runs); cuda-convnet's nets get
+    # cuda-convnet's (batch 128, one fixed order, error per 10,000 images, lr by epochs to 25%).
+    own = {"batch_size": 64, "train_subset": 5000, "max_epochs": 25} if ours else CUDA_CONVNET_DEFAULTS
+    for name in ("batch_size", "train_subset", "max_epochs"):
+        if getattr(args, name) is None:
+            setattr(args, name, own[name])
+    if not ours and args.init is not None:
+        raise UserError(f"--init: {args.net} is initialised from its configuration's per-layer initW")
+    if not ours and args.inputs not in (None, "mean"):
+        raise UserError(f"--inputs: {args.net} takes cuda-convnet's inputs (the per-pixel mean subtracted)")
+    # The default folder is named per net, so it is checked here, before any work, like a given one.
+    out = OUT_DIR.check(args.out_dir or ("experiments/relu-tanh" if ours else f"experiments/relu-tanh-{args.net}"),
+                        "--out-dir")
     cache = ensure_prepared(args.data, 32, quiet=args.quiet)
     settings = Settings(train_subset=args.train_subset, batch_size=args.batch_size, max_epochs=args.max_epochs,
                         extra_epochs=args.extra_epochs, max_steps=args.max_steps,
-                        inputs=args.inputs, init=args.init)
-    result = run_experiment(cache, args.out_dir, seeds=args.seeds, lr_grid=tuple(args.lr_grid),
+                        inputs=args.inputs or "mean", init=args.init or ("gaussian" if ours else "config"),
+                        net=args.net)
+    if not ours:
+        settings.report_every, settings.order = CUDA_CONVNET_DEFAULTS["report_every"], CUDA_CONVNET_DEFAULTS["order"]
+    grid = tuple(args.lr_grid) if args.lr_grid else (DEFAULT_LR_GRID if ours else CUDA_CONVNET_LR_GRID)
+    result = run_experiment(cache, out, seeds=args.seeds, lr_grid=grid,
                             search_epochs=args.search_epochs, lr_relu=args.lr_relu, lr_tanh=args.lr_tanh,
-                            settings=settings, device=args.device or None, quiet=args.quiet)
+                            settings=settings, device=args.device or None, quiet=args.quiet,
+                            search="final" if ours else "crossing",
+                            activations=(args.activation,) if args.activation else ("relu", "tanh"))
     s = result.summary
     for act in ("relu", "tanh"):
         a = s["activations"][act]
+        if not a["runs"]:
+            continue
         e = a["epochs_to_target_mean"]
         text = "-" if e is None else f"{'>=' if a['lower_bound'] else ''}{e:.2f}{plus_minus(a['epochs_to_target_std'])}"
         print(f"{act:<5} lr {a['lr']:<7g} epochs to {100 * s['target_error']:.0f}% training error: {text} "
@@ -53,15 +79,20 @@ def _relu_tanh(args) -> int:
     if s["ratio_mean"] is not None:
         print(f"tanh / ReLU: {'>=' if s['ratio_is_lower_bound'] else ''}{s['ratio_mean']:.2f}{plus_minus(s['ratio_std'])} "
               f"per seed (ratio of means {s['ratio_of_means']:.2f}); the paper: 6")
+    elif args.activation:
+        print(f"tanh / ReLU: no ratio ({args.activation} only; run without --activation for both)")
     else:
         print("tanh / ReLU: no ratio (ReLU did not reach the target within the budget)")
-    for t, o in (s.get("other_targets") or {}).items():
+    for t, o in ((s.get("other_targets") or {}) if not args.activation else {}).items():
         ratio = "-" if o["ratio_mean"] is None else \
             f"{'>=' if o['ratio_is_lower_bound'] else ''}{o['ratio_mean']:.2f}{plus_minus(o['ratio_std'])}"
         bound = {act: ">=" if o[f"{act}_reached"] < args.seeds else "" for act in ("relu", "tanh")}
         print(f"  at {100 * float(t):.0f}% training error: ReLU {bound['relu']}{o['relu_epochs_mean']:.2f} epochs "
               f"({o['relu_reached']}/{args.seeds} reached it), tanh {bound['tanh']}{o['tanh_epochs_mean']:.2f} "
               f"({o['tanh_reached']}/{args.seeds}); ratio {ratio}")
+    for n in s.get("neighbour_ratios") or []:
+        print(f"  seed 0, ReLU lr {n['relu_lr']:g} ({n['relu_epochs']:.2f} epochs), tanh lr {n['tanh_lr']:g} "
+              f"({n['tanh_epochs']:.2f}): ratio {n['bound']}{n['ratio']:.2f}{' (chosen)' if n['chosen'] else ''}")
     for kind, path in result.files.items():
         print(f"{kind}: {path}")
     return 0
@@ -216,28 +247,39 @@ def register(sub) -> None:
 
     q = exp.add_parser("relu-tanh", help="Figure 1: epochs to 25%% training error, ReLU vs tanh, CIFAR-10",
                        description="Figure 1: a four-layer CNN on CIFAR-10 with ReLU and with tanh units, each lr "
-                                   "chosen by a short grid search; epochs to reach 25%% training error, their ratio "
+                                   "chosen by a grid search; epochs to reach 25%% training error, their ratio "
                                    "(paper: 6x), over several seeds. Writes figure1.png/.csv/.json in --out-dir.")
+    q.add_argument("--net", choices=NETS, default="ours",
+                   help="ours: our four-layer net, 4-epoch lr search; cuda-convnet-*: Krizhevsky's CIFAR-10 "
+                        "configurations, trained as cuda-convnet did (batch 128, one fixed order, training error "
+                        "per 10,000 images, lr by epochs to 25%% on a x2 grid) (default: %(default)s)")
     q.add_argument("--data", default=DEFAULT_CIFAR, type=DATA,
                    help="CIFAR-10 cache folder, or the source archive to prepare at 32 px (default: %(default)s)")
-    q.add_argument("--out-dir", default="experiments/relu-tanh", type=OUT_DIR, metavar="DIR",
-                   help="output folder (default: %(default)s)")
+    q.add_argument("--out-dir", type=OUT_DIR, metavar="DIR",
+                   help="output folder (default: experiments/relu-tanh, or experiments/relu-tanh-NET)")
     q.add_argument("--seeds", type=Spec(int, ge=1), default=3, help="runs per activation (default: %(default)s)")
-    q.add_argument("--train-subset", type=Spec(int, ge=0), default=5000, metavar="N",
-                   help="train on a seeded random subset of N images (0 = all 50,000; default: %(default)s)")
-    q.add_argument("--max-epochs", type=Spec(int, ge=1), default=25, help="epoch budget per run (default: %(default)s)")
+    q.add_argument("--train-subset", type=Spec(int, ge=0), metavar="N",
+                   help="train on a seeded random subset of N images (0 = all 50,000; default: 5000 for ours, "
+                        "0 for cuda-convnet's nets)")
+    q.add_argument("--max-epochs", type=Spec(int, ge=1),
+                   help="epoch budget per run, the cap (default: 25 for ours, 40 for cuda-convnet's nets)")
     q.add_argument("--extra-epochs", type=Spec(int, ge=0), default=2,
                    help="epochs to continue after reaching the target, for the plot (default: %(default)s)")
-    q.add_argument("--batch-size", type=Spec(int, ge=1), default=64, help="(default: %(default)s)")
-    q.add_argument("--inputs", choices=("standardized", "mean"), default="mean",
+    q.add_argument("--batch-size", type=Spec(int, ge=1), help="(default: 64 for ours, 128 for cuda-convnet's nets)")
+    q.add_argument("--inputs", choices=("standardized", "mean"),
                    help="standardized: per-channel mean/std; mean: the paper's per-pixel mean subtraction on the "
-                        "0..255 scale (default: %(default)s)")
-    q.add_argument("--init", choices=("default", "gaussian"), default="gaussian",
-                   help="default: PyTorch's fan-in uniform; gaussian: the paper's N(0, 0.01) (default: %(default)s)")
-    q.add_argument("--lr-grid", default="0.0003,0.001,0.003,0.01", type=Spec(list[float], gt=0),
+                        "0..255 scale (default: mean)")
+    q.add_argument("--init", choices=("default", "gaussian"),
+                   help="ours: default: PyTorch's fan-in uniform; gaussian: the paper's N(0, 0.01) (default: "
+                        "gaussian); cuda-convnet's nets use their configuration's")
+    q.add_argument("--lr-grid", type=Spec(list[float], gt=0),
                    help="comma-separated lrs tried per activation, extended past an edge the winner sits on "
-                        "(default: %(default)s)")
-    q.add_argument("--search-epochs", type=Spec(int, ge=1), default=4, help="epochs per lr-search run (default: %(default)s)")
+                        "(default: 0.0003,0.001,0.003,0.01 for ours, 0.0005,0.001,0.002 for cuda-convnet's nets)")
+    q.add_argument("--search-epochs", type=Spec(int, ge=1), default=4,
+                   help="ours: epochs per lr-search run (default: %(default)s)")
+    q.add_argument("--activation", choices=("relu", "tanh"),
+                   help="train only this activation's runs (one process each); a later call without it re-uses "
+                        "them and gives the ratio")
     q.add_argument("--lr-relu", type=LR, help="skip the search for ReLU and use this lr")
     q.add_argument("--lr-tanh", type=LR, help="skip the search for tanh and use this lr")
     q.add_argument("--max-steps", type=Spec(int, ge=0), default=0, help="stop every run after this many steps (smoke tests)")

@@ -17,6 +17,8 @@ from torch import nn
 from ..errors import UserError
 from ..options import Mismatch, conform, shown, type_name
 from .caffenet import caffenet
+from .cuda_convnet import (CUDA_CONVNET, cuda_convnet_18pct, cuda_convnet_19pct, cuda_convnet_conv_local_11pct,
+                           cuda_convnet_conv_local_13pct)
 from .owt import AlexNetOWT
 from .paper import AlexNet
 from .small import alexnet_small
@@ -96,6 +98,26 @@ register(ModelInfo(
         "3x3 adaptive pool before fc6", "He-normal initialisation by default",
     ),
 ))
+
+# Krizhevsky's CIFAR-10 networks from cuda-convnet's example-layers/ (models/cuda_convnet.py):
+# Figure 1's "four-layer convolutional neural network" candidates. Parameters for 1000 classes
+# at 32 px: the conv layers (filters x channels x 5 x 5 + filters), the local layers (positions x
+# channels x 3 x 3 x filters + positions x filters), fc (last map size^2 x channels x 1000 + 1000).
+_CC_DEVIATIONS = ("weight decay (wc) left out: Figure 1 uses no regularisation",
+                  "whole 32 px images (the 13%/11% results used 24 px crops)")
+for _name, _builder, _params, _what in (
+        ("cuda_convnet_19pct", cuda_convnet_19pct, 1_104_328,
+         "conv 5x5x32 - maxpool - ReLU - conv 5x5x32 ReLU - avgpool - conv 5x5x64 ReLU - avgpool - fc10"),
+        ("cuda_convnet_18pct", cuda_convnet_18pct, 1_104_328,
+         "the 19pct net with within-map response normalisation (rnorm 3x3) after pool1 and pool2"),
+        ("cuda_convnet_conv_local_13pct", cuda_convnet_conv_local_13pct, 3_929_896,
+         "conv 5x5x64 ReLU - maxpool - conv 5x5x64 ReLU - maxpool - local 3x3x32 ReLU x2 - fc10"),
+        ("cuda_convnet_conv_local_11pct", cuda_convnet_conv_local_11pct, 5_701_416,
+         "the conv-local net with cross-map normalisation (cmrnorm 9) and a 64-wide local3")):
+    register(ModelInfo(
+        name=_name, builder=_builder, input_size=(3, 32, 32), min_input=32, params_1000=_params,
+        source=CUDA_CONVNET + _name.removeprefix("cuda_convnet_").replace("_", "-").join(("layers-", ".cfg")),
+        summary=_what, deviations=_CC_DEVIATIONS))
 
 
 def list_models() -> list[str]:
