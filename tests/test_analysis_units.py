@@ -44,7 +44,7 @@ def test_summary_gives_per_seed_ratio_and_marks_lower_bounds():
         {"activation": "tanh", "seed": 0, "errors": tanh_fast, "lr": 0.03},
         {"activation": "tanh", "seed": 1, "errors": [0.8, 0.7, 0.6], "lr": 0.03},  # never: >= 3 epochs
     ]
-    s = relu_tanh.summarise(runs)
+    s = relu_tanh.summarise_figure1(runs)
     e1 = 1 + 0.25 / 0.3
     assert s["activations"]["relu"]["epochs_to_target"] == pytest.approx([2.5, e1])
     assert s["activations"]["tanh"]["epochs_to_target"] == pytest.approx([6.5, 3.0])
@@ -57,7 +57,7 @@ def test_summary_gives_per_seed_ratio_and_marks_lower_bounds():
 
 
 def test_summary_without_relu_crossing_has_no_ratio():
-    s = relu_tanh.summarise([{"activation": "relu", "seed": 0, "errors": [0.8, 0.6]},
+    s = relu_tanh.summarise_figure1([{"activation": "relu", "seed": 0, "errors": [0.8, 0.6]},
                              {"activation": "tanh", "seed": 0, "errors": [0.8, 0.7]}])
     assert s["ratio_mean"] is None and s["ratio_of_means"] is None
 
@@ -132,6 +132,7 @@ def test_four_layer_net_paper_init_is_gaussian_0_01_with_zero_biases():
 
 
 
+@pytest.mark.slow      # minutes of real runs: the second lane
 def test_an_interrupted_figure1_run_carries_on_to_the_uninterrupted_result(tmp_path):
     """Killed after epoch 2 of 4, the run resumes from its partial file at epoch 3 and ends
     bit-identical to a run never interrupted; a partial file of another run is ignored."""
@@ -172,7 +173,7 @@ def test_crossing_on_cuda_convnet_points_per_10000_images():
         (1 + 0.25 / 0.3) / 5)
     runs = [{"activation": "relu", "seed": 0, "errors": [0.5, 0.4, 0.3, 0.2], "points_per_epoch": 2},   # 1.75
             {"activation": "tanh", "seed": 0, "errors": [0.8, 0.6, 0.5, 0.45], "points_per_epoch": 2}]  # >= 2
-    s = relu_tanh.summarise(runs)
+    s = relu_tanh.summarise_figure1(runs)
     assert s["activations"]["relu"]["epochs_to_target"] == pytest.approx([1.75])
     assert s["activations"]["tanh"]["epochs_to_target"] == [2.0] and s["ratio_is_lower_bound"]
     assert s["ratio_per_seed"] == pytest.approx([2.0 / 1.75])
@@ -397,7 +398,7 @@ def test_ablation_summary_rows_and_deltas():
             for s, (e1, e5) in enumerate([(0.30, 0.10), (0.32, 0.12)])]
     runs += [{"arm": "no_lrn", "seed": s, "top1_err": e1, "top5_err": e5}
              for s, (e1, e5) in enumerate([(0.33, 0.11), (0.35, 0.15)])]
-    rows = ablations.summarise(runs)
+    rows = ablations.summarise_arms(runs)
     assert [r["arm"] for r in rows] == ["baseline", "no_lrn"]
     no_lrn = rows[1]
     assert no_lrn["top1_err_mean"] == pytest.approx(34.0)
@@ -469,7 +470,7 @@ def test_overfitting_measures_from_hand_made_curves(tmp_path):
     flat = overfitting.overfitting_measures({"epochs": [1, 2, 3], "train_err": [0.6, 0.5, 0.4],
                                              "val_err": [0.6, 0.55, 0.553]})
     assert flat["best_val_epoch"] == 2 and flat["turns_up_at"] is None
-    rows = overfitting.summarise([{"arm": "a", "seed": 0, **m}, {"arm": "a", "seed": 1, **flat}])
+    rows = overfitting.summarise_overfitting([{"arm": "a", "seed": 0, **m}, {"arm": "a", "seed": 1, **flat}])
     assert rows[0]["gap_mean"] == pytest.approx((42 + 15.3) / 2) and rows[0]["turns_up_at"] == [3, None]
     table = overfitting.markdown_table(rows)
     assert "| a | 2 |" in table and "3, no" in table

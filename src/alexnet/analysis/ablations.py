@@ -165,7 +165,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, cache, out: Path, *, preset: st
     return result.summary
 
 
-def summarise(runs: list[dict]) -> list[dict]:
+def summarise_arms(runs: list[dict]) -> list[dict]:
     """One row per arm: mean and spread of top-1/top-5 error (%), change from the baseline, the paper's."""
     by_arm: dict[str, list[dict]] = {}
     for r in runs:
@@ -264,7 +264,7 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
                          "steps": s.get("steps"), "train_images": s.get("train_images"),
                          "train_time_s": s.get("train_time_s"), "run_dir": s.get("run_dir")})
     runs = [r for r in runs if r["top1_err"] is not None]
-    rows = summarise(runs)
+    rows = summarise_arms(runs)
     header = (f"Ablations on {cache.path} ({budget.train_subset or 'all'} training images, {budget.epochs} epochs"
               f"{f', at most {budget.max_steps} steps' if budget.max_steps else ''}, {seeds} seed{'s' if seeds > 1 else ''}, preset {preset}, "
               f"test {budget.test_views} view{'s' if budget.test_views == 'ten' else ''} on "
@@ -273,7 +273,7 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
              "json": out / "ablations.json", "png": out / "ablations.png"}
     write_csv(files["csv"], rows)
     write_csv(files["runs_csv"], runs)
-    files["md"].write_text(markdown_table(rows, "# " + header), encoding="utf-8")
+    atomic_write(files["md"], markdown_table(rows, "# " + header), what="the ablation table")
     write_json(files["json"], {"budget": budget.__dict__, "seeds": seeds, "preset": preset, "model": model,
                                **({"settings": settings} if settings else {}),
                                "cache": str(cache.path), "rows": rows, "runs": runs})
@@ -285,12 +285,12 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
             curves = overfitting.run_curves(r["run_dir"])
             measured.append({"arm": r["arm"], "seed": r["seed"], "curves": curves,
                              **overfitting.overfitting_measures(curves)})
-        over = overfitting.summarise(measured)
+        over = overfitting.summarise_overfitting(measured)
         files.update({"overfitting_md": out / "overfitting.md", "overfitting_csv": out / "overfitting.csv",
                       "overfitting_png": out / "overfitting.png"})
         write_csv(files["overfitting_csv"], [{k: v for k, v in m.items() if k != "curves"} for m in measured])
-        files["overfitting_md"].write_text(overfitting.markdown_table(over, "# Overfitting: " + header),
-                                           encoding="utf-8")
+        atomic_write(files["overfitting_md"], overfitting.markdown_table(over, "# Overfitting: " + header),
+                     what="the overfitting table")
         overfitting.plot_curves(measured, files["overfitting_png"],
                                 f"Training and validation error per epoch\n{header}")
     return {"rows": rows, "runs": runs, "files": {k: str(v) for k, v in files.items()}, "header": header}

@@ -52,7 +52,7 @@ def overfitting_measures(curves: dict, turn_up: float = TURN_UP) -> dict:
             "turns_up_at": epochs[best] if rise >= turn_up else None}
 
 
-def summarise(runs: list[dict]) -> list[dict]:
+def summarise_overfitting(runs: list[dict]) -> list[dict]:
     """One row per arm (in the order first seen): mean and spread over seeds of each measure, in % points."""
     arms: dict[str, list[dict]] = {}
     for r in runs:

@@ -81,6 +81,7 @@ from ..data import open_cache
 from ..models import build_model
 from ..report import write_csv, write_json
 from ..errors import UserError
+from ..files import atomic_write
 from .common import mean_std, read_settings, reusable
 
 TARGET_ERROR = 0.25
@@ -166,7 +167,7 @@ def run_epochs(run: dict) -> float:
     return len(run["errors"]) / run.get("points_per_epoch", 1)
 
 
-def summarise(runs: list[dict], target: float = TARGET_ERROR, nested: bool = True) -> dict:
+def summarise_figure1(runs: list[dict], target: float = TARGET_ERROR, nested: bool = True) -> dict:
     """Mean and spread of the epochs to ``target`` per activation, and the tanh/ReLU ratio.
 
     ``runs``: dicts with ``activation``, ``seed``, ``errors`` (per-epoch training
@@ -215,7 +216,7 @@ def summarise(runs: list[dict], target: float = TARGET_ERROR, nested: bool = Tru
         out["other_targets"] = {}
         for t in OTHER_TARGETS:
             if t > target:
-                inner = summarise(runs, t, nested=False)
+                inner = summarise_figure1(runs, t, nested=False)
                 out["other_targets"][f"{t:g}"] = {
                     "relu_epochs_mean": inner["activations"]["relu"]["epochs_to_target_mean"],
                     "tanh_epochs_mean": inner["activations"]["tanh"]["epochs_to_target_mean"],
@@ -395,9 +396,8 @@ def train_run(x: torch.Tensor, y: torch.Tensor, activation: str, lr: float, seed
 
 
 def _write_partial(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)         # a kill while saving leaves the previous epoch's file whole
+    # atomic: a kill while saving leaves the previous epoch's file whole
+    atomic_write(path, lambda f: torch.save(state, f), what="the run's progress")
 
 
 def _read_partial(path: Path, key: dict) -> dict | None:
@@ -460,7 +460,7 @@ class RunStore:
         mine = self.partial(path)
         if not mine.exists():
             for other in self._other_caps(path, ".partial.pt"):
-                os.replace(other, mine)
+                other.rename(mine)        # a move to a name that is free (checked above), not a write
                 return
 
     @staticmethod
@@ -486,9 +486,7 @@ class RunStore:
 
     def put(self, path: Path, record: dict, settings: Settings) -> None:
         record = {**record, "settings": self.key(path, settings)}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record), what="the run's record")
         self.partial(path).unlink(missing_ok=True)
 
 
@@ -720,7 +718,7 @@ def run_experiment(cache_path: str | os.PathLike, out: str | os.PathLike, *, see
     runs = [_main_run(x, y, act, chosen[act], seed, settings, store, device, log, progress)
             for seed in range(seeds) for act in ("relu", "tanh") if act in activations]
 
-    summary = summarise(runs, settings.target)
+    summary = summarise_figure1(runs, settings.target)
     summary.update({"settings": asdict(settings), "lr": chosen, "lr_grid": list(lr_grid),
                     "search": search, "search_epochs": search_epochs, "seeds": seeds, "device": str(device),
                     "train_images": len(x)})

@@ -59,6 +59,7 @@ from ..data.cache import read_cache_meta
 from ..data.preprocess import InputSpec
 from ..data.resolve import is_cache
 from ..errors import UserError
+from ..files import atomic_write
 from ..models import build_model
 from . import rundir
 from .init_settings import check_options
@@ -370,4 +371,5 @@ def save_record(result: InitFrom, run_dir: Path) -> None:
     exists (the model is built before it: a failed start leaves no folder)."""
     if result.active:
         path = run_dir / RECORD
-        rundir.guarded(path, lambda: path.write_text(json.dumps(result.to_json(), indent=1) + "\n"))
+        rundir.guarded(path, lambda: atomic_write(path, json.dumps(result.to_json(), indent=1) + "\n",
+                                                  what="the init record"))
