@@ -472,5 +472,5 @@ def test_overfitting_measures_from_hand_made_curves(tmp_path):
     assert flat["best_val_epoch"] == 2 and flat["turns_up_at"] is None
     rows = overfitting.summarise_overfitting([{"arm": "a", "seed": 0, **m}, {"arm": "a", "seed": 1, **flat}])
     assert rows[0]["gap_mean"] == pytest.approx((42 + 15.3) / 2) and rows[0]["turns_up_at"] == [3, None]
-    table = overfitting.markdown_table(rows)
+    table = overfitting.overfitting_markdown(rows)
     assert "| a | 2 |" in table and "3, no" in table

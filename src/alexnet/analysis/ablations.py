@@ -289,8 +289,8 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
         files.update({"overfitting_md": out / "overfitting.md", "overfitting_csv": out / "overfitting.csv",
                       "overfitting_png": out / "overfitting.png"})
         write_csv(files["overfitting_csv"], [{k: v for k, v in m.items() if k != "curves"} for m in measured])
-        atomic_write(files["overfitting_md"], overfitting.markdown_table(over, "# Overfitting: " + header),
+        atomic_write(files["overfitting_md"], overfitting.overfitting_markdown(over, "# Overfitting: " + header),
                      what="the overfitting table")
-        overfitting.plot_curves(measured, files["overfitting_png"],
+        overfitting.plot_overfitting(measured, files["overfitting_png"],
                                 f"Training and validation error per epoch\n{header}")
     return {"rows": rows, "runs": runs, "files": {k: str(v) for k, v in files.items()}, "header": header}

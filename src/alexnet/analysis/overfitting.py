@@ -73,7 +73,7 @@ def _fmt(mean, std) -> str:
     return "-" if mean is None else f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
 
-def markdown_table(rows: list[dict], header: str = "") -> str:
+def overfitting_markdown(rows: list[dict], header: str = "") -> str:
     lines = [header, ""] if header else []
     lines += ["| arm | seeds | final val err (%) | final train err (%) | gap val - train | lowest val err (%) "
               "| at epoch (per seed) | rise after it | val error turns up at (per seed) |",
@@ -88,7 +88,7 @@ def markdown_table(rows: list[dict], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: list[dict], out: str | os.PathLike, title: str) -> Path:
+def plot_overfitting(runs: list[dict], out: str | os.PathLike, title: str) -> Path:
     """Training (dashed) and validation (solid) error per epoch, one colour per arm, one line per seed."""
     import matplotlib   # lazy: ~0.5 s of start-up that only the figure needs
     matplotlib.use("Agg")

@@ -12,7 +12,7 @@ cuda-convnet (Google Code, 2011-2012; read here from the GitHub mirror dnouri/cu
 ``cuda_convnet_conv_local_11pct``     ``layers-conv-local-11pct.cfg`` + ``layer-params-conv-local-11pct.cfg``
 ====================================  =========================================================
 
-Each :data:`CONFIGS` entry is one ``[section]`` of those files per :class:`Layer`, in file
+Each :data:`CONFIGS` entry is one ``[section]`` of those files per :class:`LayerSpec`, in file
 order, with the line it came from. What the layer code does with them (``layer.py``, the
 CUDA kernels in ``src/cudaconv2/conv_util.cu``), and so what this module does:
 
@@ -74,7 +74,7 @@ CUDA_CONVNET = "cuda-convnet (code.google.com/p/cuda-convnet; mirror github.com/
 
 
 @dataclass(frozen=True)
-class Layer:
+class LayerSpec:
     """One ``[section]`` of a cuda-convnet layer file (with its layer-params section)."""
 
     kind: str                   # conv, local, pool, rnorm, cmrnorm, fc
@@ -94,22 +94,22 @@ class Layer:
 
 
 def _conv(name, line, filters, init_w, neuron, size=5, padding=2):
-    return Layer("conv", name, line, filters=filters, size=size, padding=padding, init_w=init_w, neuron=neuron)
+    return LayerSpec("conv", name, line, filters=filters, size=size, padding=padding, init_w=init_w, neuron=neuron)
 
 
 def _pool(name, line, kind, neuron=False):
-    return Layer("pool", name, line, size=3, stride=2, pool=kind, neuron=neuron)
+    return LayerSpec("pool", name, line, size=3, stride=2, pool=kind, neuron=neuron)
 
 
 def _local(name, line, filters):
-    return Layer("local", name, line, filters=filters, size=3, padding=1, init_w=0.04, neuron=True)
+    return LayerSpec("local", name, line, filters=filters, size=3, padding=1, init_w=0.04, neuron=True)
 
 
 def _fc(line, init_w=0.01):
-    return Layer("fc", "fc10", line, filters=10, init_w=init_w)
+    return LayerSpec("fc", "fc10", line, filters=10, init_w=init_w)
 
 
-CONFIGS: dict[str, tuple[Layer, ...]] = {
+CONFIGS: dict[str, tuple[LayerSpec, ...]] = {
     # layers-19pct.cfg: "19% error on CIFAR-10 in 20 minutes"
     "cuda_convnet_19pct": (
         _conv("conv1", 11, 32, 0.0001, neuron=False),
@@ -124,10 +124,10 @@ CONFIGS: dict[str, tuple[Layer, ...]] = {
     "cuda_convnet_18pct": (
         _conv("conv1", 11, 32, 0.0001, neuron=False),
         _pool("pool1", 23, "max", neuron=True),
-        Layer("rnorm", "rnorm1", 34, size=3, scale=0.00005, pow=0.75),
+        LayerSpec("rnorm", "rnorm1", 34, size=3, scale=0.00005, pow=0.75),
         _conv("conv2", 40, 32, 0.01, neuron=True),
         _pool("pool2", 53, "avg"),
-        Layer("rnorm", "rnorm2", 63, size=3, scale=0.00005, pow=0.75),
+        LayerSpec("rnorm", "rnorm2", 63, size=3, scale=0.00005, pow=0.75),
         _conv("conv3", 69, 64, 0.01, neuron=True),
         _pool("pool3", 82, "avg"),
         _fc(92),
@@ -146,9 +146,9 @@ CONFIGS: dict[str, tuple[Layer, ...]] = {
     "cuda_convnet_conv_local_11pct": (
         _conv("conv1", 9, 64, 0.0001, neuron=True),
         _pool("pool1", 22, "max"),
-        Layer("cmrnorm", "rnorm1", 32, size=9, scale=0.001, pow=0.75),
+        LayerSpec("cmrnorm", "rnorm1", 32, size=9, scale=0.001, pow=0.75),
         _conv("conv2", 38, 64, 0.01, neuron=True),
-        Layer("cmrnorm", "rnorm2", 51, size=9, scale=0.001, pow=0.75),
+        LayerSpec("cmrnorm", "rnorm2", 51, size=9, scale=0.001, pow=0.75),
         _pool("pool2", 57, "max"),
         _local("local3", 67, 64),
         _local("local4", 78, 32),
