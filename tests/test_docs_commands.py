@@ -47,6 +47,7 @@ BUDGETS: dict[tuple[str, ...], dict[str, str]] = {
     ("experiment", "ablations"): {"--quick": ""},
     ("bench",): {"--rounds": "1", "--batch": "2", "--image-size": "63", "--only": "limits"},
 }
+EXCLUDES = {"--limit": ("-o", "--output")}     # eval writes a prediction file for the whole split only
 NOT_RUN = {   # commands this suite does not start, with the reason shown in the skip
     "scripts/test.sh": "the test suite itself",
     "pytest": "the test suite itself",
@@ -62,7 +63,8 @@ def budget_for(argv: list[str]) -> list[str]:
     words = [a for a in argv if not a.startswith("-")]
     for key, flags in BUDGETS.items():
         if tuple(words[: len(key)]) == key:
-            return [x for flag, value in flags.items() if flag not in argv for x in (flag, value) if x]
+            return [x for flag, value in flags.items() if flag not in argv and not set(EXCLUDES.get(flag, ())) & set(argv)
+                    for x in (flag, value) if x]
     return []
 
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, atomic_write_with
 
 
 def _clean(value: Any) -> Any:
@@ -94,6 +94,21 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     atomic_write(path, json.dumps(_clean(data), indent=2) + "\n", what="JSON file")
 
 
+def save_figure(fig, out: str | os.PathLike, *, dpi: int = 110, **savefig) -> Path:
+    """Write a matplotlib figure to ``out`` (format from its suffix, else PNG) by the atomic
+    rule of :mod:`alexnet.files`, and close the figure: the one place a plot reaches the disk."""
+    import matplotlib.pyplot as plt   # lazy: see plot_curves
+    out = Path(out)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in fig.canvas.get_supported_filetypes():
+        fmt = "png"                   # what the name says otherwise; matplotlib would refuse the name
+    try:
+        atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt, **savefig), what="the plot")
+    finally:
+        plt.close(fig)
+    return out
+
+
 def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "", steps: list[dict] | None = None) -> Path:
     """Three panels against epochs: loss (train, val), top-1/top-5 error (train, val), lr (log).
 
@@ -141,10 +156,7 @@ def plot_curves(epochs: list[dict], out: str | os.PathLike, title: str = "", ste
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_confusion(matrix, classes: list[str], out: str | os.PathLike, title: str = "confusion matrix") -> Path:
@@ -171,10 +183,7 @@ def plot_confusion(matrix, classes: list[str], out: str | os.PathLike, title: st
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _pct(x) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 from ..data import open_cache
 from ..errors import UserError
 from ..files import atomic_write
-from ..report import write_csv, write_json
+from ..report import save_figure, write_csv, write_json
 from ..train import train
 from ..train.config import load_config
 from . import overfitting
@@ -226,8 +226,7 @@ def plot_ablations(rows: list[dict], out: Path, title: str) -> None:
     ax.legend()
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms: list[str] | None = None,

@@ -34,7 +34,7 @@ import torch
 from ..console import progress as progress_bar
 from ..errors import UserError
 from ..files import atomic_write
-from ..report import write_csv
+from ..report import save_figure, write_csv
 from ..runtime import default_device
 from .features import embed_batches, load_features, load_query_images, open_model_and_data
 
@@ -213,5 +213,4 @@ def plot_neighbors(query_images, query_paths, neighbour_images, rows, *, k: int,
             show(axes[qi, r + 1], neighbour_images[qi * k + r], f"{row['class'][:16]}\n{row['distance']:.3g}")
     fig.suptitle(f"fc7 nearest training images ({metric} distance)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)

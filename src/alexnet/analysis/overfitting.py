@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..report import read_jsonl
 from .common import mean_std
+from ..report import save_figure
 
 # Validation error that ends 2 points above its lowest value has turned up: twice the binomial
 # standard error of a ~45% error measured on 2,000 images (1.1 points), so that the noise of one
@@ -109,7 +110,4 @@ def plot_overfitting(runs: list[dict], out: str | os.PathLike, title: str) -> Pa
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

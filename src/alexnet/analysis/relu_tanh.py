@@ -79,7 +79,7 @@ from torch import nn
 from ..data.preprocess import InputSpec, to_network_input
 from ..data import open_cache
 from ..models import build_model
-from ..report import write_csv, write_json
+from ..report import save_figure, write_csv, write_json
 from ..errors import UserError
 from ..files import atomic_write
 from .common import mean_std, read_settings, reusable
@@ -787,7 +787,4 @@ def plot_figure1(runs: list[dict], summary: dict, out: str | os.PathLike) -> Pat
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

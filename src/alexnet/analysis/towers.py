@@ -73,7 +73,7 @@ from PIL import Image
 
 from ..checkpoint import load_checkpoint, load_model
 from ..errors import UserError
-from ..report import write_json
+from ..report import save_figure, write_json
 from ..weights.theano import read_theano_alexnet
 from .filters import conv1_weight, filter_grid, initial_conv1, tower_count
 
@@ -207,9 +207,7 @@ def plot_specificity(values, out: str | os.PathLike, towers: int = 2, title: str
     ax.set_yticks(range(towers)[::-1], [f"tower {t}" for t in range(towers)])
     ax.set(xlim=(0, 1), xlabel="colour specificity s (0 = grey kernel, 1 = pure colour contrast)", title=title)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return str(out)
+    return str(save_figure(fig, out, dpi=90))
 
 
 def measure_towers(source: str | os.PathLike, out: str | os.PathLike | None = None, *, theano: bool = False,

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import UserError
+from ..report import save_figure
 
 TRUE_COLOUR = "#d62728"     # the paper's red bar
 OTHER_COLOUR = "#7f7f7f"
@@ -86,14 +87,7 @@ def prediction_panel(images, top5_names=None, top5_probs=None, true_labels=None,
         bars.tick_params(axis="x", labelsize=6)
         for spine in ("top", "right"):
             bars.spines[spine].set_visible(False)
-    out = Path(out_png)
-    try:
-        fig.savefig(out, dpi=100, bbox_inches="tight")
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write image ({exc.strerror or exc})") from None
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out_png, dpi=100, bbox_inches="tight")
 
 
 def panel_from_predictions(results: Sequence[dict], out_png: str | os.PathLike, per_row: int = 4) -> Path:

@@ -34,7 +34,6 @@ import numpy as np
 from .. import checkpoint as ckpt_io
 from .. import report
 from ..errors import UserError
-from ..files import atomic_write_with
 from . import rundir
 
 MAX_DEPTH = 4        # how deep below DIR run folders are looked for (experiments nest theirs)
@@ -260,8 +259,4 @@ def plot_comparison(runs: list[RunInfo], out: str | os.PathLike) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle("runs compared: " + ", ".join(r.name for r in runs))
     fig.tight_layout()
-    try:
-        atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), what="the plot")
-    finally:
-        plt.close(fig)
-    return out
+    return report.save_figure(fig, out)
