@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -156,3 +157,12 @@ TORCHVISION_LAYOUT = [
     ("classifier.4.weight", (4096, 4096)), ("classifier.4.bias", (4096,)),
     ("classifier.6.weight", (1000, 4096)), ("classifier.6.bias", (1000,)),
 ]
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (its parent has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from alexnet import UserError, open_cache, prepare
+from data_helpers import process_alive
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
@@ -80,14 +81,6 @@ def _workers(pid: int) -> list[int]:
             pass
     return found
 
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _done(partial: Path) -> int:
@@ -170,7 +163,7 @@ def test_a_killed_worker_stops_prepare_with_one_line_and_a_rerun_resumes(source,
     assert line.startswith("alexnet: error: ") and str(out) in line, line
     assert "decoding worker" in line and "died" in line and "signal 9" in line, line
     assert "re-run resumes" in line, line
-    assert not any(_alive(w) for w in workers), "a decoding worker outlived prepare"
+    assert not any(process_alive(w) for w in workers), "a decoding worker outlived prepare"
     _assert_resumes_to(source, out, reference)
 
 
@@ -184,9 +177,9 @@ def test_sigterm_stops_prepare_while_its_workers_are_stuck(source, reference, tm
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["alexnet: interrupted"], err
     deadline = time.monotonic() + HANG           # ended by prepare (SIGKILL), reaped by init
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(process_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.01)
-    left = [w for w in workers if _alive(w)]
+    left = [w for w in workers if process_alive(w)]
     for w in left:
         os.kill(w, signal.SIGKILL)
     assert not left, f"prepare left its stuck workers {left} behind"

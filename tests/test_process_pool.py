@@ -16,12 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from alexnet.data.process_pool import ProcessPool, WorkerDied
+from data_helpers import process_alive
 
 SAFETY_SECONDS = 60                 # far above any of these runs; reaching it means a hang
 
@@ -54,13 +54,6 @@ def safety_net(what: str):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
 
 def test_results_come_in_task_order_and_equal_a_plain_map():
     pool = ProcessPool(2)
@@ -71,7 +64,7 @@ def test_results_come_in_task_order_and_equal_a_plain_map():
     finally:
         pool.close()
     assert got == [x * x for x in range(200)]
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
 
 
 def test_a_task_error_is_raised_in_the_parent_with_its_type_and_message():
@@ -100,7 +93,7 @@ def test_a_worker_killed_mid_message_is_reported_not_waited_for():
         pool.close(kill=True)
     assert (died.value.pid, died.value.exitcode, died.value.signal_name) == (pids[0], -9, "SIGKILL")
     assert "signal 9" in str(died.value)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
 
 
 class Stop(Exception):
@@ -129,7 +122,7 @@ def test_a_stop_request_is_seen_while_no_worker_answers():
             pool.close(kill=True)     # a stopped worker too
     finally:
         pool.close(kill=True)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path):
@@ -146,9 +139,9 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
     assert proc.wait(SAFETY_SECONDS) == -9
     assert len(pids) == 2
     deadline = time.monotonic() + SAFETY_SECONDS
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [pid for pid in pids if _alive(pid)]
+    left = [pid for pid in pids if process_alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "workers outlived their killed parent"
