@@ -447,7 +447,7 @@ def test_every_checkpoint_has_the_same_file_mode(world, tmp_path):
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~mask)}
 
 
-def test_output_folders_that_do_not_exist_are_created(tmp_path, capsys):
+def test_output_folders_that_do_not_exist_are_created(tmp_path, capsys, world):
     """`prepare SRC a/b/cache`, `-o a/b/x`: the folders above an output are made (docs/cli.md)."""
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -462,6 +462,9 @@ def test_output_folders_that_do_not_exist_are_created(tmp_path, capsys):
     assert cli.main(["experiment", "filters", "--model", "alexnet_small", "-o", str(tmp_path / "c" / "d" / "f.png"),
                      "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["png"] == str(tmp_path / "c" / "d" / "f.png")
+    csv_path = tmp_path / "e" / "f" / "predictions.csv"      # predict once refused a folder still to be made
+    assert cli.main(["predict", str(world / "ok.safetensors"), str(tmp_path / "pics" / "cats"), "-o", str(csv_path)]) == 0
+    assert csv_path.read_text().count("\n") == 3             # the header and the two pictures
 
 
 def test_a_pickle_is_told_apart_from_a_checkpoint(tmp_path):

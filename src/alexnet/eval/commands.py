@@ -33,10 +33,8 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from .predict import check_writable, format_predictions, predict, write_predictions_csv
-    make_parents(args.panel)
-    if args.output:
-        check_writable(args.output)        # before any work: nothing half-written
+    from .predict import format_predictions, predict, write_predictions_csv
+    make_parents(args.panel, args.output)   # -o was checked by its Spec before any work
     results = predict(args.checkpoint, args.images, topk=args.top, views=args.views, device=args.device,
                       batch_size=args.batch_size, progress=True)
     failed = [r for r in results if "error" in r]

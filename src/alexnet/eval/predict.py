@@ -26,7 +26,7 @@ from ..console import info, progress as progress_bar
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.preprocess import input_spec_of, read_square, square_from_bytes, to_network_input
 from ..errors import UserError
-from ..options import warn_once
+from ..options import make_parents, path_problem, warn_once
 from ..runtime import default_device
 from .metrics import view_average
 
@@ -132,21 +132,15 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     return results
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """``path`` if a file can be written there (its folder exists and is not itself a folder), before any work."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; -o names the CSV file to write")
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
-    return path
-
-
 def write_predictions_csv(results: list[dict], path: str | os.PathLike, topk: int) -> Path:
     """One row per image: ``path``, then ``class_R``, ``name_R``, ``prob_R`` for R = 1..topk (most probable
     first), then ``error`` (empty for a predicted image; the reason, with no classes, for one that could
     not be read). Written atomically: a failed write leaves no partial file."""
-    path = check_writable(path)
+    trouble = path_problem("output", str(path))       # the same check as the command line's -o
+    if trouble:
+        raise UserError(trouble)
+    make_parents(path)
+    path = Path(path)
     columns = ["path"] + [f"{what}_{r}" for r in range(1, topk + 1) for what in ("class", "name", "prob")] + ["error"]
     rows = []
     for r in results:
