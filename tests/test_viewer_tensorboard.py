@@ -9,7 +9,10 @@ resumed run repeats steps an earlier attempt had logged (``purge_step``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +110,35 @@ def test_events_can_be_turned_off(fmnist_cache, tmp_path):
     args = train_args(fmnist_cache, tmp_path, "off", "--data.crop", "24", "--run.tensorboard", "false", epochs=1)
     assert run_cli(*args, env=CLI_ENV).returncode == 0
     assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys, threading
+from pathlib import Path
+from alexnet.models import build_model
+from alexnet.train.config import Config
+from alexnet.train.tensorboard_log import TensorBoardLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # EFBIG, as a full disk answers ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (500, 500))    # the file header fits (~90 bytes), conv1 (~1.5 KB) not
+model = build_model("alexnet_small", num_classes=2, widths=[8, 8, 8, 8, 8], hidden=8)
+log = TensorBoardLog.open(Path(sys.argv[1]), Config(), model, start_step=0, resuming=False)
+for step in range(1, 4):                                 # the run goes on after the failed write
+    log.on_step({"step": step, "loss": 1.0 / step})
+log.close()
+for thread in threading.enumerate():                     # TensorBoard's writer thread has ended (and said
+    if thread is not threading.current_thread():         # what it had to say) before the process exits
+        thread.join(timeout=30)
+print("the run went on")
+"""
+
+
+def test_a_full_disk_under_tensorboard_is_one_line_not_a_traceback(tmp_path):
+    """The failed write happens in TensorBoard's own writer thread: the run says it in one warning and
+    goes on; no traceback from the thread reaches standard error."""
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          env=dict(os.environ, **CLI_ENV), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "the run went on"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TensorBoard events could not be written" in lines[0], proc.stderr
+    assert str(tmp_path) in lines[0] and "Traceback" not in proc.stderr

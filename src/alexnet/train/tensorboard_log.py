@@ -33,6 +33,7 @@ what it logged.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from torch import nn
@@ -59,6 +60,24 @@ def _numbers(record: dict):
             yield key, value
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes from a thread of its own; a write that fails there (a full disk) is kept for
+    the next write from the run, which reports it in one line (:meth:`TensorBoardLog._write`), and also
+    re-raised in the thread, which Python prints as a traceback. This drops that second report, for
+    TensorBoard's threads only; every other thread's exceptions reach the hook as before."""
+    previous = threading.excepthook
+    if getattr(previous, "tensorboard_threads_quiet", False):
+        return
+
+    def hook(args):
+        if args.thread is not None and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    hook.tensorboard_threads_quiet = True
+    threading.excepthook = hook
+
+
 class TensorBoardLog:
     """One run's event file: :meth:`on_step` and :meth:`on_epoch` take the JSONL records as written."""
 
@@ -81,6 +100,7 @@ class TensorBoardLog:
         if not resuming:
             for stale in run_dir.glob(EVENT_GLOB):     # left by an attempt that wrote no checkpoint
                 stale.unlink()
+        _quiet_writer_threads()
         try:
             writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_step + 1 if resuming else None)
         except Exception as exc:     # a view of the run: no reason to stop it
