@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from alexnet.models import list_models
+
 import alexnet.data
 
 from alexnet.data.preprocess import InputSpec, to_network_input
@@ -117,7 +119,7 @@ def test_create_model_three_lines_and_preprocess_inputs(tmp_path, shared_data, m
 
 
 def test_create_model_with_weights_is_the_checkpoints_model(tmp_path):
-    """`create_model(name, weights=CKPT)`: the same logits as the saved model; a wrong name, class
+    """`create_model(name, weights=CKPT)`: the same logits as the saved model; a wrong name, channel
     count or options beside the weights are one-line errors, never ignored."""
     from alexnet import create_model
     from alexnet.checkpoint import save_model
@@ -136,9 +138,39 @@ def test_create_model_with_weights_is_the_checkpoints_model(tmp_path):
     assert model.classes == list("abcdefg") and model.preprocess.spec.crop == 28
     with pytest.raises(UserError, match="alexnet_small.*alexnet_owt"):
         create_model("alexnet_owt", weights=ckpt)
-    with pytest.raises(UserError, match="num_classes.*7.*10"):
-        create_model("alexnet_small", num_classes=10, weights=ckpt)
+    with pytest.raises(UserError, match="in_channels.*3.*1"):
+        create_model("alexnet_small", in_channels=1, weights=ckpt)
     with pytest.raises(UserError, match="lrn"):
         create_model("alexnet_small", weights=ckpt, lrn=False)
     untrained = create_model("alexnet_small", num_classes=7)      # without weights: the registry's builder
     assert not hasattr(untrained, "checkpoint_info")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_create_model_with_another_class_count_keeps_all_but_the_last_layer(name, tmp_path):
+    """`create_model(weights=CKPT, num_classes=3)` (fine-tuning from Python): every tensor is the
+    checkpoint's but the last layer's, which has 3 outputs and the model's own initialisation (the
+    same tensors as an untrained model built from the same random state); the preprocessing stays."""
+    from alexnet import create_model
+    from alexnet.checkpoint import save_model
+    from alexnet.models import build_model
+
+    torch.manual_seed(0)
+    source = build_model(name, num_classes=7)
+    spec = InputSpec(size=40, crop=32, channels=3, mean="none")
+    ckpt = save_model(tmp_path / "m.safetensors", source, name=name, num_classes=7, in_channels=3,
+                      classes=list("abcdefg"), input_spec=spec)
+    torch.manual_seed(1)
+    model = create_model(weights=ckpt, num_classes=3)
+    torch.manual_seed(1)
+    untrained = build_model(name, num_classes=3).state_dict()
+    last = [n for n, m in source.named_modules() if isinstance(m, torch.nn.Linear)][-1]   # written out: the classifier
+    assert model.checkpoint_info["new_head"] == [f"{last}.bias", f"{last}.weight"]
+    for key, value in model.state_dict().items():
+        if key.startswith(last + "."):
+            assert value.shape[0] == 3 and torch.equal(value, untrained[key]), key
+        else:
+            assert torch.equal(value, source.state_dict()[key]), key
+    assert model.classes == ["0", "1", "2"] and model.preprocess.spec.describe() == spec.describe() and not model.training
+    with pytest.raises(UserError, match="num_classes"):
+        create_model(weights=ckpt, num_classes=0)

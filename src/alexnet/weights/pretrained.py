@@ -68,27 +68,34 @@ def create_model(name: str | None = None, *, weights: str | os.PathLike | None =
     with ``alexnet import``): the checkpoint's trained model in eval mode on ``device``, carrying
     ``classes``, ``class_names`` (readable names for ILSVRC wnids), ``input_spec``, ``preprocess``
     (its :class:`Preprocess`; None when the checkpoint does not say how its input is prepared) and
-    ``checkpoint_info`` (what :func:`alexnet.checkpoint.load_model` returns). The checkpoint fixes the model, its class
-    count, channels and options: ``name`` may be left out (or be ``"alexnet"``, the family: any
-    registered model); a different name, class count or channel count, or options given beside
-    ``weights``, is a UserError, never silently ignored.
+    ``checkpoint_info`` (what :func:`alexnet.checkpoint.load_model` returns). The checkpoint fixes the model, its
+    channels and options: ``name`` may be left out (or be ``"alexnet"``, the family: any registered
+    model); a different name or channel count, or options given beside ``weights``, is a UserError,
+    never silently ignored.
+
+    ``num_classes`` other than the checkpoint's starts fine-tuning, as ``alexnet train
+    --init-from`` does: every layer keeps the checkpoint's weights but the last (fc8), which is
+    built new for ``num_classes`` in the model's own initialisation (the tensors an untrained
+    ``create_model(name, num_classes=N)`` would get from torch's random state at the call); ``classes`` are then ``"0"``..``"N-1"`` and ``checkpoint_info["new_head"]`` names the
+    new layer's tensors. The preprocessing stays the checkpoint's.
     """
     if weights is None:
         if name is None:
             raise UserError(f"create_model: give a model name ({', '.join(list_models())}) or weights=CHECKPOINT")
         return build_model(name, num_classes=1000 if num_classes is None else num_classes,
                            in_channels=3 if in_channels is None else in_channels, **kwargs)
+    random_state = torch.random.get_rng_state()      # the new head's, should there be one
     model, info = load_model(weights, device=device)
     if name not in (None, "alexnet", info["name"]):
         raise UserError(f"{info['path']}: checkpoint holds {info['name']}, not {name} "
                         f"(leave the name out, or give {info['name']!r})")
-    for option, wanted, held in (("num_classes", num_classes, info["num_classes"]),
-                                 ("in_channels", in_channels, info["in_channels"])):
-        if wanted is not None and wanted != held:
-            raise UserError(f"{info['path']}: checkpoint has {option}={held}, asked for {wanted}")
+    if in_channels is not None and in_channels != info["in_channels"]:
+        raise UserError(f"{info['path']}: checkpoint has in_channels={info['in_channels']}, asked for {in_channels}")
     if kwargs:
         raise UserError(f"{info['path']}: model options {', '.join(sorted(kwargs))} cannot be changed when loading "
                         f"weights (the checkpoint was built with {info['kwargs']})")
+    if num_classes is not None and num_classes != info["num_classes"]:
+        model, info = _with_new_head(model, info, num_classes, device, random_state)
     classes = info["classes"] or [str(i) for i in range(info["num_classes"])]
     model.classes = list(classes)
     model.class_names = list(readable_names(info.get("class_names") or classes))
@@ -96,3 +103,21 @@ def create_model(name: str | None = None, *, weights: str | os.PathLike | None =
     model.preprocess = Preprocess(model.input_spec, device) if model.input_spec is not None else None
     model.checkpoint_info = info
     return model
+
+
+def _with_new_head(trained: nn.Module, info: dict, num_classes: int, device,
+                   random_state: torch.Tensor) -> tuple[nn.Module, dict]:
+    """The same network built for ``num_classes``: the tensors whose shape follows the class count
+    (found by building it, so for every registered model) are new, every other is the trained one.
+    The new ones are those ``build_model(name, num_classes=N)`` makes from ``random_state``."""
+    if num_classes < 1:
+        raise UserError(f"create_model: num_classes must be >= 1, got {num_classes}")
+    torch.random.set_rng_state(random_state)
+    model = build_model(info["name"], num_classes=num_classes, in_channels=info["in_channels"], **info["kwargs"])
+    fresh, held = model.state_dict(), trained.state_dict()
+    new_head = sorted(k for k in fresh if fresh[k].shape != held[k].shape)
+    model.load_state_dict({k: (fresh[k] if k in new_head else held[k]) for k in fresh})
+    model.to(device).eval()
+    classes = [str(i) for i in range(num_classes)]
+    return model, {**info, "num_classes": num_classes, "classes": classes, "class_names": classes,
+                   "new_head": new_head}
