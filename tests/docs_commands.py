@@ -25,7 +25,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROGRAMS = ("alexnet", "torchrun", "bash", "python", "python3", ".venv/bin/", "source .venv/", "tensorboard")
+PROGRAMS = ("alexnet", "torchrun", "bash", "python", "python3", ".venv/bin/", "source .venv/", "tensorboard",
+            "scripts/")                                 # the repository's scripts, named by their path
 FILE_TOOLS = ("mkdir", "tar", "cp", "curl")          # run by the shell, as written
 PLACEHOLDER = re.compile(r"^\[|(^|[/=])[A-Z][A-Z0-9_]{2,}(/|$)|\.\.\.\]?$")
 ENV_PREFIX = re.compile(r"^(?:[A-Za-z_]\w*=\S*\s+)+")

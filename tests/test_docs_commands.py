@@ -53,6 +53,7 @@ NOT_RUN = {   # commands this suite does not start, with the reason shown in the
     "pytest": "the test suite itself",
     "tests.reliability.report": "runs the reliability suite",
     "tensorboard": "a third-party viewer that serves until stopped",
+    "gpu-check.sh": "the device check: its CPU dry run is tests/test_device_pipeline.py's",
 }
 
 

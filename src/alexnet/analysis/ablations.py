@@ -277,8 +277,8 @@ def run_ablations(cache_path: str | os.PathLike, out: str | os.PathLike, *, arms
                                **({"settings": settings} if settings else {}),
                                "cache": str(cache.path), "rows": rows, "runs": runs})
     plot_ablations(rows, files["png"], "Ablations (one change at a time)")
-    if budget.val_every == 1:
-        # Validated after every epoch: the curves say whether, and when, each arm overfits (section 4).
+    if budget.val_every >= 1:
+        # Validated during training: the curves say whether, and when, each arm overfits (section 4).
         measured = []
         for r in runs:
             curves = overfitting.run_curves(r["run_dir"])
