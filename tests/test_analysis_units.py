@@ -454,11 +454,12 @@ def test_one_reuse_rule_names_the_first_difference(tmp_path):
 def test_overfitting_measures_from_hand_made_curves(tmp_path):
     # validation error lowest at epoch 3 (0.40), then up to 0.47: turned up at epoch 3, rose 7 points;
     # training error down to 0.05: a 42-point gap
-    lines = [{"epoch": 1, "train_top1_err": 0.8, "val_top1_err": 0.7},
-             {"epoch": 2, "train_top1_err": 0.5, "val_top1_err": 0.5},
-             {"epoch": 3, "train_top1_err": 0.3, "val_top1_err": 0.40},
-             {"epoch": 4, "train_top1_err": 0.1, "val_top1_err": 0.44},
-             {"epoch": 5, "train_top1_err": 0.05, "val_top1_err": 0.47},
+    # validation loss lowest at epoch 2 (1.4), ending at 1.9: 0.5 nats above it
+    lines = [{"epoch": 1, "train_top1_err": 0.8, "val_top1_err": 0.7, "val_loss": 2.0},
+             {"epoch": 2, "train_top1_err": 0.5, "val_top1_err": 0.5, "val_loss": 1.4},
+             {"epoch": 3, "train_top1_err": 0.3, "val_top1_err": 0.40, "val_loss": 1.5},
+             {"epoch": 4, "train_top1_err": 0.1, "val_top1_err": 0.44, "val_loss": 1.7},
+             {"epoch": 5, "train_top1_err": 0.05, "val_top1_err": 0.47, "val_loss": 1.9},
              {"epoch": 6, "train_top1_err": 0.04}]                      # no validation: left out
     (tmp_path / "epochs.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     curves = overfitting.run_curves(tmp_path)
@@ -466,11 +467,13 @@ def test_overfitting_measures_from_hand_made_curves(tmp_path):
     m = overfitting.overfitting_measures(curves)
     assert m["final_val_err"] == 0.47 and m["final_train_err"] == 0.05 and m["gap"] == pytest.approx(0.42)
     assert m["best_val_epoch"] == 3 and m["rise_after_best"] == pytest.approx(0.07) and m["turns_up_at"] == 3
+    assert m["best_val_loss_epoch"] == 2 and m["val_loss_rise"] == pytest.approx(0.5)
     # still falling at the end: no turn-up; a rise below the threshold does not count either
     flat = overfitting.overfitting_measures({"epochs": [1, 2, 3], "train_err": [0.6, 0.5, 0.4],
                                              "val_err": [0.6, 0.55, 0.553]})
     assert flat["best_val_epoch"] == 2 and flat["turns_up_at"] is None
+    assert flat["best_val_loss_epoch"] is None and flat["val_loss_rise"] is None        # no loss logged
     rows = overfitting.summarise_overfitting([{"arm": "a", "seed": 0, **m}, {"arm": "a", "seed": 1, **flat}])
     assert rows[0]["gap_mean"] == pytest.approx((42 + 15.3) / 2) and rows[0]["turns_up_at"] == [3, None]
     table = overfitting.overfitting_markdown(rows)
-    assert "| a | 2 |" in table and "3, no" in table
+    assert "| a | 2 |" in table and "3, no" in table and "| 2, - | 0.50 |" in table
