@@ -140,6 +140,20 @@ def test_jemalloc_absent_leaves_the_process_as_it_is(monkeypatch):
     assert runtime.allocator_environment("jemalloc", environ={}) == ("system", {})
 
 
+def test_the_program_is_replaced_before_torch_is_imported():
+    """`python -m alexnet` re-executes itself once with jemalloc preloaded: before torch is imported,
+    so the command pays for torch once (python -X importtime lists each process's imports)."""
+    if runtime.find_jemalloc() is None:
+        pytest.skip("jemalloc is not installed (bash scripts/setup.sh installs it): the program is not re-executed")
+    env = {k: v for k, v in os.environ.items() if k not in (runtime.ENV_MARKER, runtime.ENV_ALLOCATOR)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "alexnet", "--version"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("alexnet.runtime") == 2, "two processes: the one replaced and the program"
+    assert imported.count("torch") == 1
+
+
 def test_configure_process_never_reexecs_a_library_caller():
     # A Python program that calls configure_process is not the alexnet program: it must return,
     # not replace the process. A re-exec would run the program again: "start" twice, and the

@@ -15,14 +15,20 @@ numbers; everything else is reachable from its subpackage: ``alexnet.models`` (t
 ``alexnet.analysis`` and ``alexnet.perf``.
 """
 
-from .data import build_loader, open_cache, prepare
-from .errors import UserError
-from .eval import evaluate, predict
-from .export import export_model
-from .locations import version as _version
-from .models import list_models
-from .train import load_config, train
-from .weights import create_model
+from .runtime import use_program_allocator
+
+# Run as the `alexnet` program, the process is replaced once, with jemalloc preloaded, before
+# torch is imported below (alexnet.runtime); imported by a Python program, this does nothing.
+use_program_allocator()
+
+from .data import build_loader, open_cache, prepare  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .eval import evaluate, predict  # noqa: E402
+from .export import export_model  # noqa: E402
+from .locations import version as _version  # noqa: E402
+from .models import list_models  # noqa: E402
+from .train import load_config, train  # noqa: E402
+from .weights import create_model  # noqa: E402
 
 __version__ = _version()
 
