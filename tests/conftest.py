@@ -22,6 +22,20 @@ SHARED = Path(os.environ.get("ALEXNET_SHARED", REPO.parent / "shared"))
 FASHION_MNIST = Path(os.environ.get("ALEXNET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_cache_in_the_suites_temporary_folder(tmp_path_factory):
+    """A data source given without a cache is prepared under $ALEXNET_CACHE (default ~/.cache/alexnet):
+    for the suite, a folder of its own, so that it never writes the user's caches and two suites
+    (CI's two lanes) never prepare into one folder at once. Tests that set it themselves still may."""
+    previous = os.environ.get("ALEXNET_CACHE")
+    os.environ["ALEXNET_CACHE"] = str(tmp_path_factory.mktemp("default-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ALEXNET_CACHE", None)
+    else:
+        os.environ["ALEXNET_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
