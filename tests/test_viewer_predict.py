@@ -96,8 +96,10 @@ def test_all_unreadable_and_bad_outputs(trained_run, photo_folder, tmp_path):
     assert proc.returncode == 2                        # nothing could be predicted
     assert f"{empty}: no image files in this folder" in proc.stderr
     assert len(rows_of(tmp_path / "x.csv")) == 2       # still one row per input, each with its reason
-    one_line_error(run_cli("predict", trained_run, photo_folder, "-o", tmp_path / "no" / "x.csv"),
-                   str(tmp_path / "no"), "does not exist")
+    blocker = tmp_path / "a-file"                      # -o under a file: refused (a missing folder is made)
+    blocker.write_text("not a folder\n")
+    one_line_error(run_cli("predict", trained_run, photo_folder, "-o", blocker / "x.csv"),
+                   str(blocker), "is a file, not a folder")
     one_line_error(run_cli("predict", trained_run, photo_folder, "-o", tmp_path), str(tmp_path), "is a folder")
     bad = run_cli("predict", trained_run, photo_folder, "--batch-size", "0")
     assert bad.returncode == 2 and "--batch-size" in bad.stderr

@@ -102,7 +102,7 @@ def test_a_run_folder_alone_and_nested_runs(runs_dir, tmp_path):
 
 def test_compare_prints_what_differs_and_draws_one_png(runs_dir, tmp_path):
     root, _ = runs_dir
-    out = tmp_path / "both.png"
+    out = tmp_path / "plots" / "both.png"                 # its folder is made (docs/cli.md)
     proc = run_cli("runs", root, "--compare", "a-finished", str(root / "b-finished"), "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -122,8 +122,9 @@ def test_compare_refuses_what_it_cannot_do(runs_dir, tmp_path):
     root, _ = runs_dir
     one_line_error(run_cli("runs", root, "--compare", "a-finished", "nope"), "nope", "no such run folder")
     one_line_error(run_cli("runs", root, "--compare", "a-finished"), "--compare", "at least two")
-    one_line_error(run_cli("runs", root, "--compare", "a-finished", "b-finished", "-o", tmp_path / "no" / "x.png"),
-                   str(tmp_path / "no"), "does not exist")
+    (tmp_path / "a-file").write_text("not a folder\n")
+    one_line_error(run_cli("runs", root, "--compare", "a-finished", "b-finished", "-o", tmp_path / "a-file" / "x.png"),
+                   str(tmp_path / "a-file"), "is a file, not a folder")
     one_line_error(run_cli("runs", root, "-o", tmp_path / "x.png"), "--compare")
     (tmp_path / "plain").mkdir()
     one_line_error(run_cli("runs", root, "--compare", "a-finished", tmp_path / "plain"), "not a run folder")

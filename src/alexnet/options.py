@@ -371,6 +371,17 @@ def path_problem(kind: str, text: str) -> str | None:
     raise ValueError(kind)
 
 
+def output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a file about to be written, for the Python API as for ``-o``: refused in one line
+    where it cannot be (a folder, under a file, not writable: :func:`path_problem`), its missing
+    folders made (docs/cli.md, rule 1)."""
+    trouble = path_problem("output", str(path))
+    if trouble:
+        raise UserError(trouble)
+    make_parents(path)
+    return Path(os.path.expanduser(str(path)))
+
+
 def make_parents(*paths: str | os.PathLike | None) -> None:
     """Create the folders output files go in (their Spec has checked that this can be done)."""
     for p in paths:

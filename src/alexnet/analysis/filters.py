@@ -24,7 +24,6 @@ learned kernels give clearly positive values.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import UserError
+from ..options import output_file
 from ..models import build_model
 from ..models.kernels import (BACKGROUND, BLOCK_GAP, GridLayout, conv1_weight, conv_layers,  # noqa: F401
                               filter_grid, layout_for, normalise_kernels, tower_count)
@@ -72,9 +72,7 @@ def draw_filters(model: nn.Module, out: str | os.PathLike, cols: int = 16, scale
     weight = conv1_weight(model)
     towers = tower_count(model)
     image, layout = filter_grid(weight, towers, cols, scale)
-    out = Path(out)
-    if out.parent and not out.parent.is_dir():
-        raise UserError(f"{out}: folder {out.parent} does not exist")
+    out = output_file(out)
     try:
         Image.fromarray(image).save(out)
     except OSError as exc:

@@ -73,6 +73,7 @@ from PIL import Image
 
 from ..checkpoint import load_checkpoint, load_model
 from ..errors import UserError
+from ..options import output_file
 from ..report import save_figure, write_json
 from ..weights.theano import read_theano_alexnet
 from .filters import conv1_weight, filter_grid, initial_conv1, tower_count
@@ -181,9 +182,7 @@ def draw_towers(weight, out: str | os.PathLike, towers: int = 2, values=None, so
         per = len(w) // towers
         order = np.concatenate([t * per + np.argsort(s[t * per:(t + 1) * per], kind="stable") for t in range(towers)])
     image, layout = filter_grid(w[order], towers, cols, scale)
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: folder {out.parent} does not exist")
+    out = output_file(out)
     Image.fromarray(image).save(out, optimize=True)
     return {"png": str(out), "order": order.tolist(), "sorted": sort, "width": layout.width, "height": layout.height,
             "rows_per_tower": layout.rows_per_tower, "cols": layout.cols}

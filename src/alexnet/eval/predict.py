@@ -26,7 +26,7 @@ from ..console import info, progress as progress_bar
 from ..data.decode import IMAGE_EXTENSIONS
 from ..data.preprocess import input_spec_of, read_square, square_from_bytes, to_network_input
 from ..errors import UserError
-from ..options import make_parents, path_problem, warn_once
+from ..options import output_file, warn_once
 from ..runtime import default_device
 from .metrics import view_average
 
@@ -136,11 +136,7 @@ def write_predictions_csv(results: list[dict], path: str | os.PathLike, topk: in
     """One row per image: ``path``, then ``class_R``, ``name_R``, ``prob_R`` for R = 1..topk (most probable
     first), then ``error`` (empty for a predicted image; the reason, with no classes, for one that could
     not be read). Written atomically: a failed write leaves no partial file."""
-    trouble = path_problem("output", str(path))       # the same check as the command line's -o
-    if trouble:
-        raise UserError(trouble)
-    make_parents(path)
-    path = Path(path)
+    path = output_file(path)
     columns = ["path"] + [f"{what}_{r}" for r in range(1, topk + 1) for what in ("class", "name", "prob")] + ["error"]
     rows = []
     for r in results:

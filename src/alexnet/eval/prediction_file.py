@@ -20,22 +20,21 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..options import output_file
 
 TOP = 5
 
 
 def check_prediction_path(path, cache) -> Path:
-    """The file ``-o`` names, checked before any work: a known suffix, a folder that exists, and for
-    ``.txt`` a cache that knows the devkit's IDs."""
+    """The file ``-o`` names, checked before any work: a known suffix, a place it can be written
+    (its missing folders made), and for ``.txt`` a cache that knows the devkit's IDs."""
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".txt"):
         raise UserError(f"-o {path}: write predictions to a .csv file (or .txt, the ILSVRC devkit's submission format)")
-    if not path.parent.is_dir():
-        raise UserError(f"-o {path}: no such directory {path.parent}")
     if path.suffix.lower() == ".txt" and not cache.meta.get("ilsvrc2012_ids"):
         raise UserError(f"-o {path}: the devkit's submission format needs the devkit's class IDs, and {cache.path} "
                         f"was not prepared with the ILSVRC-2012 devkit; write a .csv instead")
-    return path
+    return output_file(path)
 
 
 def write_predictions(path, probs: torch.Tensor, labels: torch.Tensor | None, files: list[str], cache) -> Path:

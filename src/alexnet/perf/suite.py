@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..options import output_file
 from ..files import atomic_write
 from ..runtime import ENV_MARKER, active_allocator, allocator_environment, machine_description, machine_line
 from . import data_bench, loop, memory_bench
@@ -503,9 +504,7 @@ def run_suite(quick: bool = False, json_out: str | None = None, **kwargs) -> dic
     if unknown:
         raise UserError(f"--only: unknown group(s) {', '.join(unknown)}; known: {', '.join(GROUPS)}")
     if json_out is not None:
-        parent = Path(json_out).resolve().parent
-        if not parent.is_dir():
-            raise UserError(f"{json_out}: directory {parent} does not exist")
+        json_out = output_file(json_out)
     command = " ".join(["alexnet", "bench"] + [a for a in sys.argv[1:] if a != "bench"])
 
     def save(report: dict) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from ..errors import UserError
 from ..options import DEVICE, Spec
@@ -30,9 +29,7 @@ def _runs(args) -> int:
         return 0
     if len(args.compare) < 2:
         raise UserError("--compare: name at least two runs")
-    out = Path(args.output or "compare.png")
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: folder {out.parent} does not exist")
+    out = args.output or "compare.png"
     runs = resolve_runs(args.compare, args.dir)
     differ = differing_settings(runs)
     path = plot_comparison(runs, out)

@@ -34,6 +34,7 @@ import numpy as np
 from .. import checkpoint as ckpt_io
 from .. import report
 from ..errors import UserError
+from ..options import output_file
 from . import rundir
 
 MAX_DEPTH = 4        # how deep below DIR run folders are looked for (experiments nest theirs)
@@ -235,9 +236,7 @@ def plot_comparison(runs: list[RunInfo], out: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: folder {out.parent} does not exist")
+    out = output_file(out)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, run in enumerate(runs):
         colour = f"C{i % 10}"
